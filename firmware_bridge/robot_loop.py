@@ -1,0 +1,366 @@
+"""`rtu-edge run`: the on-robot loop. onnxruntime + numpy + pyserial only; never torch.
+
+Each tick: read an observation from the microcontroller, run the learn graph (or the act graph
+with ``--no-learn``), clamp the action to the manifest's limits, send it. Around that:
+
+* resume from the newest checkpoint that verifies (a flag is needed to start fresh);
+* checkpoint atomically every ``checkpoint_every_s`` and at exit (Ctrl-C / SIGTERM included);
+* skip non-finite updates, roll back to the last good snapshot after ``max_bad_updates`` in a row;
+* on a timeout (robot silent) send the safe action and pause learning; on a reboot of the
+  microcontroller reset the recurrent state and handshake again;
+* measure itself: a live status line (steps/s, episode return, step latency p50/p99) and a
+  summary at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from firmware_bridge.bundle import Bundle, load_bundle
+from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
+from firmware_bridge.host import LinkConfig, RobotConnection, RobotRebooted
+from firmware_bridge.runtime import StepRunner
+from rtu_edge.atomic import atomic_write_json
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunConfig:
+    """One on-robot session. Every timeout is a named value here."""
+
+    bundle: str  # bundle directory written by `rtu-edge export`
+    port: str  # serial device, e.g. /dev/serial/by-id/usb-...; `rtu-edge ports` lists them
+    learn: bool = True  # run learn.onnx (keep learning) or act.onnx (frozen, greedy)
+    steps: int | None = None  # stop after this many ticks (None: until Ctrl-C)
+    checkpoint_dir: str | None = None  # default: <bundle>-checkpoints next to the bundle
+    checkpoint_every_s: float = 30.0  # wall time between checkpoints while learning
+    keep_checkpoints: int = 3  # rotating copies kept on disk
+    fresh: bool = False  # ignore existing checkpoints and start from the bundle's state
+    baud: int = 1_000_000  # ignored by pseudo-terminals; real UARTs need the MCU's rate
+    obs_timeout_s: float = 0.5  # no observation for this long: safe action, learning paused
+    max_bad_updates: int = 10  # non-finite updates in a row before rolling back
+    snapshot_every: int = 1000  # ticks between in-memory "last good" snapshots for rollback
+    seed: int = 0  # exploration noise
+    status_every_s: float = 1.0  # live line period (0 disables it)
+    max_silent_timeouts: int = 20  # consecutive timeouts before giving up with an error
+    link: LinkConfig | None = field(
+        default=None
+    )  # advanced link settings (built from port/baud if None)
+
+
+class RunError(RuntimeError):
+    """The run cannot start or continue; the message says what to do."""
+
+
+class LatencyRing:
+    """Fixed-size ring of the last step latencies: flat memory on hours-long runs."""
+
+    def __init__(self, size: int = 10_000):
+        self.buf = np.zeros(size, dtype=np.float64)
+        self.n = 0
+
+    def add(self, seconds: float) -> None:
+        self.buf[self.n % self.buf.size] = seconds
+        self.n += 1
+
+    def percentiles(self, *qs: float) -> list[float]:
+        if self.n == 0:
+            return [float("nan")] * len(qs)
+        data = self.buf[: min(self.n, self.buf.size)]
+        return [float(np.percentile(data, q)) for q in qs]
+
+
+def default_checkpoint_dir(bundle_dir: str | Path) -> Path:
+    b = Path(bundle_dir).resolve()
+    return b.with_name(b.name + "-checkpoints")
+
+
+def _noise_fn(bundle: Bundle, rng: np.random.Generator):
+    spec = bundle.manifest["noise"]
+    shape = (1, int(spec["size"]))
+    if spec["distribution"] == "normal":
+        return lambda: rng.standard_normal(shape).astype(np.float32)
+    return lambda: rng.gumbel(size=shape).astype(np.float32)
+
+
+def _resume(cfg: RunConfig, bundle: Bundle, store: CheckpointStore, log) -> tuple[dict, dict]:
+    """The state to start from, and the counters saved with it."""
+    state = bundle.initial_state()
+    if cfg.fresh:
+        log("starting from the bundle's state (--fresh)")
+        return state, {}
+    found = store.load_latest()
+    if found is None:
+        log(f"no checkpoint in {store.directory}: starting from the bundle's state")
+        return state, {}
+    tensors, meta, path = found
+    learn_sha = bundle.manifest["files"]["learn.onnx"]
+    if meta.get("bundle_learn_sha256") != learn_sha:
+        raise RunError(
+            f"the checkpoints in {store.directory} were written by another bundle; "
+            "pass --fresh to start from this bundle's state or choose another --checkpoint-dir"
+        )
+    missing = sorted(set(state) - set(tensors))
+    if missing:
+        raise RunError(f"checkpoint {path} lacks tensors {missing[:5]}...; pass --fresh")
+    for k in state:
+        if tensors[k].shape != state[k].shape:
+            raise RunError(
+                f"checkpoint {path}: tensor {k} has shape {tensors[k].shape}, bundle {state[k].shape}"
+            )
+        state[k] = tensors[k].astype(state[k].dtype)
+    log(f"resumed from {path.name} (tick {meta.get('tick', '?')})")
+    return state, meta.get("counters", {})
+
+
+def run(cfg: RunConfig, log=print) -> dict:
+    """Run the on-robot loop until `cfg.steps` ticks, Ctrl-C or SIGTERM. Returns the summary."""
+    bundle = load_bundle(cfg.bundle)
+    m = bundle.manifest
+    graph = "learn" if cfg.learn else "act"
+    ckpt_dir = (
+        Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else default_checkpoint_dir(cfg.bundle)
+    )
+    store = CheckpointStore(ckpt_dir, keep=cfg.keep_checkpoints)
+    full_state, counters = _resume(cfg, bundle, store, log)
+
+    session = bundle.session(graph)
+    graph_inputs = {i.name for i in session.get_inputs()}
+    runner = StepRunner(session, {k: v for k, v in full_state.items() if k in graph_inputs})
+    rng = np.random.default_rng(cfg.seed + int(counters.get("ticks", 0)))
+    noise = _noise_fn(bundle, rng)
+
+    act = m["action"]
+    obs_size = int(m["observation"]["size"])
+    link_cfg = cfg.link or LinkConfig(port=cfg.port, baud=cfg.baud)
+    conn = RobotConnection(
+        link_cfg,
+        obs_size=obs_size,
+        action_size=int(act["dims"]),
+        schema_hash=int(m["protocol"]["schema_hash"], 16),
+        action_low=np.asarray(act["low"], np.float32),
+        action_high=np.asarray(act["high"], np.float32),
+        safe_action=np.asarray(act["safe"], np.float32),
+        max_delta=None
+        if act.get("max_delta") is None
+        else np.asarray(act["max_delta"], np.float32),
+    )
+
+    # Counters and statistics (flat memory: fixed rings and bounded deques only)
+    c = {
+        k: 0
+        for k in (
+            "ticks",
+            "learn_steps",
+            "episodes",
+            "non_finite_obs",
+            "bad_updates",
+            "rollbacks",
+            "timeouts",
+            "reboots",
+            "checkpoints",
+            "checkpoint_failures",
+        )
+    }
+    c["ticks_before"] = int(counters.get("ticks", 0))
+    graph_lat, tick_lat = LatencyRing(), LatencyRing()
+    returns: list[float] = []  # episode returns of this session (one float per episode)
+    recent: deque[float] = deque(maxlen=10)
+    ep_return, force_first = 0.0, True
+    bad_in_row = 0
+    last_good = runner.state() if cfg.learn else None
+
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # SIGTERM -> same clean path as Ctrl-C
+        stop["flag"] = True
+
+    old_term = signal.signal(signal.SIGTERM, on_signal) if _main_thread() else None
+
+    def checkpoint(reason: str) -> None:
+        if not cfg.learn:
+            return
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "tick": c["ticks_before"] + c["ticks"],
+            "bundle_learn_sha256": m["files"]["learn.onnx"],
+            "counters": {"ticks": c["ticks_before"] + c["ticks"]},
+            "reason": reason,
+        }
+        # hidden state and traces are saved too, but a resumed run starts a new episode
+        tensors = full_state | runner.state()
+        try:
+            store.save(c["ticks_before"] + c["ticks"], tensors, meta)
+            c["checkpoints"] += 1
+        except CheckpointError as e:  # disk full / read-only: keep controlling, warn
+            c["checkpoint_failures"] += 1
+            log(f"WARNING: checkpoint failed ({e}); the previous one is intact; control continues")
+
+    t_start = time.monotonic()
+    last_status = last_ckpt = t_start
+    silent = 0
+    exit_reason = "steps"
+    try:
+        with conn:
+            hello = conn.connect()
+            log(f"connected to {cfg.port}: {hello}")
+            while cfg.steps is None or c["ticks"] < cfg.steps:
+                if stop["flag"]:
+                    exit_reason = "SIGTERM"
+                    break
+                try:
+                    o = conn.observe(timeout=cfg.obs_timeout_s)
+                except RobotRebooted as e:
+                    c["reboots"] += 1
+                    log(f"robot rebooted ({e}); resetting recurrent state and handshaking again")
+                    conn.connect()
+                    force_first, ep_return = True, 0.0
+                    continue
+                if o is None:  # silent robot: safe action, no learning on a stale sample
+                    c["timeouts"] += 1
+                    silent += 1
+                    conn.send_safe()
+                    if silent >= cfg.max_silent_timeouts:
+                        raise RunError(
+                            f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
+                            "is the robot powered and armed? (safe action sent)"
+                        )
+                    continue
+                silent = 0
+                t0 = time.perf_counter()
+                if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
+                    c["non_finite_obs"] += 1
+                    conn.act(np.asarray(act["safe"], np.float32), o.seq)
+                    continue
+                first = o.first or force_first
+                force_first = False
+                inputs = {
+                    "obs": o.obs.reshape(1, -1),
+                    "first": np.array([float(first)], np.float32),
+                }
+                if cfg.learn:
+                    inputs |= {
+                        "reward": np.array([0.0 if first else o.reward], np.float32),
+                        "terminal": np.array([float(o.terminal)], np.float32),
+                        "noise": noise(),
+                    }
+                tg = time.perf_counter()
+                out = runner.step(**inputs)
+                graph_lat.add(time.perf_counter() - tg)
+                if cfg.learn:
+                    if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
+                        bad_in_row = 0
+                        c["learn_steps"] += 1
+                        if c["ticks"] % cfg.snapshot_every == 0:
+                            last_good = runner.state()
+                    else:
+                        c["bad_updates"] += 1
+                        bad_in_row += 1
+                        if bad_in_row >= cfg.max_bad_updates:
+                            c["rollbacks"] += 1
+                            runner.load_state(last_good)
+                            force_first, bad_in_row = True, 0
+                            log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
+                conn.act(out["action"][0], o.seq)
+                tick_lat.add(time.perf_counter() - t0)
+                c["ticks"] += 1
+                if not first:
+                    ep_return += o.reward
+                if o.terminal or o.truncated:
+                    c["episodes"] += 1
+                    returns.append(ep_return)
+                    recent.append(ep_return)
+                    ep_return = 0.0
+                now = time.monotonic()
+                if cfg.learn and now - last_ckpt >= cfg.checkpoint_every_s:
+                    checkpoint("periodic")
+                    last_ckpt = now
+                if cfg.status_every_s and now - last_status >= cfg.status_every_s:
+                    last_status = now
+                    p50, p99 = graph_lat.percentiles(50, 99)
+                    avg = f"{np.mean(recent):.1f}" if recent else "-"
+                    print(
+                        f"\rtick {c['ticks']:>8} | {c['ticks'] / (now - t_start):7.0f} ticks/s | "
+                        f"episodes {c['episodes']:>5} | return(avg10) {avg:>8} | "
+                        f"{graph} p50 {p50 * 1e6:6.0f}us p99 {p99 * 1e6:6.0f}us | "
+                        f"bad {c['bad_updates']}",
+                        end="",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    except KeyboardInterrupt:
+        exit_reason = "Ctrl-C"
+        try:
+            conn.send_safe()
+        except Exception:  # the link may be the reason we stopped; the MCU watchdog still holds
+            pass
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        if cfg.status_every_s:
+            print(file=sys.stderr)
+        checkpoint("exit")
+
+    elapsed = time.monotonic() - t_start
+    gp50, gp99 = graph_lat.percentiles(50, 99)
+    tp50, tp99 = tick_lat.percentiles(50, 99)
+    k = max(1, min(10, len(returns) // 2)) if returns else 0
+    summary = {
+        "graph": graph,
+        "exit": exit_reason,
+        "ticks": c["ticks"],
+        "ticks_per_second": c["ticks"] / elapsed if elapsed > 0 else 0.0,
+        "episodes": c["episodes"],
+        "episode_returns": returns,
+        "first_episodes_return": float(np.mean(returns[:k])) if returns else None,
+        "last_episodes_return": float(np.mean(returns[-k:])) if returns else None,
+        "graph_latency_us": {"p50": gp50 * 1e6, "p99": gp99 * 1e6},
+        "tick_latency_us": {"p50": tp50 * 1e6, "p99": tp99 * 1e6},
+        "counters": c | {"link": dict(conn.counters)},
+        "checkpoint_dir": str(ckpt_dir),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "link"},
+    }
+    if cfg.learn or ckpt_dir.exists():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
+    return summary
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"{s['graph']} run ended ({s['exit']}): {s['ticks']} ticks at {s['ticks_per_second']:.0f}/s, "
+        f"{s['episodes']} episodes",
+        f"  step latency ({s['graph']}.onnx): p50 {s['graph_latency_us']['p50']:.0f} us, "
+        f"p99 {s['graph_latency_us']['p99']:.0f} us; whole tick p50 {s['tick_latency_us']['p50']:.0f} us, "
+        f"p99 {s['tick_latency_us']['p99']:.0f} us",
+    ]
+    if s["episodes"]:
+        lines.append(
+            f"  episode return: first episodes {s['first_episodes_return']:.1f}, "
+            f"last episodes {s['last_episodes_return']:.1f}"
+        )
+    c = s["counters"]
+    lines.append(
+        f"  bad updates {c['bad_updates']}, rollbacks {c['rollbacks']}, timeouts {c['timeouts']}, "
+        f"reboots {c['reboots']}, non-finite obs {c['non_finite_obs']}, checkpoints {c['checkpoints']}"
+    )
+    return "\n".join(lines)
+
+
+def summary_json(s: dict) -> str:
+    return json.dumps(s, indent=2)

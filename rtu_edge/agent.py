@@ -1,0 +1,236 @@
+"""The agent: observation encoder -> RTU -> actor head and critic head.
+
+Everything here is a pure function of a flat ``dict[str, Tensor]`` of parameters, with the
+backward pass of the small dense layers written by hand. That is deliberate: the learn step
+that uses these functions must export to a plain ONNX graph, and autograd does not export.
+``tests/rtu_edge/test_agent.py`` checks every hand-written gradient against autograd.
+
+Shapes: batch is always 1 on the learn path (streaming RL). Weights are stored in
+(in, out) layout and applied as ``x @ W`` (see docs/onnx-runtime facts: the transposed layout
+costs 10-100x in onnxruntime).
+
+    obs_norm (1, obs) -> enc:    h0 = tanh(obs_norm @ enc.w + enc.b)          (1, E)
+    h0                -> rtu:    y  = RTU step with RTRL traces               (1, 2n)
+    y                 -> critic: v  = tanh(y @ critic.w1 + critic.b1) @ critic.w2 + critic.b2
+    y                 -> actor:  o  = tanh(y @ actor.w1 + actor.b1) @ actor.w2 + actor.b2
+        continuous: o is the Gaussian mean, ``actor.log_std`` a state-independent log std
+        discrete:   o are the logits of a categorical distribution
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from rtu_edge.cells import CELLS
+from rtu_edge.cells import rtu_math
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class AgentConfig:
+    """Sizes and choices of the network. Saved with every run, checkpoint and bundle."""
+
+    obs_size: int  # length of the flat observation vector
+    action_kind: str  # "discrete" (categorical over num_actions) or "continuous" (Gaussian)
+    action_dims: int  # continuous: action vector length; discrete: 1
+    num_actions: int  # discrete: number of actions; continuous: 0
+    encoder_size: int = 64  # width of the tanh encoder below the cell (the paper uses 64)
+    hidden_size: int = 32  # RTU units n; the cell outputs 2n features
+    head_size: int = 64  # width of the single hidden layer of each head
+    cell: str = "rtu"  # key of rtu_edge.cells.CELLS: "rtu" (linear) or "rtu-nonlinear"
+    activation: str = "relu"  # RTU activation f; the authors' control agents use ReLU
+    sparsity: float = 0.9  # fraction of zeroed input weights per unit (sparse init, Elsayed 2024)
+
+    def __post_init__(self) -> None:
+        if self.action_kind not in ("discrete", "continuous"):
+            raise ValueError(f"action_kind must be 'discrete' or 'continuous', got {self.action_kind!r}")
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {sorted(CELLS)}")
+
+    @property
+    def nonlinear(self) -> bool:
+        return bool(CELLS[self.cell]["nonlinear"])
+
+    @property
+    def policy_outputs(self) -> int:
+        """Width of the actor's last layer: action dims (Gaussian mean) or number of logits."""
+        return self.num_actions if self.action_kind == "discrete" else self.action_dims
+
+    @property
+    def noise_size(self) -> int:
+        """Exploration noise per step: one Gumbel per logit, or one normal per action dim."""
+        return self.policy_outputs
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Which parameters each learner head updates. The encoder and the cell are shared.
+TRUNK = ("enc.w", "enc.b", "rtu.nu_log", "rtu.theta_log", "rtu.w1", "rtu.w2")
+CRITIC_HEAD = ("critic.w1", "critic.b1", "critic.w2", "critic.b2")
+ACTOR_HEAD = ("actor.w1", "actor.b1", "actor.w2", "actor.b2")
+
+
+def critic_param_names(cfg: AgentConfig) -> tuple[str, ...]:
+    return TRUNK + CRITIC_HEAD
+
+
+def actor_param_names(cfg: AgentConfig) -> tuple[str, ...]:
+    extra = ("actor.log_std",) if cfg.action_kind == "continuous" else ()
+    return TRUNK + ACTOR_HEAD + extra
+
+
+def sparse_init(fan_in: int, fan_out: int, sparsity: float, generator: torch.Generator) -> Tensor:
+    """Uniform(+-1/sqrt(fan_in)) weights with a fraction `sparsity` of each unit's inputs zeroed."""
+    bound = 1.0 / math.sqrt(fan_in)
+    w = (torch.rand(fan_in, fan_out, generator=generator) * 2 - 1) * bound
+    n_zero = int(round(sparsity * fan_in))
+    if n_zero > 0 and fan_in > 1:
+        n_zero = min(n_zero, fan_in - 1)  # keep at least one input per unit
+        for j in range(fan_out):
+            idx = torch.randperm(fan_in, generator=generator)[:n_zero]
+            w[idx, j] = 0.0
+    return w
+
+
+def init_params(cfg: AgentConfig, seed: int = 0) -> Params:
+    """Fresh parameters, float32, (in, out) layout."""
+    g = torch.Generator().manual_seed(seed)
+    n2 = 2 * cfg.hidden_size
+    cell = rtu_math.init_params(cfg.encoder_size, cfg.hidden_size, generator=g)
+    p: Params = {
+        "enc.w": sparse_init(cfg.obs_size, cfg.encoder_size, cfg.sparsity, g),
+        "enc.b": torch.zeros(cfg.encoder_size),
+        "rtu.nu_log": cell.nu_log,
+        "rtu.theta_log": cell.theta_log,
+        "rtu.w1": cell.w1,
+        "rtu.w2": cell.w2,
+        "critic.w1": sparse_init(n2, cfg.head_size, cfg.sparsity, g),
+        "critic.b1": torch.zeros(cfg.head_size),
+        "critic.w2": sparse_init(cfg.head_size, 1, cfg.sparsity, g),
+        "critic.b2": torch.zeros(1),
+        "actor.w1": sparse_init(n2, cfg.head_size, cfg.sparsity, g),
+        "actor.b1": torch.zeros(cfg.head_size),
+        "actor.w2": sparse_init(cfg.head_size, cfg.policy_outputs, cfg.sparsity, g),
+        "actor.b2": torch.zeros(cfg.policy_outputs),
+    }
+    if cfg.action_kind == "continuous":
+        p["actor.log_std"] = torch.zeros(cfg.action_dims)
+    return {k: v.contiguous() for k, v in p.items()}
+
+
+def cell_params(p: Params) -> rtu_math.RTUParams:
+    return rtu_math.RTUParams(p["rtu.nu_log"], p["rtu.theta_log"], p["rtu.w1"], p["rtu.w2"])
+
+
+# ---- dense layers with hand-written backward ------------------------------------------
+
+
+def encode(p: Params, x: Tensor) -> Tensor:
+    """h0 = tanh(x @ W + b), (1, E)."""
+    return torch.tanh(x @ p["enc.w"] + p["enc.b"])
+
+
+def encode_backward(p: Params, x: Tensor, h0: Tensor, g_h0: Tensor) -> Params:
+    """Gradients of sum(g_h0 * h0) w.r.t. the encoder (one step, no temporal credit)."""
+    g_pre = g_h0 * (1 - h0 * h0)
+    return {"enc.w": x.transpose(0, 1) @ g_pre, "enc.b": g_pre.sum(0)}
+
+
+def head(p: Params, name: str, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Two-layer head: returns (output (1, k), hidden activation (1, H))."""
+    hid = torch.tanh(y @ p[f"{name}.w1"] + p[f"{name}.b1"])
+    return hid @ p[f"{name}.w2"] + p[f"{name}.b2"], hid
+
+
+def head_backward(p: Params, name: str, y: Tensor, hid: Tensor, g_out: Tensor) -> tuple[Params, Tensor]:
+    """Gradients of sum(g_out * out) w.r.t. the head's parameters and its input y."""
+    g_hid = g_out @ p[f"{name}.w2"].transpose(0, 1)
+    g_pre = g_hid * (1 - hid * hid)
+    grads = {
+        f"{name}.w1": y.transpose(0, 1) @ g_pre,
+        f"{name}.b1": g_pre.sum(0),
+        f"{name}.w2": hid.transpose(0, 1) @ g_out,
+        f"{name}.b2": g_out.sum(0),
+    }
+    return grads, g_pre @ p[f"{name}.w1"].transpose(0, 1)
+
+
+# ---- policy distributions ---------------------------------------------------------------
+
+
+@dataclass
+class PolicySample:
+    """An action drawn with externally supplied noise, and the gradients the learner needs."""
+
+    action: Tensor  # (1, action_dims); discrete: the index as a float
+    dlogp_dout: Tensor  # d log pi(action) / d actor output, (1, k)
+    dent_dout: Tensor  # d entropy / d actor output, (1, k)
+    dlogp_dlogstd: Tensor | None  # continuous only, (k,)
+    dent_dlogstd: Tensor | None  # continuous only, (k,)
+
+
+def sample_policy(cfg: AgentConfig, p: Params, out: Tensor, noise: Tensor) -> PolicySample:
+    """Sample from the policy given noise: standard normal (Gaussian) or standard Gumbel (categorical).
+
+    The sample is a deterministic function of (out, noise), so the exported graph is deterministic.
+    """
+    if cfg.action_kind == "continuous":
+        log_std = p["actor.log_std"]
+        std = torch.exp(log_std)
+        action = out + std * noise  # a = mu + sigma * eps
+        # log pi = sum(-0.5 eps^2 - log_std - 0.5 log 2pi), with eps = (a - mu) / sigma
+        dlogp_dmu = noise / std
+        dlogp_dlogstd = (noise * noise - 1).sum(0)
+        # entropy = sum(log_std) + const: independent of the mean
+        return PolicySample(
+            action=action,
+            dlogp_dout=dlogp_dmu,
+            dent_dout=torch.zeros_like(out),
+            dlogp_dlogstd=dlogp_dlogstd,
+            dent_dlogstd=torch.ones_like(log_std),
+        )
+    # Gumbel-max trick: argmax(logits + g) is a sample from softmax(logits).
+    idx = torch.argmax(out + noise, dim=-1, keepdim=True)  # (1, 1) int64
+    arange = torch.arange(cfg.num_actions, dtype=idx.dtype)
+    onehot = (arange == idx).to(out.dtype)
+    logp = torch.log_softmax(out, dim=-1)
+    prob = torch.exp(logp)
+    entropy = -(prob * logp).sum(-1, keepdim=True)
+    return PolicySample(
+        action=idx.to(out.dtype),
+        dlogp_dout=onehot - prob,  # d log softmax(l)[a] / d l
+        dent_dout=-prob * (logp + entropy),  # d (-sum p log p) / d l
+        dlogp_dlogstd=None,
+        dent_dlogstd=None,
+    )
+
+
+def greedy_action(cfg: AgentConfig, out: Tensor) -> Tensor:
+    """The deterministic action of the act graph: the Gaussian mean or the argmax logit."""
+    if cfg.action_kind == "continuous":
+        return out * 1.0  # a fresh tensor, so the graph never returns an input as an output
+    return torch.argmax(out, dim=-1, keepdim=True).to(out.dtype)
+
+
+def trunk_backward(
+    cfg: AgentConfig,
+    p: Params,
+    g_y: Tensor,
+    x: Tensor,
+    h0: Tensor,
+    state: rtu_math.RTUState,
+    traces,
+) -> Params:
+    """Gradients of sum(g_y * y_t) w.r.t. the cell (exact RTRL) and the encoder (one step)."""
+    cp = cell_params(p)
+    cell_g = rtu_math.grads(cp, g_y, state, traces, cfg.nonlinear, cfg.activation)
+    g_h0 = rtu_math.input_grad(cp, g_y, state, cfg.nonlinear, cfg.activation)
+    grads = {f"rtu.{k}": v for k, v in cell_g.items()}
+    grads.update(encode_backward(p, x, h0, g_h0))
+    return grads

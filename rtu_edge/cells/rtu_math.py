@@ -1,0 +1,532 @@
+"""Recurrent Trace Units (RTUs) and their exact RTRL, as plain functions of tensors.
+
+This is the readable reference of the cell and of its real-time recurrent learning (RTRL)
+traces. The derivations are in the design note rtu-rtrl.md (sections 1-4); the equations in
+the comments below use its notation. n units, input size d, batch B.
+
+    r = exp(-exp(nu_log)),  theta = exp(theta_log),  lam = r * exp(i*theta)
+    g = r cos(theta),  phi = r sin(theta),  gamma = sqrt(1 - r^2)
+    a_t = lam * h_{t-1} + gamma * (x_t @ w1 + i * x_t @ w2)          # complex, per unit
+
+Real 2x2 form (what this file computes; no complex dtypes anywhere):
+
+    a1 = g*c1 - phi*c2 + gamma*(x@w1)
+    a2 = g*c2 + phi*c1 + gamma*(x@w2)
+
+- Linear RTU: the state (c1, c2) is the pre-activation a; y = f(concat[c1, c2]).
+- Non-linear RTU: c1 = f(a1), c2 = f(a2) feed back; y = concat[c1, c2].
+
+Export rules (this code is exported to ONNX opset 18 inside the on-device learning step):
+real arithmetic only, elementwise ops and `x @ W` with weights in (in, out) layout,
+broadcasts with units on the last axis, no data-dependent control flow (Python `if`s below
+branch only on static flags: `nonlinear`, `activation`, `done is None`), no in-place ops,
+episode resets by masks. Every tensor created here takes the dtype of the inputs, so the
+same code runs in float32 (device) and float64 (tests).
+
+Numerical hazard: gamma = sqrt(1 - r^2) goes to 0 as r -> 1 (nu = exp(nu_log) -> 0), and
+d gamma / d nu_log = nu * r^2 / gamma divides by it. Analytically that ratio tends to
+sqrt(nu / 2) -> 0, but 1 - r^2 loses relative precision as r -> 1, and once r rounds to
+exactly 1 (nu_log below about -17.4 in float32, -37.6 in float64) gamma is 0 and the
+nu_log trace becomes inf/NaN. `init_params` keeps r well below that; a learner that drives
+nu_log that far down needs to clip it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("relu", "tanh", "identity")
+
+
+class RTUParams(NamedTuple):
+    """Learnable parameters of one RTU layer (n units, input size d)."""
+
+    nu_log: Tensor  # (n,)  r = exp(-exp(nu_log))
+    theta_log: Tensor  # (n,)  theta = exp(theta_log)
+    w1: Tensor  # (d, n) input weights of the real part, (in, out) layout
+    w2: Tensor  # (d, n) input weights of the imaginary part
+
+
+class RTUState(NamedTuple):
+    """Recurrent state h = c1 + i*c2: pre-activation (linear RTU) or post-activation."""
+
+    c1: Tensor  # (B, n) real parts
+    c2: Tensor  # (B, n) imaginary parts
+
+
+class LinearTraces(NamedTuple):
+    """Lean complex RTRL traces of the linear RTU, stored as real and imaginary parts.
+
+    E = e_re + i*e_im = dh/dw1 (and dh/dw2 = i*E, so w2 needs no trace of its own);
+    Tnu = dh/dnu_log, Tth = dh/dtheta_log. Unit k depends only on its own parameters, so
+    entry [b, i, k] is d h_k / d w1[i, k] for batch element b.
+    """
+
+    e_re: Tensor  # (B, d, n)
+    e_im: Tensor  # (B, d, n)
+    nu_re: Tensor  # (B, n)
+    nu_im: Tensor  # (B, n)
+    th_re: Tensor  # (B, n)
+    th_im: Tensor  # (B, n)
+
+
+class NonlinearTraces(NamedTuple):
+    """Per-component real RTRL traces of the non-linear RTU: `<param>_<j>` = d c_j / d param.
+
+    f' differs between the real and imaginary parts, so the lean complex form does not
+    apply: four real (d, n) traces and four real (n,) traces per batch element.
+    """
+
+    w1_1: Tensor  # (B, d, n) dc1/dw1
+    w1_2: Tensor  # (B, d, n) dc2/dw1
+    w2_1: Tensor  # (B, d, n) dc1/dw2
+    w2_2: Tensor  # (B, d, n) dc2/dw2
+    nu_1: Tensor  # (B, n) dc1/dnu_log
+    nu_2: Tensor  # (B, n) dc2/dnu_log
+    th_1: Tensor  # (B, n) dc1/dtheta_log
+    th_2: Tensor  # (B, n) dc2/dtheta_log
+
+
+Traces = LinearTraces | NonlinearTraces  # either kind, chosen by `nonlinear`
+
+
+class _Coeffs(NamedTuple):
+    """Per-unit quantities derived from the parameters, each (n,)."""
+
+    nu: Tensor  # exp(nu_log)
+    theta: Tensor  # exp(theta_log)
+    g: Tensor  # r cos(theta) = Re(lam)
+    phi: Tensor  # r sin(theta) = Im(lam)
+    gamma: Tensor  # sqrt(1 - r^2), input normalisation
+    dgamma: Tensor  # d gamma / d nu_log = nu * r^2 / gamma
+
+
+# --------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------
+
+
+def init_params(
+    input_size: int,
+    hidden_size: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> RTUParams:
+    """Ring initialisation of the eigenvalues and LeCun-normal input weights.
+
+    u1, u2 ~ U[0, 1]; r = sqrt(u1) (nu_log = log(-0.5 log u1)); theta = 2*pi*u2;
+    w1, w2 ~ N(0, 1/d). Draws are made in float64 and then cast, so a seed gives the same
+    cell in float32 and float64. u1 is kept in [1e-12, 1 - 1e-6] and u2 in [1e-6, 1) so
+    r stays strictly inside (0, 1) after rounding to float32 and theta_log stays finite.
+    """
+    d, n = _check_sizes(input_size, hidden_size)
+    f64 = torch.float64
+    u1 = torch.rand(n, generator=generator, dtype=f64).clamp(1e-12, 1.0 - 1e-6)
+    u2 = torch.rand(n, generator=generator, dtype=f64).clamp_min(1e-6)
+    nu_log = torch.log(-0.5 * torch.log(u1))
+    theta_log = torch.log(2.0 * math.pi * u2)
+    std = 1.0 / math.sqrt(d)
+    w1 = torch.randn(d, n, generator=generator, dtype=f64) * std
+    w2 = torch.randn(d, n, generator=generator, dtype=f64) * std
+    return RTUParams(nu_log.to(dtype), theta_log.to(dtype), w1.to(dtype), w2.to(dtype))
+
+
+def initial_state(
+    hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32
+) -> RTUState:
+    """Zero state, c1 and c2 of shape (B, n)."""
+    n = _check_positive_int(hidden_size, "hidden_size")
+    b = _check_positive_int(batch_size, "batch_size")
+    return RTUState(torch.zeros(b, n, dtype=dtype), torch.zeros(b, n, dtype=dtype))
+
+
+def initial_traces(
+    input_size: int,
+    hidden_size: int,
+    batch_size: int,
+    nonlinear: bool,
+    dtype: torch.dtype = torch.float32,
+) -> Traces:
+    """Zero RTRL traces: `LinearTraces` (lean complex) or `NonlinearTraces` (per component)."""
+    d, n = _check_sizes(input_size, hidden_size)
+    b = _check_positive_int(batch_size, "batch_size")
+
+    def big() -> Tensor:
+        return torch.zeros(b, d, n, dtype=dtype)
+
+    def small() -> Tensor:
+        return torch.zeros(b, n, dtype=dtype)
+
+    if nonlinear:
+        return NonlinearTraces(big(), big(), big(), big(), small(), small(), small(), small())
+    return LinearTraces(big(), big(), small(), small(), small(), small())
+
+
+# --------------------------------------------------------------------------------------
+# Forward step with trace update
+# --------------------------------------------------------------------------------------
+
+
+def step(
+    p: RTUParams,
+    x: Tensor,
+    state: RTUState,
+    traces: Traces,
+    done: Tensor | None,
+    nonlinear: bool,
+    activation: str,
+) -> tuple[Tensor, RTUState, Traces]:
+    """One RTU step that also carries the RTRL traces forward.
+
+    x: (B, d). done: (B,) or None; done[b] = 1 means x[b] is the first input of a new
+    episode, so the state and the traces of row b are multiplied by (1 - done) first.
+    Returns y (B, 2n) ordered [real parts, imaginary parts], the new state and the new
+    traces; pass the returned state and traces to `grads` for this time step.
+    """
+    d, n = _check_params(p)
+    b = _check_batch_input(x, d, p.w1.dtype, "x")
+    _check_activation(activation)
+    _check_state(state, b, n, p.w1.dtype)
+    _check_traces(traces, b, d, n, nonlinear, p.w1.dtype)
+    if done is not None:
+        keep = _keep_mask(done, b, x.dtype)
+        state = RTUState(*(_mask(t, keep) for t in state))
+        traces = type(traces)(*(_mask(t, keep) for t in traces))
+
+    co = _coeffs(p)
+    c1, c2 = state
+    lh1, lh2, u1, u2 = _recur_terms(p, co, x, c1, c2)
+    a1 = lh1 + co.gamma * u1
+    a2 = lh2 + co.gamma * u2
+    gx = x[:, :, None] * co.gamma  # (B, d, n): gamma_k * x_i, the w1/w2 input term
+    g, phi = co.g, co.phi
+
+    if not nonlinear:
+        tr = traces
+        # E_t = lam * E_{t-1} + gamma * x_t[:, None]
+        e_re = g * tr.e_re - phi * tr.e_im + gx
+        e_im = g * tr.e_im + phi * tr.e_re
+        # Tnu_t = lam * Tnu_{t-1} + (-nu * lam) * h_{t-1} + (nu * r^2 / gamma) * u_t
+        nu_re = g * tr.nu_re - phi * tr.nu_im - co.nu * lh1 + co.dgamma * u1
+        nu_im = g * tr.nu_im + phi * tr.nu_re - co.nu * lh2 + co.dgamma * u2
+        # Tth_t = lam * Tth_{t-1} + (i * theta * lam) * h_{t-1};  i*(lh1 + i*lh2) = -lh2 + i*lh1
+        th_re = g * tr.th_re - phi * tr.th_im - co.theta * lh2
+        th_im = g * tr.th_im + phi * tr.th_re + co.theta * lh1
+        y = _act(activation, torch.cat([a1, a2], dim=-1))
+        new_traces = LinearTraces(e_re, e_im, nu_re, nu_im, th_re, th_im)
+        return y, RTUState(a1, a2), new_traces
+
+    # Non-linear: for every parameter, with (s1, s2) the immediate derivative of (a1, a2),
+    #   E1_t = f'(a1_t) * (g*E1_{t-1} - phi*E2_{t-1} + s1)
+    #   E2_t = f'(a2_t) * (g*E2_{t-1} + phi*E1_{t-1} + s2)
+    tr = traces
+    c1_new = _act(activation, a1)
+    c2_new = _act(activation, a2)
+    fp1 = _act_grad_from_pre(activation, a1)  # (B, n) or None for identity
+    fp2 = _act_grad_from_pre(activation, a2)
+    fp1_b = None if fp1 is None else fp1[:, None, :]  # (B, 1, n): broadcast over inputs
+    fp2_b = None if fp2 is None else fp2[:, None, :]
+    # w1: s = (gamma * x_i, 0);  w2: s = (0, gamma * x_i)
+    w1_1 = _scale(fp1_b, g * tr.w1_1 - phi * tr.w1_2 + gx)
+    w1_2 = _scale(fp2_b, g * tr.w1_2 + phi * tr.w1_1)
+    w2_1 = _scale(fp1_b, g * tr.w2_1 - phi * tr.w2_2)
+    w2_2 = _scale(fp2_b, g * tr.w2_2 + phi * tr.w2_1 + gx)
+    # nu_log: s = (-nu * (lam c)_1 + dgamma * u1, -nu * (lam c)_2 + dgamma * u2)
+    nu_1 = _scale(fp1, g * tr.nu_1 - phi * tr.nu_2 - co.nu * lh1 + co.dgamma * u1)
+    nu_2 = _scale(fp2, g * tr.nu_2 + phi * tr.nu_1 - co.nu * lh2 + co.dgamma * u2)
+    # theta_log: s = Re/Im of i * theta * lam * c = (-theta * (lam c)_2, theta * (lam c)_1)
+    th_1 = _scale(fp1, g * tr.th_1 - phi * tr.th_2 - co.theta * lh2)
+    th_2 = _scale(fp2, g * tr.th_2 + phi * tr.th_1 + co.theta * lh1)
+    y = torch.cat([c1_new, c2_new], dim=-1)
+    new_traces = NonlinearTraces(w1_1, w1_2, w2_1, w2_2, nu_1, nu_2, th_1, th_2)
+    return y, RTUState(c1_new, c2_new), new_traces
+
+
+# --------------------------------------------------------------------------------------
+# Gradients from traces
+# --------------------------------------------------------------------------------------
+
+
+def grads(
+    p: RTUParams,
+    dL_dy: Tensor,
+    state: RTUState,
+    traces: Traces,
+    nonlinear: bool,
+    activation: str,
+    authors_theta_grad: bool = False,
+) -> dict[str, Tensor]:
+    """Exact gradient of sum(dL_dy * y_t) w.r.t. the parameters, through all past steps.
+
+    `state` and `traces` are those returned by `step` for this time step; dL_dy is (B, 2n).
+    Returns {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)}, summed over
+    the batch (the cotangent already carries any 1/B of the loss). Summing these over the
+    steps of a sequence with fixed parameters equals full BPTT.
+
+    authors_theta_grad=True reproduces the authors' code, whose theta_log gradient lacks the
+    chain-rule factor theta (it is the gradient for a directly learned theta).
+    """
+    d, n = _check_params(p)
+    _check_activation(activation)
+    b = _check_batch_input(dL_dy, 2 * n, p.w1.dtype, "dL_dy")
+    _check_state(state, b, n, p.w1.dtype)
+    _check_traces(traces, b, d, n, nonlinear, p.w1.dtype)
+
+    if nonlinear:
+        delta = dL_dy  # f' is already inside the traces
+    else:
+        # Linear RTU: y = f(h) with h the state, so delta = dL/dy * f'(h).
+        fp = _act_grad_from_pre(activation, torch.cat([state.c1, state.c2], dim=-1))
+        delta = _scale(fp, dL_dy)
+    d1, d2 = delta[:, :n], delta[:, n:]  # complex cotangent D = d1 + i*d2, (B, n)
+    d1_b, d2_b = d1[:, None, :], d2[:, None, :]  # (B, 1, n)
+
+    if nonlinear:
+        tr = traces
+        # dL/dp = dL/dc1 * dc1/dp + dL/dc2 * dc2/dp
+        g_w1 = d1_b * tr.w1_1 + d2_b * tr.w1_2
+        g_w2 = d1_b * tr.w2_1 + d2_b * tr.w2_2
+        g_nu = d1 * tr.nu_1 + d2 * tr.nu_2
+        g_th = d1 * tr.th_1 + d2 * tr.th_2
+    else:
+        tr = traces
+        # dL/dw1 = Re(conj(D) E);  dL/dw2 = Re(conj(D) i E) = -Im(conj(D) E)
+        g_w1 = d1_b * tr.e_re + d2_b * tr.e_im
+        g_w2 = d2_b * tr.e_re - d1_b * tr.e_im
+        # dL/dnu_log = Re(conj(D) Tnu);  dL/dtheta_log = Re(conj(D) Tth)
+        g_nu = d1 * tr.nu_re + d2 * tr.nu_im
+        g_th = d1 * tr.th_re + d2 * tr.th_im
+
+    g_th = g_th.sum(0)
+    if authors_theta_grad:
+        g_th = g_th / torch.exp(p.theta_log)
+    return {"nu_log": g_nu.sum(0), "theta_log": g_th, "w1": g_w1.sum(0), "w2": g_w2.sum(0)}
+
+
+def input_grad(
+    p: RTUParams, dL_dy: Tensor, state: RTUState, nonlinear: bool, activation: str
+) -> Tensor:
+    """One-step gradient of sum(dL_dy * y_t) w.r.t. x_t, (B, d): no temporal credit.
+
+    dL/dx_t[i] = sum_k Re(conj(D_k) * gamma_k * (w1[i,k] + i*w2[i,k])) with D the cotangent
+    of the pre-activation a_t. `state` is the one returned by `step`. For the non-linear RTU
+    f'(a_t) is recovered from the post-activation state: relu -> (c > 0), tanh -> 1 - c^2,
+    identity -> 1. At relu's kink (a = 0, so c = 0) the derivative is taken as 0, the same
+    convention as torch autograd and as `step`'s traces.
+    """
+    d, n = _check_params(p)
+    _check_activation(activation)
+    b = _check_batch_input(dL_dy, 2 * n, p.w1.dtype, "dL_dy")
+    _check_state(state, b, n, p.w1.dtype)
+
+    c = torch.cat([state.c1, state.c2], dim=-1)
+    if nonlinear:
+        fp = _act_grad_from_post(activation, c)
+    else:
+        fp = _act_grad_from_pre(activation, c)
+    delta = _scale(fp, dL_dy)
+    gamma = _coeffs(p).gamma
+    gd1 = (gamma * delta[:, :n])[:, None, :]  # (B, 1, n)
+    gd2 = (gamma * delta[:, n:])[:, None, :]
+    # Broadcast-and-reduce keeps w1/w2 in (d, n) layout (no transposed weight in the graph).
+    return (gd1 * p.w1 + gd2 * p.w2).sum(-1)
+
+
+# --------------------------------------------------------------------------------------
+# Unrolled forward (the BPTT oracle)
+# --------------------------------------------------------------------------------------
+
+
+def sequence(
+    p: RTUParams,
+    xs: Tensor,
+    state: RTUState,
+    nonlinear: bool,
+    activation: str,
+    dones: Tensor | None = None,
+) -> tuple[Tensor, RTUState]:
+    """Run the cell over xs (T, B, d) with plain autograd; returns ys (T, B, 2n), final state.
+
+    Same semantics as repeated `step` calls (dones (T, B) resets the state before step t),
+    without traces: differentiate through it for BPTT / truncated BPTT.
+    """
+    d, n = _check_params(p)
+    _check_activation(activation)
+    if not isinstance(xs, Tensor) or xs.dim() != 3 or xs.shape[2] != d:
+        raise ValueError(f"xs must be a tensor of shape (T, B, {d}); got {_shape_of(xs)}")
+    if xs.dtype != p.w1.dtype:
+        raise ValueError(f"xs has dtype {xs.dtype} but the parameters are {p.w1.dtype}")
+    t_len, b = xs.shape[0], xs.shape[1]
+    _check_state(state, b, n, p.w1.dtype)
+    if dones is not None and (not isinstance(dones, Tensor) or tuple(dones.shape) != (t_len, b)):
+        raise ValueError(f"dones must be a tensor of shape ({t_len}, {b}); got {_shape_of(dones)}")
+
+    co = _coeffs(p)
+    c1, c2 = state
+    ys = []
+    for t in range(t_len):
+        if dones is not None:
+            keep = 1 - dones[t].to(xs.dtype)
+            c1, c2 = _mask(c1, keep), _mask(c2, keep)
+        lh1, lh2, u1, u2 = _recur_terms(p, co, xs[t], c1, c2)
+        a1 = lh1 + co.gamma * u1
+        a2 = lh2 + co.gamma * u2
+        if nonlinear:
+            c1, c2 = _act(activation, a1), _act(activation, a2)
+            ys.append(torch.cat([c1, c2], dim=-1))
+        else:
+            c1, c2 = a1, a2
+            ys.append(_act(activation, torch.cat([a1, a2], dim=-1)))
+    return torch.stack(ys), RTUState(c1, c2)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+
+
+def _coeffs(p: RTUParams) -> _Coeffs:
+    nu = torch.exp(p.nu_log)
+    r = torch.exp(-nu)
+    theta = torch.exp(p.theta_log)
+    r2 = r * r
+    gamma = torch.sqrt(1 - r2)  # -> 0 as r -> 1: see the module docstring
+    return _Coeffs(
+        nu=nu,
+        theta=theta,
+        g=r * torch.cos(theta),
+        phi=r * torch.sin(theta),
+        gamma=gamma,
+        dgamma=nu * r2 / gamma,
+    )
+
+
+def _recur_terms(
+    p: RTUParams, co: _Coeffs, x: Tensor, c1: Tensor, c2: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """lam * h_{t-1} as (lh1, lh2) and the raw input drive u = (x@w1, x@w2), each (B, n)."""
+    lh1 = co.g * c1 - co.phi * c2
+    lh2 = co.g * c2 + co.phi * c1
+    return lh1, lh2, x @ p.w1, x @ p.w2
+
+
+def _act(activation: str, a: Tensor) -> Tensor:
+    if activation == "relu":
+        return torch.relu(a)
+    if activation == "tanh":
+        return torch.tanh(a)
+    return a
+
+
+def _act_grad_from_pre(activation: str, a: Tensor) -> Tensor | None:
+    """f'(a) from the pre-activation; None for identity (f' = 1, skip the multiply)."""
+    if activation == "relu":
+        return (a > 0).to(a.dtype)  # 0 at the kink, as torch autograd
+    if activation == "tanh":
+        t = torch.tanh(a)
+        return 1 - t * t
+    return None
+
+
+def _act_grad_from_post(activation: str, c: Tensor) -> Tensor | None:
+    """f'(a) from the post-activation c = f(a); None for identity."""
+    if activation == "relu":
+        return (c > 0).to(c.dtype)  # c > 0 iff a > 0, so 0 at the kink
+    if activation == "tanh":
+        return 1 - c * c
+    return None
+
+
+def _scale(factor: Tensor | None, t: Tensor) -> Tensor:
+    return t if factor is None else factor * t
+
+
+def _mask(t: Tensor, keep: Tensor) -> Tensor:
+    """Multiply row b of t (B, ...) by keep[b]."""
+    return t * keep.reshape((keep.shape[0],) + (1,) * (t.dim() - 1))
+
+
+def _keep_mask(done: Tensor, b: int, dtype: torch.dtype) -> Tensor:
+    if not isinstance(done, Tensor) or tuple(done.shape) != (b,):
+        raise ValueError(
+            f"done must be None or a tensor of shape ({b},) (1 = first step of a new "
+            f"episode); got {_shape_of(done)}"
+        )
+    return 1 - done.to(dtype)
+
+
+def _shape_of(t: object) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
+
+
+def _check_positive_int(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int; got {v!r}")
+    return v
+
+
+def _check_sizes(input_size: object, hidden_size: object) -> tuple[int, int]:
+    return (
+        _check_positive_int(input_size, "input_size"),
+        _check_positive_int(hidden_size, "hidden_size"),
+    )
+
+
+def _check_activation(activation: object) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
+
+
+def _check_params(p: RTUParams) -> tuple[int, int]:
+    if not isinstance(p, RTUParams):
+        raise ValueError(f"p must be an RTUParams; got {type(p).__name__}")
+    if p.w1.dim() != 2:
+        raise ValueError(f"w1 must have shape (d, n); got {_shape_of(p.w1)}")
+    d, n = p.w1.shape
+    expected = {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)}
+    for name, shape in expected.items():
+        t = getattr(p, name)
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (d={d}, n={n}); got {_shape_of(t)}")
+        if t.dtype != p.w1.dtype:
+            raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
+    return d, n
+
+
+def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
+    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
+        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
+    return t.shape[0]
+
+
+def _check_state(state: object, b: int, n: int, dtype: torch.dtype) -> None:
+    if not isinstance(state, RTUState):
+        raise ValueError(f"state must be an RTUState(c1, c2); got {type(state).__name__}")
+    for name, t in zip(RTUState._fields, state, strict=True):
+        if not isinstance(t, Tensor) or tuple(t.shape) != (b, n):
+            raise ValueError(f"state.{name} must have shape ({b}, {n}); got {_shape_of(t)}")
+        if t.dtype != dtype:
+            raise ValueError(f"state.{name} has dtype {t.dtype} but the parameters are {dtype}")
+
+
+def _check_traces(
+    traces: object, b: int, d: int, n: int, nonlinear: bool, dtype: torch.dtype
+) -> None:
+    kind = NonlinearTraces if nonlinear else LinearTraces
+    if not isinstance(traces, kind):
+        raise ValueError(
+            f"traces must be {kind.__name__} for nonlinear={nonlinear} "
+            f"(see initial_traces); got {type(traces).__name__}"
+        )
+    for name, t in zip(kind._fields, traces, strict=True):
+        shape = (b, d, n) if name.startswith(("e_", "w")) else (b, n)
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f"traces.{name} must have shape {shape}; got {_shape_of(t)}")
+        if t.dtype != dtype:
+            raise ValueError(f"traces.{name} has dtype {t.dtype} but the parameters are {dtype}")

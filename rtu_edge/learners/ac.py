@@ -1,0 +1,291 @@
+"""Streaming actor-critic AC(lambda) with exact RTRL and ObGD-bounded steps.
+
+This file is the single source of truth for on-line learning: ``rtu-edge train`` calls
+:func:`ac_step` in PyTorch, and ``rtu-edge export`` traces the very same function into
+``learn.onnx``, which the robot runs with onnxruntime. So the step is a pure function of
+tensors, with no autograd, no Python branching on values and no state on ``self``.
+
+One call is one control tick. The robot (or the gymnasium loop in rtu_edge/train.py) sends
+the observation S_t, the reward R_t of the transition that led to it, and two flags:
+
+* ``first``: S_t starts an episode. State, RTRL traces and eligibility traces are zeroed and no
+  TD update happens (there is no previous transition in this episode).
+* ``terminal``: S_t is terminal, so its value is 0 when bootstrapping. The action returned on a
+  terminal tick is ignored by the robot, which resets and sends ``first`` next.
+  A time-limit truncation is simply not terminal: the learner bootstraps from v(S_t).
+
+Per tick, in order (Elsayed, Vasan, Mahmood 2024, "Streaming deep RL finally works", with the
+RTU's exact RTRL traces supplying the recurrent gradients):
+
+1. normalise S_t with running statistics; scale R_t by the running std of the discounted return;
+2. RTU step with RTRL traces -> features y_t; heads -> v(S_t), policy; sample A_t with the noise;
+3. TD error of the previous transition: delta = R_t + gamma (1 - terminal) v(S_t) - v(S_{t-1});
+4. ObGD update with the eligibility traces holding grad v and grad log pi up to S_{t-1}:
+   step = lr / max(lr * kappa * max(|delta|, 1) * ||z||_1, 1);  w += step * delta * z;
+   the actor also takes an entropy step, and any non-finite update is skipped as a whole;
+5. decay the eligibility traces and add grad v(S_t) and grad log pi(A_t | S_t).
+
+v(S_{t-1}) is the value computed on the previous tick, i.e. with the parameters before the last
+update: the usual one-forward-per-step form of online TD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from rtu_edge import agent as A
+from rtu_edge.cells import rtu_math
+
+State = dict[str, Tensor]
+
+
+@dataclass
+class ACConfig:
+    """Hyperparameters of streaming AC(lambda). Defaults follow Elsayed et al. (2024)."""
+
+    gamma: float = 0.99  # discount
+    lam: float = 0.8  # eligibility-trace decay lambda, for actor and critic
+    lr: float = 1.0  # ObGD step size alpha (ObGD scales it down whenever a step would overshoot)
+    kappa_value: float = 2.0  # ObGD overshoot bound for the critic
+    kappa_policy: float = 3.0  # ObGD overshoot bound for the actor
+    entropy_coef: float = 0.01  # weight of the entropy step of the actor
+    obs_clip: float = 1e3  # raw observations are clipped to +-obs_clip before anything else
+    norm_clip: float = 5.0  # normalised observations are clipped to +-norm_clip standard deviations
+    stats_clip: float = 10.0  # after warm-up, a sample moves the normaliser by at most this many stds
+    stats_warmup: float = 100.0  # samples before stats_clip applies
+    eps: float = 1e-8  # variance floor in normalisers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---- state layout ------------------------------------------------------------------------
+
+
+def trace_names(agent: A.AgentConfig) -> tuple[str, ...]:
+    cls = rtu_math.NonlinearTraces if agent.nonlinear else rtu_math.LinearTraces
+    return tuple(cls._fields)
+
+
+def initial_state(agent: A.AgentConfig, seed: int = 0) -> State:
+    """Every tensor the learn step carries from tick to tick, by its bundle name."""
+    params = A.init_params(agent, seed)
+    s: State = {f"params.{k}": v for k, v in params.items()}
+    for k in A.critic_param_names(agent):
+        s[f"elig_v.{k}"] = torch.zeros_like(params[k])
+    for k in A.actor_param_names(agent):
+        s[f"elig_pi.{k}"] = torch.zeros_like(params[k])
+    d = agent.obs_size
+    s.update(
+        {
+            "norm.obs_count": torch.zeros(1),
+            "norm.obs_mean": torch.zeros(1, d),
+            "norm.obs_m2": torch.zeros(1, d),
+            "norm.ret_trace": torch.zeros(1),
+            "norm.ret_count": torch.zeros(1),
+            "norm.ret_mean": torch.zeros(1),
+            "norm.ret_m2": torch.zeros(1),
+        }
+    )
+    st = rtu_math.initial_state(agent.hidden_size, 1)
+    s["carry.c1"], s["carry.c2"] = st.c1, st.c2
+    traces = rtu_math.initial_traces(agent.encoder_size, agent.hidden_size, 1, agent.nonlinear)
+    for name, t in zip(traces._fields, traces):
+        s[f"carry.{name}"] = t
+    s["carry.v_prev"] = torch.zeros(1)
+    return {k: v.contiguous() for k, v in s.items()}
+
+
+def params_of(s: State) -> A.Params:
+    return {k[len("params.") :]: v for k, v in s.items() if k.startswith("params.")}
+
+
+# ---- running statistics (Welford, as masks so they export) ---------------------------------
+
+
+def _welford(count: Tensor, mean: Tensor, m2: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    count = count + 1
+    delta = x - mean
+    mean = mean + delta / count
+    m2 = m2 + delta * (x - mean)
+    return count, mean, m2
+
+
+def _variance(count: Tensor, m2: Tensor) -> Tensor:
+    """Sample variance, and 1 until there are two samples."""
+    return torch.where(count >= 2, m2 / torch.clamp(count - 1, min=1.0), torch.ones_like(m2))
+
+
+def normalise_obs(cfg: ACConfig, s: State, obs: Tensor) -> tuple[Tensor, State]:
+    """Clip, update the running mean/variance, return the normalised observation.
+
+    After warm-up, the sample fed to the statistics is winsorised to mean +- stats_clip std, so a
+    single absurd reading (a sensor glitch of 1e9) cannot poison the normaliser.
+    """
+    obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
+    count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
+    std = torch.sqrt(_variance(count, m2) + cfg.eps)
+    bounded = torch.clamp(obs, mean - cfg.stats_clip * std, mean + cfg.stats_clip * std)
+    sample = torch.where(count >= cfg.stats_warmup, bounded, obs)
+    count, mean, m2 = _welford(count, mean, m2, sample)
+    x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
+    x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
+    return x, {"norm.obs_count": count, "norm.obs_mean": mean, "norm.obs_m2": m2}
+
+
+def scale_reward(cfg: ACConfig, s: State, reward: Tensor, keep: Tensor) -> tuple[Tensor, State]:
+    """Divide the reward by the running std of the discounted return (Elsayed et al.)."""
+    trace = s["norm.ret_trace"] * cfg.gamma * keep + reward
+    count, mean, m2 = _welford(s["norm.ret_count"], s["norm.ret_mean"], s["norm.ret_m2"], trace)
+    scaled = reward / torch.sqrt(_variance(count, m2) + cfg.eps)
+    return scaled, {
+        "norm.ret_trace": trace,
+        "norm.ret_count": count,
+        "norm.ret_mean": mean,
+        "norm.ret_m2": m2,
+    }
+
+
+# ---- ObGD ---------------------------------------------------------------------------------
+
+
+def _l1(tensors) -> Tensor:
+    total = None
+    for t in tensors:
+        part = t.abs().sum()
+        total = part if total is None else total + part
+    return total
+
+
+def obgd_step_size(lr: float, kappa: float, delta: Tensor, z_l1: Tensor) -> Tensor:
+    """ObGD: shrink the step so that it cannot overshoot the TD target (Elsayed et al., Alg. 3)."""
+    delta_bar = torch.clamp(delta.abs(), min=1.0)
+    overshoot = lr * kappa * delta_bar * z_l1
+    return lr / torch.clamp(overshoot, min=1.0)
+
+
+# ---- the learn step -------------------------------------------------------------------------
+
+
+def ac_step(
+    cfg: ACConfig,
+    agent: A.AgentConfig,
+    s: State,
+    obs: Tensor,
+    reward: Tensor,
+    first: Tensor,
+    terminal: Tensor,
+    noise: Tensor,
+) -> tuple[State, Tensor, Tensor, Tensor]:
+    """One streaming AC(lambda) tick. Returns (new state, action, value, td_error).
+
+    Shapes: obs (1, obs_size); reward, first, terminal (1,); noise (1, agent.noise_size).
+    """
+    keep = 1.0 - first  # (1,): 0 on the first tick of an episode
+    p = params_of(s)
+    new: State = {}
+
+    # 1. normalisers
+    x, upd = normalise_obs(cfg, s, obs)
+    new.update(upd)
+    r, upd = scale_reward(cfg, s, reward, keep)
+    new.update(upd)
+
+    # 2. forward: encoder, RTU with RTRL traces (reset by the `first` mask inside), heads
+    h0 = A.encode(p, x)
+    names = trace_names(agent)
+    traces_cls = rtu_math.NonlinearTraces if agent.nonlinear else rtu_math.LinearTraces
+    traces = traces_cls(*(s[f"carry.{n}"] for n in names))
+    state = rtu_math.RTUState(s["carry.c1"], s["carry.c2"])
+    y, state, traces = rtu_math.step(
+        A.cell_params(p), h0, state, traces, first, agent.nonlinear, agent.activation
+    )
+    value_out, v_hid = A.head(p, "critic", y)
+    value = value_out.reshape(1)
+    pi_out, pi_hid = A.head(p, "actor", y)
+    sample = A.sample_policy(agent, p, pi_out, noise)
+
+    # 3. TD error of the previous transition (masked out on the first tick)
+    v_boot = value * (1.0 - terminal)
+    delta = (r + cfg.gamma * v_boot - s["carry.v_prev"]) * keep
+
+    # 4. ObGD updates from the eligibility traces (zeroed on the first tick)
+    crit_names = A.critic_param_names(agent)
+    act_names = A.actor_param_names(agent)
+    z_v = {k: s[f"elig_v.{k}"] * keep for k in crit_names}
+    z_pi = {k: s[f"elig_pi.{k}"] * keep for k in act_names}
+    z_v_l1 = _l1(z_v.values())
+    z_pi_l1 = _l1(z_pi.values())
+    step_v = obgd_step_size(cfg.lr, cfg.kappa_value, delta, z_v_l1)
+    step_pi = obgd_step_size(cfg.lr, cfg.kappa_policy, delta, z_pi_l1)
+
+    # gradients at S_t (pre-update parameters): critic grad v, actor grad log pi and grad entropy
+    g_v_head, g_y_v = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))
+    g_v = A.trunk_backward(agent, p, g_y_v, x, h0, state, traces)
+    g_v.update(g_v_head)
+    g_pi_head, g_y_pi = A.head_backward(p, "actor", y, pi_hid, sample.dlogp_dout)
+    g_pi = A.trunk_backward(agent, p, g_y_pi, x, h0, state, traces)
+    g_pi.update(g_pi_head)
+    if agent.action_kind == "continuous":
+        g_pi["actor.log_std"] = sample.dlogp_dlogstd
+        # the entropy of a Gaussian depends on log_std only: no gradient flows into the trunk
+        g_h = {"actor.log_std": sample.dent_dlogstd}
+    else:
+        g_h_head, g_y_h = A.head_backward(p, "actor", y, pi_hid, sample.dent_dout)
+        g_h = A.trunk_backward(agent, p, g_y_h, x, h0, state, traces)
+        g_h.update(g_h_head)
+
+    # skip the whole update when anything is non-finite (it is then counted by the host)
+    ok = torch.isfinite(delta * z_v_l1 * z_pi_l1 * value).all()
+    for k, w in p.items():
+        dw = torch.zeros_like(w)
+        if k in z_v:
+            dw = dw + step_v * delta * z_v[k]
+        if k in z_pi:
+            ent = g_h[k] * cfg.entropy_coef if k in g_h else 0.0
+            dw = dw + step_pi * (delta * z_pi[k] + ent * keep)
+        new[f"params.{k}"] = torch.where(ok, w + dw, w)
+
+    # 5. eligibility traces: z = gamma * lambda * z + grad at S_t
+    decay = cfg.gamma * cfg.lam
+    for k in crit_names:
+        new[f"elig_v.{k}"] = decay * z_v[k] + g_v[k]
+    for k in act_names:
+        new[f"elig_pi.{k}"] = decay * z_pi[k] + g_pi[k]
+
+    new["carry.c1"], new["carry.c2"] = state.c1, state.c2
+    for n, t in zip(names, traces):
+        new[f"carry.{n}"] = t
+    new["carry.v_prev"] = value * 1.0
+    return new, sample.action, value, delta
+
+
+def act_step(
+    agent: A.AgentConfig,
+    s: State,
+    obs: Tensor,
+    first: Tensor,
+    cfg: ACConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One control tick without learning: greedy action, value, new hidden state (c1, c2).
+
+    Uses the normaliser statistics as they are (no update) and no RTRL traces.
+    """
+    p = params_of(s)
+    obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
+    count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
+    x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
+    x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
+    h0 = A.encode(p, x)
+    keep = (1.0 - first).unsqueeze(-1)
+    c1, c2 = s["carry.c1"] * keep, s["carry.c2"] * keep
+    y, state = rtu_math.sequence(
+        A.cell_params(p), h0.unsqueeze(0), rtu_math.RTUState(c1, c2), agent.nonlinear, agent.activation
+    )
+    y = y[0]
+    value_out, _ = A.head(p, "critic", y)
+    pi_out, _ = A.head(p, "actor", y)
+    return A.greedy_action(agent, pi_out), value_out.reshape(1), state.c1, state.c2

@@ -1,0 +1,231 @@
+"""`rtu-edge train`: run the streaming learner on a gymnasium environment and save a run directory.
+
+RUN_DIR/
+  config.json            the TrainConfig, AgentConfig and ACConfig (everything export needs)
+  metrics.csv            one row per finished episode: step, episode, return, length, steps/s, wall time
+  checkpoint.safetensors every carried tensor of the learn step (params, traces, normalisers, state)
+  summary.json           final_return, steps_per_second, recurrent_params, ...
+  learning_curve.svg     episode returns over steps
+
+The loop feeds the environment to :func:`rtu_edge.learners.ac.ac_step` exactly as the robot
+does over the serial link: one call per observation, with `first` / `terminal` flags, and one
+extra call on the final observation of every episode (its action is discarded).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rtu_edge import envs as envs_mod
+from rtu_edge.agent import AgentConfig
+from rtu_edge.atomic import atomic_write_bytes, atomic_write_json
+from rtu_edge.cells import CELLS, recurrent_param_count
+from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
+from rtu_edge.plots import write_learning_curve_svg
+
+ALGOS = ("ac",)  # later: "td", "ppo"
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Saved as config.json in the run directory."""
+
+    out: str  # run directory (created; an existing non-empty one needs overwrite=True)
+    env: str = envs_mod.DEFAULT_ENV  # environment id, `rtu-edge envs` lists them
+    cell: str = "rtu"  # "rtu" (linear RTU) or "rtu-nonlinear"
+    algo: str = "ac"  # learner: streaming AC(lambda)
+    steps: int = 50_000  # environment steps
+    seed: int = 0  # seeds the parameters, the exploration noise and the environment
+    hidden_size: int = 32  # RTU units n
+    encoder_size: int = 32  # encoder width
+    head_size: int = 32  # width of the actor and critic hidden layers
+    activation: str = "relu"  # RTU activation
+    checkpoint_every: int = 20_000  # steps between checkpoints, so a crash loses little
+    overwrite: bool = False  # allow writing into a non-empty run directory
+    ac: ACConfig = field(default_factory=ACConfig)
+
+
+def agent_config_for(cfg: TrainConfig) -> AgentConfig:
+    info = envs_mod.env_info(cfg.env)
+    return AgentConfig(
+        obs_size=info.obs_size,
+        action_kind=info.action_kind,
+        action_dims=info.action_dims,
+        num_actions=info.num_actions,
+        encoder_size=cfg.encoder_size,
+        hidden_size=cfg.hidden_size,
+        head_size=cfg.head_size,
+        cell=cfg.cell,
+        activation=cfg.activation,
+    )
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(run_dir / CHECKPOINT, save({k: v.contiguous() for k, v in state.items()}))
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, AgentConfig, ACConfig, dict[str, torch.Tensor]]:
+    """Read a run directory back: (config dict, agent config, learner config, state tensors)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
+    for p in (cfg_path, ckpt_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"{p} is missing: is {run_dir} a directory written by `rtu-edge train`?"
+            )
+    config = json.loads(cfg_path.read_text())
+    agent = AgentConfig(**config["agent"])
+    ac = ACConfig(**config["train"]["ac"])
+    return config, agent, ac, load_file(str(ckpt_path))
+
+
+def _noise(agent: AgentConfig, gen: torch.Generator) -> torch.Tensor:
+    if agent.action_kind == "continuous":
+        return torch.randn(1, agent.noise_size, generator=gen)
+    u = torch.rand(1, agent.noise_size, generator=gen).clamp_(1e-10, 1 - 1e-7)
+    return -torch.log(-torch.log(u))  # standard Gumbel
+
+
+def _env_action(agent: AgentConfig, action: torch.Tensor, low, high):
+    if agent.action_kind == "discrete":
+        return int(min(max(round(float(action[0, 0])), 0), agent.num_actions - 1))
+    return np.clip(action[0].numpy().astype(np.float32), low, high)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict:
+    """Train one agent; returns the summary (also written to summary.json)."""
+    if cfg.cell not in CELLS:
+        raise ValueError(f"unknown cell {cfg.cell!r}; choose one of {sorted(CELLS)}")
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"unknown algo {cfg.algo!r}; choose one of {list(ALGOS)}")
+    if cfg.steps <= 0:
+        raise ValueError("--steps must be positive")
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds files; choose another --out or pass --overwrite"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.set_num_threads(1)
+    info = envs_mod.env_info(cfg.env)
+    agent = agent_config_for(cfg)
+    atomic_write_json(
+        run_dir / "config.json",
+        {"train": asdict(cfg), "agent": agent.to_dict(), "env_info": asdict(info)},
+    )
+    env = envs_mod.make(cfg.env, seed=cfg.seed)
+    low = np.asarray(info.action_low, dtype=np.float32)
+    high = np.asarray(info.action_high, dtype=np.float32)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    state = initial_state(agent, cfg.seed)
+
+    metrics_f = open(run_dir / "metrics.csv", "w", newline="")
+    writer = csv.writer(metrics_f)
+    writer.writerow(["step", "episode", "episode_return", "episode_length", "steps_per_second", "wall_time_s"])
+    returns: list[tuple[int, float]] = []
+    recent: deque[float] = deque(maxlen=20)
+
+    bar = None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(
+            TextColumn(f"train {cfg.env} {cfg.cell}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[sps]:>7.0f} steps/s  recent return {task.fields[ret]}"),
+            TimeRemainingColumn(),
+        )
+        task = bar.add_task("train", total=cfg.steps, sps=0.0, ret="-")
+        bar.start()
+
+    obs, _ = env.reset()
+    reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
+    ep_return, ep_len, episode = 0.0, 0, 0
+    step = 0
+    t0 = time.perf_counter()
+    bad_updates = 0
+    try:
+        with torch.inference_mode():
+            while step < cfg.steps:
+                new, action, _, delta = ac_step(
+                    cfg.ac,
+                    agent,
+                    state,
+                    torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1),
+                    torch.tensor([reward], dtype=torch.float32),
+                    torch.tensor([first]),
+                    torch.tensor([terminal]),
+                    _noise(agent, gen),
+                )
+                state.update(new)
+                if not math.isfinite(float(delta)):
+                    bad_updates += 1
+                if episode_over:  # the tick on the final observation: learn, then reset
+                    episode += 1
+                    recent.append(ep_return)
+                    returns.append((step, ep_return))
+                    elapsed = time.perf_counter() - t0
+                    writer.writerow([step, episode, f"{ep_return:.6g}", ep_len, f"{step / elapsed:.1f}", f"{elapsed:.2f}"])
+                    obs, _ = env.reset()
+                    reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
+                    ep_return, ep_len = 0.0, 0
+                    continue
+                obs, r, term, trunc, _ = env.step(_env_action(agent, action, low, high))
+                reward, first, terminal = float(r), 0.0, float(term)
+                episode_over = term or trunc
+                ep_return += reward
+                ep_len += 1
+                step += 1
+                if step % cfg.checkpoint_every == 0:
+                    save_checkpoint(run_dir, state)
+                    metrics_f.flush()
+                if bar is not None and step % 200 == 0:
+                    sps = step / (time.perf_counter() - t0)
+                    ret = f"{sum(recent) / len(recent):.1f}" if recent else "-"
+                    bar.update(task, completed=step, sps=sps, ret=ret)
+    finally:
+        if bar is not None:
+            bar.stop()
+        metrics_f.close()
+        env.close()
+    elapsed = time.perf_counter() - t0
+    save_checkpoint(run_dir, state)
+
+    tail = [r for s, r in returns if s >= 0.9 * cfg.steps] or [r for _, r in returns[-1:]]
+    summary = {
+        "env": cfg.env,
+        "cell": cfg.cell,
+        "algo": cfg.algo,
+        "steps": cfg.steps,
+        "episodes": episode,
+        "final_return": float(np.mean(tail)) if tail else None,
+        "first_return": float(np.mean([r for _, r in returns[: max(1, len(returns) // 10)]]))
+        if returns
+        else None,
+        "steps_per_second": cfg.steps / elapsed,
+        "recurrent_params": recurrent_param_count(agent.encoder_size, agent.hidden_size),
+        "non_finite_updates": bad_updates,
+        "wall_time_s": elapsed,
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    if returns:
+        write_learning_curve_svg(
+            run_dir / "learning_curve.svg", returns, title=f"{cfg.env} {cfg.cell} seed {cfg.seed}"
+        )
+    return summary

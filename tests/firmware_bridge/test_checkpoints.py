@@ -1,0 +1,355 @@
+"""CheckpointStore: round trip, rotation, corruption fallback, failures, and kill -9 mid-save."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import firmware_bridge.checkpoints as ckpt_mod
+from firmware_bridge.checkpoints import CheckpointError, CheckpointStore, CheckpointWarning
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tensors(step: int, size: int = 16) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(step)
+    return {
+        "params.rtu.w1": rng.normal(size=(4, size)).astype(np.float32),
+        "elig_v.rtu.w1": rng.normal(size=(4, size)).astype(np.float32),
+        "norm.count": np.array(step, np.int64),
+        "carry.c1": np.zeros((1, size), np.float64),
+        "flags": np.array([True, False]),
+    }
+
+
+def _meta(step: int) -> dict:
+    rng = np.random.default_rng(step)
+    return {"step": step, "rng": rng.bit_generator.state, "bundle": "ab" * 32, "ok": [1, 2.5]}
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def _assert_tensors_equal(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_round_trip(tmp_path):
+    store = CheckpointStore(tmp_path / "ck")
+    assert store.load_latest() is None
+    path = store.save(7, _tensors(7), _meta(7))
+    assert path == tmp_path / "ck" / "ckpt-000000000007.json"
+    tensors, meta, got = CheckpointStore(tmp_path / "ck").load_latest()
+    assert got == path
+    _assert_tensors_equal(tensors, _tensors(7))
+    assert meta == json.loads(json.dumps(_meta(7)))
+    # the RNG state restores the generator exactly
+    rng = np.random.default_rng()
+    rng.bit_generator.state = meta["rng"]
+    assert rng.random() == np.random.default_rng(7).random()
+    record = json.loads(path.read_text())
+    assert record["format_version"] == 1 and record["step"] == 7
+    assert len(record["sha256"]) == 64
+    # the data file is a plain npz that numpy reads without pickle
+    with np.load(tmp_path / "ck" / record["npz"], allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["params.rtu.w1"], _tensors(7)["params.rtu.w1"])
+
+
+def test_rotation_keeps_newest_n(tmp_path):
+    store = CheckpointStore(tmp_path, keep=3)
+    for step in range(0, 60, 10):
+        store.save(step, _tensors(step), _meta(step))
+    assert [p.name for p in store.list()] == [
+        "ckpt-000000000030.json",
+        "ckpt-000000000040.json",
+        "ckpt-000000000050.json",
+    ]
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+    tensors, meta, _ = store.load_latest()
+    assert meta["step"] == 50
+    _assert_tensors_equal(tensors, _tensors(50))
+
+
+def test_same_step_twice_replaces(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(5, _tensors(5), {"v": 1})
+    store.save(5, _tensors(6), {"v": 2})
+    assert len(store.list()) == 1 and len(list(tmp_path.glob("*.npz"))) == 1
+    tensors, meta, _ = store.load_latest()
+    assert meta == {"v": 2}
+    _assert_tensors_equal(tensors, _tensors(6))
+
+
+def test_prefixes_coexist(tmp_path):
+    a, b = CheckpointStore(tmp_path, prefix="learn"), CheckpointStore(tmp_path, prefix="snap")
+    a.save(1, _tensors(1), {"who": "a"})
+    b.save(2, _tensors(2), {"who": "b"})
+    assert a.load_latest()[1] == {"who": "a"}
+    assert b.load_latest()[1] == {"who": "b"}
+
+
+def _npz_of(sidecar: Path) -> Path:
+    return sidecar.parent / json.loads(sidecar.read_text())["npz"]
+
+
+def test_tampered_newest_falls_back_with_warning(tmp_path):
+    store = CheckpointStore(tmp_path, keep=3)
+    for step in (1, 2, 3):
+        store.save(step, _tensors(step), _meta(step))
+    npz = _npz_of(store.list()[-1])
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside an array: zip still parses
+    npz.write_bytes(bytes(data))
+    with pytest.warns(CheckpointWarning, match=r"ckpt-000000000003.*SHA-256"):
+        tensors, meta, path = store.load_latest()
+    assert meta["step"] == 2 and path.name == "ckpt-000000000002.json"
+    _assert_tensors_equal(tensors, _tensors(2))
+
+
+def test_truncated_and_zeroed_files_fall_back(tmp_path):
+    store = CheckpointStore(tmp_path, keep=4)
+    for step in (1, 2, 3, 4):
+        store.save(step, _tensors(step), _meta(step))
+    paths = store.list()
+    npz4 = _npz_of(paths[3])
+    npz4.write_bytes(npz4.read_bytes()[:100])  # truncated data file
+    paths[2].write_bytes(paths[2].read_bytes()[:40])  # truncated JSON record
+    npz2 = _npz_of(paths[1])
+    npz2.write_bytes(b"\0" * npz2.stat().st_size)  # power loss without fsync: zeros
+    with pytest.warns(CheckpointWarning) as record:
+        tensors, meta, _ = store.load_latest()
+    assert meta["step"] == 1
+    messages = " | ".join(str(w.message) for w in record)
+    assert "truncated" in messages and "does not parse" in messages
+    _assert_tensors_equal(tensors, _tensors(1))
+
+
+def test_all_corrupt_raises_instead_of_starting_fresh(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(1, _tensors(1), {})
+    _npz_of(store.list()[0]).write_bytes(b"garbage")
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="none of the 1"):
+        store.load_latest()
+
+
+def test_wrong_format_version_is_a_clear_error(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save(1, _tensors(1), {})
+    store.save(2, _tensors(2), {})
+    sidecar = store.list()[-1]
+    record = json.loads(sidecar.read_text())
+    record["format_version"] = 99
+    sidecar.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"format_version 99.*reads version 1"):
+        store.load_latest()
+
+
+def test_pickled_arrays_never_loaded(tmp_path):
+    store = CheckpointStore(tmp_path)
+    with pytest.raises(CheckpointError, match="object"):
+        store.save(1, {"x": np.array([{"a": 1}], dtype=object)}, {})
+    # a record whose npz holds a pickled member, with a matching hash, is still refused
+    store.save(1, _tensors(1), {})
+    sidecar = store.list()[0]
+    record = json.loads(sidecar.read_text())
+    npz = tmp_path / record["npz"]
+    np.savez(npz, x=np.array([{"a": 1}], dtype=object))  # writes a pickle (allow_pickle=True)
+    npz.replace(npz)  # np.savez with a path keeps the name
+    blob = npz.read_bytes()
+    import hashlib
+
+    record.update(sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+    record["tensors"] = {"x": {"dtype": "|O", "shape": [1]}}
+    sidecar.write_text(json.dumps(record))
+    with pytest.warns(CheckpointWarning, match="does not load"):
+        with pytest.raises(CheckpointError):
+            store.load_latest()
+
+
+def test_bad_inputs_rejected_before_writing(tmp_path):
+    store = CheckpointStore(tmp_path)
+    with pytest.raises(CheckpointError, match="JSON"):
+        store.save(1, _tensors(1), {"f": object()})
+    with pytest.raises(CheckpointError, match="step"):
+        store.save(-1, _tensors(1), {})
+    with pytest.raises(CheckpointError, match="tensor name"):
+        store.save(1, {"a/b": np.zeros(1)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fail_on(monkeypatch, what: str, err: int, nth: int = 1):
+    """Make the nth call of os.replace / mkstemp fail with OSError(err)."""
+    calls = {"n": 0}
+    if what == "replace":
+        real = os.replace
+
+        def fake(src, dst):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise OSError(err, os.strerror(err), str(dst))
+            return real(src, dst)
+
+        monkeypatch.setattr(ckpt_mod.os, "replace", fake)
+    else:
+        real = tempfile.mkstemp
+
+        def fake(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == nth:
+                raise OSError(err, os.strerror(err), k.get("dir"))
+            return real(*a, **k)
+
+        monkeypatch.setattr(ckpt_mod.tempfile, "mkstemp", fake)
+
+
+@pytest.mark.parametrize(
+    "what,err,nth",
+    [
+        ("mkstemp", errno.EROFS, 1),  # read-only file system: nothing can be created
+        ("replace", errno.ENOSPC, 1),  # fails committing the npz
+        ("replace", errno.ENOSPC, 2),  # npz committed, JSON record fails: npz removed again
+        ("mkstemp", errno.ENOSPC, 2),
+    ],
+)
+def test_injected_write_failure_keeps_previous(tmp_path, monkeypatch, what, err, nth):
+    store = CheckpointStore(tmp_path)
+    store.save(1, _tensors(1), _meta(1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _fail_on(monkeypatch, what, err, nth)
+    with pytest.raises(CheckpointError, match="previous checkpoints are intact"):
+        store.save(2, _tensors(2), _meta(2))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temp, no orphan
+    tensors, meta, _ = store.load_latest()
+    assert meta["step"] == 1
+    _assert_tensors_equal(tensors, _tensors(1))
+
+
+def test_read_only_directory(tmp_path):
+    store = CheckpointStore(tmp_path / "ck")
+    store.save(1, _tensors(1), _meta(1))
+    os.chmod(tmp_path / "ck", 0o555)
+    try:
+        if os.access(tmp_path / "ck", os.W_OK):
+            pytest.skip("running as root: chmod does not stop writes (see the EROFS injection)")
+        with pytest.raises(CheckpointError, match="intact"):
+            store.save(2, _tensors(2), _meta(2))
+        assert store.load_latest()[1]["step"] == 1
+    finally:
+        os.chmod(tmp_path / "ck", 0o755)
+
+
+def test_real_disk_full_via_file_size_limit(tmp_path):
+    """RLIMIT_FSIZE makes the kernel refuse big writes (EFBIG), as a full disk would (root too)."""
+    store = CheckpointStore(tmp_path)
+    store.save(1, _tensors(1), _meta(1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        import numpy as np
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
+        store = CheckpointStore({str(tmp_path)!r})
+        try:
+            store.save(2, {{"big": np.ones(1 << 20, np.float32)}}, {{}})
+        except CheckpointError as exc:
+            print("FAILED CLEANLY:", exc)
+            sys.exit(0)
+        sys.exit(3)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAILED CLEANLY" in proc.stdout and "File too large" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert store.load_latest()[1]["step"] == 1
+
+
+_SAVER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    store = CheckpointStore(sys.argv[1], keep=2)
+    found = store.load_latest()
+    step = 0 if found is None else found[1]["step"] + 1
+    print("start", step, flush=True)
+    while True:
+        tensors = {f"params.w{i}": np.full((256, 1024), step, np.float32) for i in range(6)}
+        tensors["norm.count"] = np.array(step, np.int64)
+        store.save(step, tensors, {"step": step})
+        print("saved", step, flush=True)
+        step += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_save_never_loses_a_complete_checkpoint(tmp_path):
+    directory = tmp_path / "ck"
+    rng = random.Random(1234)
+    last_saved = -1
+    caught_mid_write = 0
+    for round_ in range(24):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(directory)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + rng.uniform(0.3, 1.2)
+        wait_for_tmp = round_ % 2 == 0  # half the kills aim at an open temp file
+        while time.monotonic() < deadline:
+            if wait_for_tmp and directory.is_dir() and _leftovers(directory):
+                break
+            time.sleep(0.0005)
+        in_flight = directory.is_dir() and bool(_leftovers(directory))
+        proc.send_signal(signal.SIGKILL)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, err
+        caught_mid_write += in_flight
+        saved = [int(line.split()[1]) for line in out.splitlines() if line.startswith("saved")]
+        if saved:
+            last_saved = saved[-1]
+
+        store = CheckpointStore(directory, keep=2)
+        found = store.load_latest()
+        assert _leftovers(directory) == []  # temp files cleaned
+        if last_saved < 0:
+            continue  # killed before the first save finished: nothing to load is correct
+        assert found is not None
+        tensors, meta, path = found
+        step = meta["step"]
+        assert step >= last_saved  # never older than a save that reported success
+        assert int(tensors["norm.count"]) == step
+        for i in range(6):
+            w = tensors[f"params.w{i}"]
+            assert w.shape == (256, 1024) and (w == step).all()
+        # every npz left is referenced by a record (orphans removed), at most keep + 1 kept
+        referenced = {json.loads(p.read_text())["npz"] for p in store.list()}
+        assert {p.name for p in directory.glob("*.npz")} == referenced
+        assert len(store.list()) <= 3
+    assert last_saved >= 3, "the saver never got going; the test proved nothing"
+    assert caught_mid_write >= 5, f"only {caught_mid_write} kills hit an open temp file"
