@@ -1,0 +1,187 @@
+"""The `rtu-edge` command line. Each command builds a config and calls one library function.
+
+Heavy imports (torch, gymnasium, onnx) live inside the command bodies so that `--help` and the
+robot path (`run`, `ports`) stay light: `rtu-edge run` never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    help="Recurrent Trace Units with exact RTRL: train on a workstation, keep learning on the robot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_ENV = "classic/CartPole-P"  # kept equal to rtu_edge.envs.DEFAULT_ENV (a test checks)
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _need_train_extra() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        _fail("this command needs the workstation install: pip install 'rtu-edge[train]'")
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
+    env: Annotated[str, typer.Option(help="Environment id (`rtu-edge envs` lists them).")] = DEFAULT_ENV,
+    cell: Annotated[str, typer.Option(help="rtu | rtu-nonlinear")] = "rtu",
+    algo: Annotated[str, typer.Option(help="Learner: ac (streaming actor-critic).")] = "ac",
+    steps: Annotated[int, typer.Option(help="Environment steps.")] = 50_000,
+    seed: Annotated[int, typer.Option()] = 0,
+    hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train an RTU agent with exact RTRL on a gymnasium / MuJoCo / POPGym environment."""
+    _need_train_extra()
+    from rtu_edge.train import TrainConfig
+    from rtu_edge.train import train as run_training
+
+    cfg = TrainConfig(
+        out=str(out), env=env, cell=cell, algo=algo, steps=steps, seed=seed,
+        hidden_size=hidden_size, overwrite=overwrite,
+    )
+    try:
+        summary = run_training(cfg, progress=progress)
+    except (ValueError, FileExistsError, KeyError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2))
+    typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `rtu-edge train`.")],
+    out: Annotated[Path, typer.Option(help="Bundle directory to create.")] = Path("bundles/latest"),
+    parity_steps: Annotated[int, typer.Option(help="Teacher-forced parity steps (>= 200).")] = 256,
+    parity: Annotated[bool, typer.Option(help="Run the parity check (default on).")] = True,
+    max_delta: Annotated[Optional[float], typer.Option(help="Cap on the action change per tick.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Export the act and learn steps of a run to ONNX (opset 18) with a manifest."""
+    _need_train_extra()
+    from export.bundle import ExportConfig, ParityError, export_run
+
+    cfg = ExportConfig(
+        run_dir=str(run_dir), out=str(out), parity_steps=parity_steps, check_parity=parity,
+        max_delta=max_delta, overwrite=overwrite,
+    )
+    try:
+        export_run(cfg, log=typer.echo)
+    except ParityError as e:
+        _fail(str(e), code=3)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
+def run(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `rtu-edge export`.")],
+    port: Annotated[str, typer.Option(help="Serial device (`rtu-edge ports` lists them).")],
+    learn: Annotated[bool, typer.Option("--learn/--no-learn", help="Keep learning on the robot.")] = True,
+    steps: Annotated[Optional[int], typer.Option(help="Stop after N ticks (default: until Ctrl-C).")] = None,
+    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Default: <bundle>-checkpoints.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints; start from the bundle's state.")] = False,
+    baud: Annotated[int, typer.Option(help="Baud rate of a real UART.")] = 1_000_000,
+    seed: Annotated[int, typer.Option(help="Exploration noise seed.")] = 0,
+    summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary here.")] = None,
+) -> None:
+    """Run an exported agent on the robot with onnxruntime only (no torch)."""
+    from firmware_bridge.robot_loop import RunConfig, RunError, format_summary
+    from firmware_bridge.robot_loop import run as run_robot
+
+    cfg = RunConfig(
+        bundle=str(bundle), port=port, learn=learn, steps=steps,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, fresh=fresh, baud=baud, seed=seed,
+    )
+    try:
+        summary = run_robot(cfg, log=lambda m: typer.echo(m, err=True))
+    except RunError as e:
+        _fail(str(e), code=2)
+    except Exception as e:  # typed link / bundle errors carry actionable messages
+        name = type(e).__name__
+        if name in ("LinkError", "HandshakeError", "BundleError", "StepRunnerError", "CheckpointError"):
+            _fail(f"{name}: {e}", code=2)
+        raise
+    typer.echo(format_summary(summary))
+    if summary_json:
+        from rtu_edge.atomic import atomic_write_json
+
+        atomic_write_json(summary_json, summary)
+
+
+@app.command("sim-robot")
+def sim_robot(
+    env: Annotated[str, typer.Option(help="Environment the simulated robot plays.")] = DEFAULT_ENV,
+    link: Annotated[Optional[Path], typer.Option(help="Also symlink the device at this path.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    watchdog_s: Annotated[float, typer.Option(help="Safe action after this long without an action.")] = 0.5,
+    max_steps: Annotated[Optional[int], typer.Option(help="Exit after this many env steps.")] = None,
+) -> None:
+    """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
+    from firmware_bridge.sim_robot import run_sim_robot
+
+    run_sim_robot(env_id=env, link=str(link) if link else None, seed=seed, watchdog_s=watchdog_s,
+                  max_steps=max_steps, log=lambda m: typer.echo(m, err=True))
+
+
+@app.command()
+def ports() -> None:
+    """List serial ports."""
+    from firmware_bridge.link import list_ports
+
+    found = list_ports()
+    if not found:
+        typer.echo("no serial ports found (is the robot plugged in? see /dev/serial/by-id/)")
+    for device, description in found:
+        typer.echo(f"{device}\t{description}")
+
+
+@app.command()
+def envs() -> None:
+    """List the environment ids, one line each."""
+    from rtu_edge.envs import list_envs
+
+    for env_id, description in list_envs():
+        typer.echo(f"{env_id:<36} {description}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where runs, bundles and checkpoints go.")] = Path("demo"),
+    env: Annotated[str, typer.Option()] = DEFAULT_ENV,
+    cell: Annotated[str, typer.Option()] = "rtu",
+    train_steps: Annotated[int, typer.Option(help="Workstation training steps.")] = 15_000,
+    robot_steps: Annotated[int, typer.Option(help="On-robot learning ticks.")] = 40_000,
+    eval_steps: Annotated[int, typer.Option(help="Frozen-policy ticks before and after.")] = 5_000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The main job: train, export, start a simulated robot, learn on it, report what happened."""
+    _need_train_extra()
+    from rtu_edge.demo import DemoConfig, run_demo
+
+    report = run_demo(
+        DemoConfig(workdir=str(workdir), env=env, cell=cell, train_steps=train_steps,
+                   robot_steps=robot_steps, eval_steps=eval_steps, seed=seed),
+        log=typer.echo,
+    )
+    typer.echo(report)
+
+
+if __name__ == "__main__":
+    sys.exit(app())
