@@ -64,6 +64,9 @@ def session_options() -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Bytes are parsed as an ONNX protobuf, never as an ORT-format flatbuffer, so the bundle
+    # loader's protobuf checks cover everything onnxruntime reads.
+    so.add_session_config_entry("session.load_model_format", "ONNX")
     return so
 
 

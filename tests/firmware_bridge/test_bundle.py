@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import firmware_bridge.bundle as bundle_mod
 from firmware_bridge.bundle import BundleError, load_bundle
-from firmware_bridge.runtime import reference_step
+from firmware_bridge.runtime import make_session, reference_step, session_options
 
 REPO = Path(__file__).resolve().parents[2]
 OBS, N = 2, 3
@@ -336,7 +337,7 @@ def test_symlink_leaving_bundle_rejected(tmp_path, no_parsing):
         load_bundle(directory)
 
 
-def _external_learn(directory: Path, location: str) -> onnx.ModelProto:
+def _external_learn(location: str) -> onnx.ModelProto:
     """learn.onnx whose params-like initializer lives in an external file."""
     model = learn_model()
     big = numpy_helper.from_array(np.ones((OBS, N), np.float32), "extra_w")
@@ -353,9 +354,40 @@ def test_external_data_rejected_naming_the_path(tmp_path, location):
     directory = tmp_path / "bundle"
     directory.mkdir()
     (directory / "weights.bin").write_bytes(np.ones((OBS, N), np.float32).tobytes())
-    write_bundle(directory, learn=_external_learn(directory, location))
+    write_bundle(directory, learn=_external_learn(location))
     with pytest.raises(BundleError, match=rf"learn.onnx references external data.*{location}"):
         load_bundle(directory)
+
+
+def test_external_data_rejected_even_where_onnxruntime_would_resolve_it(tmp_path, monkeypatch):
+    """onnxruntime 1.32 resolves external data of a model given as bytes against the working
+    directory; the loader's protobuf scan refuses it before onnxruntime sees the bytes."""
+    directory = tmp_path / "bundle"
+    directory.mkdir()
+    (directory / "weights.bin").write_bytes(np.ones((OBS, N), np.float32).tobytes())
+    model = _external_learn("weights.bin")
+    write_bundle(directory, learn=model)
+    monkeypatch.chdir(directory)
+    try:  # informational: what plain onnxruntime does with these bytes here
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        print("onnxruntime resolved the external file from the working directory")
+    except Exception as exc:
+        print(f"onnxruntime refused the bytes itself: {exc}")
+    with pytest.raises(BundleError, match=r"'extra_w' -> 'weights.bin'"):
+        load_bundle(directory)
+
+
+def test_ort_format_bytes_are_not_accepted(tmp_path):
+    """ORT-format (flatbuffer) bytes would bypass the protobuf scan; sessions refuse them."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "act.ort")
+    so.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(act_model().SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ort_bytes = (tmp_path / "act.ort").read_bytes()
+    ort.InferenceSession(ort_bytes, providers=["CPUExecutionProvider"])  # plain ORT takes it
+    assert session_options().get_session_config_entry("session.load_model_format") == "ONNX"
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own exception types
+        make_session(ort_bytes)
 
 
 def test_external_data_inside_a_subgraph_attribute_rejected(tmp_path):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -239,18 +240,42 @@ def test_injected_write_failure_keeps_previous(tmp_path, monkeypatch, what, err,
     _assert_tensors_equal(tensors, _tensors(1))
 
 
-def test_read_only_directory(tmp_path):
-    store = CheckpointStore(tmp_path / "ck")
+def _make_unwritable(directory: Path):
+    """Make ``directory`` refuse new files for real; returns an undo function or None.
+
+    chmod 0555 is enough for a normal user; root ignores it, so there the directory is
+    made immutable (chattr +i), which the kernel enforces for root too.
+    """
+    os.chmod(directory, 0o555)
+    if not os.access(directory, os.W_OK):
+        return lambda: os.chmod(directory, 0o755)
+    os.chmod(directory, 0o755)
+    chattr = shutil.which("chattr")
+    if (
+        chattr
+        and subprocess.run([chattr, "+i", str(directory)], capture_output=True).returncode == 0
+    ):
+        return lambda: subprocess.run([chattr, "-i", str(directory)], check=True)
+    return None
+
+
+def test_unwritable_directory_fails_cleanly(tmp_path):
+    directory = tmp_path / "ck"
+    store = CheckpointStore(directory)
     store.save(1, _tensors(1), _meta(1))
-    os.chmod(tmp_path / "ck", 0o555)
+    before = sorted(p.name for p in directory.iterdir())
+    undo = _make_unwritable(directory)
+    if undo is None:
+        pytest.skip("cannot make a directory unwritable here (root without chattr)")
     try:
-        if os.access(tmp_path / "ck", os.W_OK):
-            pytest.skip("running as root: chmod does not stop writes (see the EROFS injection)")
-        with pytest.raises(CheckpointError, match="intact"):
+        with pytest.raises(CheckpointError, match="previous checkpoints are intact"):
             store.save(2, _tensors(2), _meta(2))
-        assert store.load_latest()[1]["step"] == 1
+        tensors, meta, _ = store.load_latest()
+        assert meta["step"] == 1
+        _assert_tensors_equal(tensors, _tensors(1))
     finally:
-        os.chmod(tmp_path / "ck", 0o755)
+        undo()
+    assert sorted(p.name for p in directory.iterdir()) == before
 
 
 def test_real_disk_full_via_file_size_limit(tmp_path):

@@ -1,0 +1,141 @@
+"""train -> export: real dynamo export, real onnxruntime, parity against the torch step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.bundle import ExportConfig, LearnGraph, _to_onnx, check_standard_ops, export_run, step_example
+from export.parity import ParityError, check_parity
+from rtu_edge.learners.ac import ACConfig
+from rtu_edge.train import TrainConfig, load_run, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Small trained runs: discrete/linear (the default env) and continuous/non-linear."""
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, env, cell in (
+        ("cartpole", "classic/CartPole-P", "rtu"),
+        ("pendulum", "classic/Pendulum-P", "rtu-nonlinear"),
+    ):
+        cfg = TrainConfig(out=str(root / name), env=env, cell=cell, steps=600, hidden_size=8)
+        train(cfg, progress=False)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("name", ["cartpole", "pendulum"])
+def test_export_writes_a_verified_bundle(runs, tmp_path, name):
+    bundle = tmp_path / "bundle"
+    manifest = export_run(ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None)
+    assert manifest["format_version"] == 1
+    assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= 1e-5
+    assert manifest["parity"]["steps"] >= 200
+    for file, sha in manifest["files"].items():
+        assert hashlib.sha256((bundle / file).read_bytes()).hexdigest() == sha
+    for graph in ("learn", "act"):
+        model = onnx.load(str(bundle / f"{graph}.onnx"))
+        check_standard_ops(model)  # full checker + default domain only
+        assert model.opset_import[0].version == 18
+        assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+        spec = manifest["graphs"][graph]
+        assert [i.name for i in model.graph.input] == [i["name"] for i in spec["inputs"]]
+        assert [o.name for o in model.graph.output] == [o["name"] for o in spec["outputs"]]
+    learn_in = {i["name"] for i in manifest["graphs"]["learn"]["inputs"]}
+    learn_out = {o["name"] for o in manifest["graphs"]["learn"]["outputs"]}
+    # every carried tensor goes in and comes out; the step inputs and outputs are there
+    for n in manifest["state"]["names"]:
+        assert n in learn_in and f"{n}.next" in learn_out
+    assert {"obs", "reward", "first", "terminal", "noise"} <= learn_in
+    assert {"action", "value", "td_error"} <= learn_out
+    with np.load(bundle / "state.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(manifest["state"]["names"])
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["protocol"]["schema_hash"].startswith("0x")
+
+
+def test_parity_check_catches_a_graph_that_differs(runs):
+    """Export the learn step with another discount: the check must see it."""
+    config, agent, ac, state = load_run(runs["cartpole"])
+    carried = list(state)
+    ex = step_example(agent)
+    wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
+    bad = _to_onnx(
+        LearnGraph(wrong, agent, carried),
+        tuple(state[k] for k in carried) + tuple(ex[k] for k in ("obs", "reward", "first", "terminal", "noise")),
+        carried + ["obs", "reward", "first", "terminal", "noise"],
+        [f"{k}.next" for k in carried] + ["action", "value", "td_error"],
+    )
+    from export.bundle import ACT_OUTPUTS, ActGraph, act_input_names
+
+    ai = act_input_names(state, agent)
+    act = _to_onnx(ActGraph(ac, agent, ai), tuple(state[k] for k in ai) + (ex["obs"], ex["first"]),
+                   ai + ["obs", "first"], list(ACT_OUTPUTS))
+    report = check_parity(bad.SerializeToString(), act.SerializeToString(), config, agent, ac, state,
+                          carried, ai, steps=200)
+    assert not report.ok
+    assert report.worst_rel > 1e-3
+    with pytest.raises(ParityError, match="NOT written"):
+        raise ParityError(report)
+
+
+def test_export_refuses_existing_bundle_and_missing_run(runs, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_run(ExportConfig(run_dir=str(runs["cartpole"]), out=str(out)), log=lambda m: None)
+    assert (out / "keep.txt").read_text() == "user data"
+    with pytest.raises(FileNotFoundError, match="rtu-edge train"):
+        export_run(ExportConfig(run_dir=str(tmp_path / "nope"), out=str(tmp_path / "c")), log=lambda m: None)
+
+
+def test_float64_learn_graph_teacher_forced_is_tight(runs):
+    """In float64 the graph must match torch far below float32 rounding, step by step.
+
+    Not to 1e-12: the dynamo exporter stores Python float constants (gamma=0.99, eps, ...)
+    rounded to float32 even in a float64 graph, which moves results by ~1e-8."""
+    import onnxruntime as ort
+
+    from rtu_edge.learners.ac import ac_step
+
+    config, agent, ac, state = load_run(runs["cartpole"])
+    state = {k: v.double() for k, v in state.items()}
+    carried = list(state)
+    step_names = ["obs", "reward", "first", "terminal", "noise"]
+    ex = {k: v.double() for k, v in step_example(agent).items()}
+    model = _to_onnx(
+        LearnGraph(ac, agent, carried),
+        tuple(state[k] for k in carried) + tuple(ex[k] for k in step_names),
+        carried + step_names,
+        [f"{k}.next" for k in carried] + ["action", "value", "td_error"],
+    )
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    with torch.inference_mode():
+        for t in range(200):
+            x = {
+                "obs": rng.standard_normal((1, agent.obs_size)),
+                "reward": rng.standard_normal(1),
+                "first": np.array([1.0 if t % 100 == 0 else 0.0]),
+                "terminal": np.zeros(1),
+                "noise": rng.gumbel(size=(1, agent.noise_size)),
+            }
+            res = dict(zip(outs, sess.run(None, {k: v.numpy() for k, v in state.items()} | x)))
+            tx = {k: torch.from_numpy(v) for k, v in x.items()}
+            new, *_ = ac_step(ac, agent, state, *(tx[k] for k in step_names))
+            for k in carried:
+                ref = new[k].numpy()
+                err = np.abs(res[f"{k}.next"] - ref).max() / max(1.0, np.abs(ref).max())
+                worst = max(worst, err)
+            state.update(new)
+    assert worst < 1e-6, worst
