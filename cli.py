@@ -134,10 +134,35 @@ def sim_robot(
     max_steps: Annotated[Optional[int], typer.Option(help="Exit after this many env steps.")] = None,
 ) -> None:
     """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
-    from firmware_bridge.sim_robot import run_sim_robot
+    import signal
+    import threading
 
-    run_sim_robot(env_id=env, link=str(link) if link else None, seed=seed, watchdog_s=watchdog_s,
-                  max_steps=max_steps, log=lambda m: typer.echo(m, err=True))
+    from firmware_bridge.sim_robot import SimRobot
+    from rtu_edge import envs as envs_mod
+
+    try:
+        info = envs_mod.env_info(env)
+        environment = envs_mod.make(env, seed=seed)
+    except (KeyError, ValueError, ImportError) as e:
+        _fail(str(e))
+    robot = SimRobot(
+        environment, action_kind=info.action_kind, safe_action=list(info.safe_action),
+        watchdog_s=watchdog_s, seed=seed, link_path=str(link) if link else None,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo(f"simulated robot ({env}) on {robot.device_path}" + (f" -> {link}" if link else ""))
+    typer.echo("connect with: rtu-edge run BUNDLE --port " + (str(link) if link else robot.device_path))
+    try:
+        robot.serve(stop, max_steps=max_steps)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        robot.close()
+        st = robot.stats
+        mean = sum(st.returns) / len(st.returns) if st.returns else float("nan")
+        typer.echo(f"sim-robot: {st.steps} steps, {st.episodes} episodes (mean return {mean:.1f}), "
+                   f"watchdog trips {st.watchdog_trips}, safe actions {st.safe_applied}")
 
 
 @app.command()

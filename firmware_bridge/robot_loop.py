@@ -26,7 +26,7 @@ import numpy as np
 
 from firmware_bridge.bundle import Bundle, load_bundle
 from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
-from firmware_bridge.host import LinkConfig, RobotConnection, RobotRebooted
+from firmware_bridge.host import LinkConfig, RobotConnection, RobotRebooted, SessionInterrupted
 from firmware_bridge.runtime import StepRunner
 from rtu_edge.atomic import atomic_write_json
 
@@ -153,6 +153,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         max_delta=None
         if act.get("max_delta") is None
         else np.asarray(act["max_delta"], np.float32),
+        num_actions=int(act["num_actions"]) if act["kind"] == "discrete" else None,
     )
 
     # Counters and statistics (flat memory: fixed rings and bounded deques only)
@@ -166,6 +167,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             "bad_updates",
             "rollbacks",
             "timeouts",
+            "interruptions",
             "reboots",
             "checkpoints",
             "checkpoint_failures",
@@ -212,16 +214,18 @@ def run(cfg: RunConfig, log=print) -> dict:
     try:
         with conn:
             hello = conn.connect()
-            log(f"connected to {cfg.port}: {hello}")
+            log(f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
+                f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms")
             while cfg.steps is None or c["ticks"] < cfg.steps:
                 if stop["flag"]:
                     exit_reason = "SIGTERM"
                     break
                 try:
                     o = conn.observe(timeout=cfg.obs_timeout_s)
-                except RobotRebooted as e:
-                    c["reboots"] += 1
-                    log(f"robot rebooted ({e}); resetting recurrent state and handshaking again")
+                except SessionInterrupted as e:  # reboot or watchdog latch: MCU is disarmed
+                    key = "reboots" if isinstance(e, RobotRebooted) else "interruptions"
+                    c[key] += 1
+                    log(f"{e}; resetting recurrent state and handshaking again")
                     conn.connect()
                     force_first, ep_return = True, 0.0
                     continue
