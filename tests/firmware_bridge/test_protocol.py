@@ -1,0 +1,634 @@
+"""Wire protocol v1: codec, framing robustness, sequence tracking, and derived artefacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from firmware_bridge import protocol as p
+from firmware_bridge.host import HandshakeError, HelloInfo, check_hello
+from firmware_bridge.protocol import BadFrame, Frame, Parser, SeqTracker, Sizes
+
+REPO = Path(__file__).resolve().parents[2]
+SIZES = Sizes(obs_size=4, action_size=1)
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Frozen bytes: any change to the table, the framing or the codec shows up here first.
+GOLDEN_HEX = {
+    "hello_req": "02 01 01 02 11 0b 01 69 62 29 6d 78 56 34 12 04 02 01 02 02 07 01 01 79 53 08 "
+    "02 00",
+    "hello": "02 81 01 02 1a 0f 01 69 62 29 6d 0d f0 fe ca 78 56 34 12 04 02 01 02 02 03 01 01 "
+    "01 08 f4 01 01 5f a1 ad 1b 00",
+    "arm": "03 02 01 02 04 09 0d f0 fe ca 30 32 e4 29 00",
+    "status_armed": "03 83 01 02 1d 02 01 06 01 0d f0 fe ca 01 02 02 01 01 01 01 01 01 01 01 01 "
+    "01 01 01 01 01 01 01 01 01 05 da 75 bf 8a 00",
+    "obs_first": "03 82 02 02 15 02 01 01 01 01 01 01 01 01 01 01 03 80 3f 01 03 20 c0 01 07 80 "
+    "3e 9d 3b 54 7e 00",
+    "action": "03 05 02 02 06 02 02 01 01 07 80 3f 69 d0 67 18 00",
+    "obs_terminal": "03 82 03 02 15 02 02 01 03 80 3f 01 01 02 3f 01 01 02 be 01 03 40 40 01 07 "
+    "80 bf ca 7e 55 65 00",
+    "stop": "03 03 03 02 01 01 05 ea c3 34 71 00",
+    "status_req": "03 04 04 01 01 05 8a c6 c0 bc 00",
+}
+SCHEMA_HASH_V1 = 0x6D296269
+
+
+def frames_of(items):
+    return [i for i in items if isinstance(i, Frame)]
+
+
+def feed_all(chunks, sizes=SIZES):
+    parser = Parser(sizes)
+    out = []
+    for c in chunks:
+        out += parser.feed(c)
+    return parser, out
+
+
+def golden_stream() -> tuple[bytes, list[Frame]]:
+    """All golden frames back to back, and what they decode to."""
+    data = b"".join(g.encoded() for g in p.GOLDEN_FRAMES)
+    return data, [p.decode_frame(g.encoded()[:-1], SIZES) for g in p.GOLDEN_FRAMES]
+
+
+# ------------------------------------------------------------------------- table and hash
+
+
+def test_table_invariants_and_derived_ids():
+    assert p.MsgId.OBS == 0x82 and p.MsgId.ACTION == 0x05
+    for m in p.MESSAGES:
+        assert (m.id >= 0x80) == (m.sender == "mcu")
+    with pytest.raises(ValueError, match="duplicate message id"):
+        p._check_table(p.MESSAGES + (p.MESSAGES[0],))
+    assert p.MAX_ENCODED_FRAME >= len(p.cobs_encode(b"\x01" * p.MAX_FRAME))
+    assert p.OBS_FIRST == 1 and p.OBS_TERMINAL == 2 and p.OBS_TRUNCATED == 4
+    assert p.enum_value("STATUS", "event", "WATCHDOG") == 4
+
+
+def test_schema_hash_is_crc32_of_the_canonical_text_and_frozen():
+    text = p.schema_text()
+    assert p.SCHEMA_HASH == zlib.crc32(text.encode("ascii"))
+    assert p.SCHEMA_HASH == SCHEMA_HASH_V1, "table changed: bump golden values and reflash"
+    assert "OBS=0x82 mcu: flags:u8{FIRST=b0,TERMINAL=b1,TRUNCATED=b2}" in text
+    # Reordering fields changes the text (and so the hash); editing descriptions does not.
+    swapped = tuple(
+        p.Message(m.name, m.id, m.sender, m.doc, m.fields[::-1], m.extensible)
+        if m.name == "OBS"
+        else m
+        for m in p.MESSAGES
+    )
+    assert p.schema_text(swapped) != text
+    redoc = tuple(
+        p.Message(m.name, m.id, m.sender, "other words", m.fields, m.extensible) for m in p.MESSAGES
+    )
+    assert p.schema_text(redoc) == text
+
+
+def test_crc_parameters():
+    assert zlib.crc32(b"123456789") == 0xCBF43926
+
+
+# ------------------------------------------------------------------------- COBS
+
+
+@pytest.mark.parametrize(
+    "raw, enc",
+    [
+        (b"", b"\x01"),
+        (b"\x00", b"\x01\x01"),
+        (b"\x00\x00", b"\x01\x01\x01"),
+        (b"\x11\x22\x00\x33", b"\x03\x11\x22\x02\x33"),
+        (b"\x11\x22\x33\x44", b"\x05\x11\x22\x33\x44"),
+        (b"\x11\x00\x00\x00", b"\x02\x11\x01\x01\x01"),
+        (bytes(range(1, 255)), b"\xff" + bytes(range(1, 255))),
+        (bytes(range(0, 255)), b"\x01\xff" + bytes(range(1, 255))),
+        (bytes(range(1, 256)), b"\xff" + bytes(range(1, 255)) + b"\x02\xff"),
+    ],
+)
+def test_cobs_reference_vectors(raw, enc):
+    assert p.cobs_encode(raw) == enc
+    assert p.cobs_decode(enc) == raw
+
+
+@FAST
+@given(st.binary(max_size=2000))
+def test_cobs_round_trip(data):
+    enc = p.cobs_encode(data)
+    assert 0 not in enc
+    assert len(enc) <= len(data) + max(1, -(-len(data) // 254))
+    assert p.cobs_decode(enc) == data
+
+
+@pytest.mark.parametrize("bad", [b"\x05\x11", b"\x00", b"\x03\x11\x00"])
+def test_cobs_decode_rejects(bad):
+    with pytest.raises(p.CobsError):
+        p.cobs_decode(bad)
+
+
+# ------------------------------------------------------------------------- codec round trip
+
+U8, U16, U32 = (st.integers(0, 2**k - 1) for k in (8, 16, 32))
+F32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+_SCALAR = {"u8": U8, "u16": U16, "u32": U32, "f32": F32}
+
+
+@st.composite
+def messages(draw):
+    m = draw(st.sampled_from(p.MESSAGES))
+    sizes = Sizes(draw(st.integers(1, p.MAX_OBS_SIZE)), draw(st.integers(1, 8)))
+    fields = {}
+    for f in m.fields:
+        if f.count is None:
+            fields[f.name] = draw(_SCALAR[f.type])
+        else:
+            n = getattr(sizes, f.count)
+            fields[f.name] = draw(st.lists(F32, min_size=n, max_size=n))
+    return m, draw(U16), fields, sizes
+
+
+def _same_value(a, b) -> bool:
+    return struct.pack("<f", a) == struct.pack("<f", b) if isinstance(b, float) else a == b
+
+
+@FAST
+@given(messages())
+def test_every_message_round_trips(case):
+    m, seq, fields, sizes = case
+    data = p.encode_frame(m.name, seq, fields, sizes)
+    assert data.endswith(b"\x00") and 0 not in data[:-1]
+    assert len(data) <= p.MAX_ENCODED_FRAME + 1
+    out = Parser(sizes).feed(data)
+    assert len(out) == 1 and isinstance(out[0], Frame), out
+    fr = out[0]
+    assert (fr.msg_id, fr.seq, fr.name) == (m.id, seq, m.name)
+    for f in m.fields:
+        got = fr.fields[f.name]
+        if f.count is None:
+            assert _same_value(got, fields[f.name]), f.name
+        else:
+            assert got.dtype == np.dtype("<f4")
+            assert got.tobytes() == np.asarray(fields[f.name], "<f4").tobytes()
+
+
+def test_encode_rejects_bad_input():
+    with pytest.raises(ValueError, match="missing fields"):
+        p.encode_frame("ARM", 0, {})
+    with pytest.raises(ValueError, match="unknown fields"):
+        p.encode_frame("STOP", 0, {"reason": 0, "extra": 1})
+    with pytest.raises(ValueError, match="STOP"):
+        p.encode_frame("STOP", 0, {"reason": 300})
+    with pytest.raises(ValueError, match="obs_size=4"):
+        p.encode_frame("OBS", 0, {"flags": 0, "reward": 0.0, "obs": [1.0] * 3}, SIZES)
+    with pytest.raises(ValueError, match="exceeds"):
+        p.encode_frame("OBS", 0, {"flags": 0, "reward": 0.0, "obs": [1.0] * 300})
+    with pytest.raises(ValueError, match="unknown message"):
+        p.encode_frame("NOPE", 0, {})
+
+
+# ------------------------------------------------------------------------- golden frames
+
+
+def test_golden_frames():
+    assert {g.label for g in p.GOLDEN_FRAMES} == set(GOLDEN_HEX)
+    for g in p.GOLDEN_FRAMES:
+        assert g.encoded().hex(" ") == GOLDEN_HEX[g.label], g.label
+        (fr,) = Parser(g.sizes).feed(bytes.fromhex(GOLDEN_HEX[g.label]))
+        assert isinstance(fr, Frame) and fr.name == g.msg and fr.seq == g.seq
+        for k, v in g.fields.items():
+            got = fr.fields[k]
+            assert (got.tolist() if isinstance(got, np.ndarray) else got) == v
+
+
+# ------------------------------------------------------------------------- corruption
+
+
+@pytest.mark.parametrize("g", p.GOLDEN_FRAMES, ids=lambda g: g.label)
+def test_every_single_byte_change_is_rejected_or_harmless(g):
+    """Each byte replaced by each of the 255 other values: never a different frame."""
+    wire = g.encoded()
+    (good,) = Parser(g.sizes).feed(wire)
+    for pos in range(len(wire)):
+        for v in range(256):
+            if v == wire[pos]:
+                continue
+            bad = bytearray(wire)
+            bad[pos] = v
+            parser = Parser(g.sizes)
+            out = parser.feed(bytes(bad) + b"\x00")  # flush when the delimiter itself changed
+            for fr in frames_of(out):
+                assert fr == good, (pos, v, fr)
+            if not frames_of(out):
+                assert sum(parser.counters[k] for k in ("crc_errors", "cobs_errors",
+                           "short_frames", "bad_length", "unknown_msg")) >= 1  # fmt: skip
+
+
+@FAST
+@given(st.data())
+def test_random_bit_flips_in_a_stream_never_yield_a_frame_that_was_not_sent(data):
+    wire, frames = golden_stream()
+    flips = data.draw(st.lists(st.integers(0, len(wire) * 8 - 1), min_size=1, max_size=6))
+    bad = bytearray(wire)
+    for bit in flips:
+        bad[bit // 8] ^= 1 << (bit % 8)
+    _, out = feed_all([bytes(bad)])
+    for fr in frames_of(out):
+        assert fr in frames
+
+
+# ------------------------------------------------------------------------- splits and batches
+
+
+def test_split_at_every_position_and_byte_by_byte():
+    wire, frames = golden_stream()
+    for k in range(len(wire) + 1):
+        _, out = feed_all([wire[:k], wire[k:]])
+        assert out == frames, k
+    _, out = feed_all([wire[i : i + 1] for i in range(len(wire))])
+    assert out == frames
+
+
+@FAST
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=60))
+def test_random_chunking_gives_the_clean_sequence(cuts):
+    wire, frames = golden_stream()
+    wire = wire * 3
+    chunks, i = [], 0
+    for c in cuts:
+        chunks.append(wire[i : i + c])
+        i += c
+    chunks.append(wire[i:])
+    _, out = feed_all(chunks)
+    assert out == frames * 3
+
+
+def test_many_frames_in_one_read():
+    obs = [
+        p.encode_frame("OBS", s, {"flags": 0, "reward": float(s), "obs": [s] * 4}, SIZES)
+        for s in range(500)
+    ]
+    parser, out = feed_all([b"".join(obs)])
+    assert [f.seq for f in out] == list(range(500))
+    assert parser.counters["frames_ok"] == 500 and parser.pending == 0
+
+
+# ------------------------------------------------------------------------- garbage and resync
+
+
+@FAST
+@given(st.lists(st.binary(min_size=1, max_size=80), min_size=1, max_size=8))
+def test_garbage_between_frames_never_raises_and_resyncs(garbage):
+    wire, frames = golden_stream()
+    per = [g.encoded() for g in p.GOLDEN_FRAMES]
+    stream = b""
+    for i, junk in enumerate(garbage):
+        # junk then a delimiter: the frame after it must decode (resync at the next 0x00)
+        stream += junk + b"\x00" + per[i % len(per)]
+    parser, out = feed_all([stream])
+    got = frames_of(out)
+    expected = [frames[i % len(per)] for i in range(len(garbage))]
+    assert got == expected
+    for fr in got:
+        assert fr in frames  # garbage itself never produced a frame
+
+
+def test_garbage_counters_rise():
+    wire, frames = golden_stream()
+    parser, out = feed_all([b"\x13\x37\x42\x00" + wire + b"\xff" * 50 + b"\x00" + wire])
+    assert frames_of(out) == frames + frames
+    c = parser.counters
+    assert c["cobs_errors"] + c["crc_errors"] + c["short_frames"] >= 2
+    assert c["bytes_discarded"] == 3 + 50
+
+
+def test_frame_embedded_in_a_corrupted_frame_is_never_dispatched():
+    outer = p.GOLDEN_FRAMES[4].encoded()  # obs_first
+    inner = p.GOLDEN_FRAMES[5].encoded()  # action, with its own delimiter
+    tail = p.GOLDEN_FRAMES[7].encoded()  # stop
+    for k in range(1, len(outer) - 1):
+        spliced = outer[:k] + inner + outer[k:] + tail
+        parser, out = feed_all([spliced])
+        assert [f.name for f in frames_of(out)] == ["STOP"], k
+
+
+def test_valid_frame_inside_a_corrupted_payload_is_never_dispatched():
+    inner = p.GOLDEN_FRAMES[5].encoded()[:-1]  # a valid COBS chunk, no zero bytes
+    padded = inner + b"\x01" * (-len(inner) % 4)
+    obs = np.frombuffer(padded, "<f4")
+    sizes = Sizes(obs.size, 1)
+    outer = bytearray(p.encode_frame("OBS", 9, {"flags": 0, "reward": 1.0, "obs": obs}, sizes))
+    assert inner in outer
+    for pos in (len(outer) - 2, len(outer) - 3, 1):  # corrupt the CRC, or the header
+        bad = bytearray(outer)
+        bad[pos] ^= 0x5A
+        parser, out = feed_all([bytes(bad)], sizes)
+        assert frames_of(out) == [], pos
+
+
+# ------------------------------------------------------------------------- bounds and timeouts
+
+
+def test_no_delimiter_for_a_long_time_is_bounded():
+    parser = Parser(SIZES)
+    for _ in range(256):
+        out = parser.feed(b"\x5a" * 4096)
+        assert parser.pending <= p.MAX_ENCODED_FRAME
+    assert parser.counters["oversize"] == 1
+    assert parser.counters["bytes_discarded"] == 256 * 4096
+    assert frames_of(out) == []
+    wire, frames = golden_stream()
+    assert frames_of(parser.feed(b"\x00" + wire)) == frames
+
+
+def test_oversize_chunk_in_one_read_and_header_length_lies():
+    parser = Parser(SIZES)
+    (bad,) = parser.feed(b"\x01" * (p.MAX_ENCODED_FRAME + 1) + b"\x00")
+    assert bad.reason == "oversize"
+    body = struct.pack("<BHH", p.MsgId.STOP, 1, 60000) + b"\x00"  # claims 60000 payload bytes
+    wire = p.cobs_encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
+    (bad,) = parser.feed(wire)
+    assert bad.reason == "bad_length" and "60000" in bad.detail
+
+
+def test_partial_frame_then_silence_is_discarded_at_the_timeout():
+    a, b = (g.encoded() for g in p.GOLDEN_FRAMES[4:6])
+    parser = Parser(SIZES, frame_timeout_s=0.05)
+    assert parser.feed(a[:10], now=100.0) == []
+    assert parser.expire(now=100.01) == []  # not silent long enough yet
+    (t,) = parser.expire(now=100.2)
+    assert t.reason == "timeout" and t.size == 10 and parser.counters["timeouts"] == 1
+    assert frames_of(parser.feed(b, now=100.3))[0].name == "ACTION"
+    # without the timeout, the partial frame swallows the next one
+    parser = Parser(SIZES)
+    parser.feed(a[:10], now=0.0)
+    assert frames_of(parser.feed(b, now=1.0)) == []
+
+
+def test_frame_timeout_formula():
+    # DynamixelSDK: 10 bits/byte * bytes / baud + 2 * latency timer + 2 ms
+    assert p.frame_timeout_s(1_000_000, 1000, 16) == pytest.approx(0.010 + 0.032 + 0.002)
+    assert p.frame_timeout_s(115_200, 100, 1) == pytest.approx(100 * 10 / 115_200 + 0.004)
+
+
+# ------------------------------------------------------------------------- lengths and ids
+
+
+def test_wrong_length_obs_is_rejected_and_counted():
+    parser = Parser(SIZES)
+    short = p.encode_frame("OBS", 3, {"flags": 0, "reward": 0.0, "obs": [1.0, 2.0, 3.0]})
+    long = p.encode_frame("OBS", 4, {"flags": 0, "reward": 0.0, "obs": [1.0] * 5})
+    out = parser.feed(short + long)
+    assert [b.reason for b in out] == ["bad_length", "bad_length"]
+    assert out[0].msg_id == p.MsgId.OBS and out[0].seq == 3
+    assert "expected 21" in out[0].detail
+    assert parser.counters["bad_length"] == 2 and parser.counters["frames_ok"] == 0
+    # before the handshake any whole number of floats is accepted
+    assert isinstance(Parser(None).feed(short)[0], Frame)
+
+
+def test_extensible_hello_accepts_appended_fields():
+    g = p.GOLDEN_FRAMES[1]
+    payload = p.encode_payload("HELLO", g.fields) + b"\x07\x08\x09"
+    body = struct.pack("<BHH", p.MsgId.HELLO, 0, len(payload)) + payload
+    wire = p.cobs_encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
+    (fr,) = Parser(SIZES).feed(wire)
+    assert isinstance(fr, Frame) and fr.fields["boot_id"] == 0xCAFEF00D
+
+
+def test_unknown_message_id_is_counted():
+    body = struct.pack("<BHH", 0x7E, 5, 0)
+    wire = p.cobs_encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
+    parser = Parser()
+    (bad,) = parser.feed(wire)
+    assert isinstance(bad, BadFrame) and bad.reason == "unknown_msg"
+    assert parser.counters["unknown_msg"] == 1
+
+
+# ------------------------------------------------------------------------- sequence tracking
+
+
+def test_seq_tracker_gaps_duplicates_stale_and_wrap():
+    t = SeqTracker()
+    kinds = [t.update(s) for s in (65533, 65534, 65534, 65535, 2, 1, 3)]
+    assert kinds == ["first", "next", "duplicate", "next", "gap", "stale", "next"]
+    assert t.counters == {"frames": 7, "gaps": 1, "lost": 2, "duplicates": 1, "stale": 1}
+    assert p.seq_diff(0, 65535) == 1 and p.seq_diff(65535, 0) == -1
+
+
+def test_seq_state_only_moves_on_validated_frames():
+    good = p.encode_frame("STATUS_REQ", 10, {})
+    forged = bytearray(p.encode_frame("STATUS_REQ", 500, {}))
+    forged[-2] ^= 0xFF  # bad CRC: seq 500 must not move the tracker
+    t = SeqTracker()
+    for item in Parser().feed(good + bytes(forged) + p.encode_frame("STATUS_REQ", 11, {})):
+        if isinstance(item, Frame):
+            t.update(item.seq)
+    assert t.last == 11 and t.counters["gaps"] == 0
+
+
+# ------------------------------------------------------------------------- handshake check
+
+
+def _hello(**kw) -> HelloInfo:
+    base = dict(
+        protocol_version=1,
+        schema_hash=p.SCHEMA_HASH,
+        boot_id=7,
+        obs_size=4,
+        action_size=1,
+        num_actions=2,
+        obs_dtype=1,
+        action_dtype=1,
+        control_period_ms=0,
+        watchdog_ms=500,
+        accepted=True,
+    )
+    return HelloInfo(**{**base, **kw})
+
+
+def test_wrong_schema_hash_names_both_hashes():
+    with pytest.raises(HandshakeError) as e:
+        check_hello(
+            _hello(schema_hash=0xDEADBEEF, accepted=False),
+            obs_size=4,
+            action_size=1,
+            schema_hash=p.SCHEMA_HASH,
+        )
+    msg = str(e.value)
+    assert f"host 0x{p.SCHEMA_HASH:08x}" in msg and "MCU 0xdeadbeef" in msg
+
+
+def test_every_mismatch_is_named():
+    with pytest.raises(HandshakeError) as e:
+        check_hello(
+            _hello(protocol_version=2, obs_size=5, action_size=2, num_actions=3),
+            obs_size=4,
+            action_size=1,
+            schema_hash=p.SCHEMA_HASH,
+            num_actions=2,
+        )
+    msg = str(e.value)
+    for part in (
+        "protocol version: host 1, MCU 2",
+        "obs_size: host 4, MCU 5",
+        "action_size: host 1, MCU 2",
+        "num_actions: host 2, MCU 3",
+    ):
+        assert part in msg
+    check_hello(_hello(), obs_size=4, action_size=1, schema_hash=p.SCHEMA_HASH)
+    with pytest.raises(HandshakeError, match="refused"):
+        check_hello(_hello(accepted=False), obs_size=4, action_size=1, schema_hash=p.SCHEMA_HASH)
+
+
+# ------------------------------------------------------------------------- derived artefacts
+
+
+def test_docs_contain_exactly_the_generated_sections():
+    text = (REPO / "docs" / "protocol.md").read_text(encoding="utf-8")
+    assert p.doc_sections(text) == p.render_markdown(), (
+        "docs/protocol.md is stale: python -m firmware_bridge.protocol --write-docs "
+        "docs/protocol.md"
+    )
+    assert p.update_doc(text) == text
+    for g in p.GOLDEN_FRAMES:
+        assert g.encoded().hex(" ") in text
+
+
+def test_c_header_in_sync():
+    header = (REPO / "firmware_bridge" / "rtu_edge_protocol.h").read_text(encoding="utf-8")
+    assert header == p.render_c_header(), (
+        "rtu_edge_protocol.h is stale: python -m firmware_bridge.protocol --write-header "
+        "firmware_bridge/rtu_edge_protocol.h"
+    )
+
+
+def test_generators_cli(capsys):
+    assert p.main(["--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert p.render_markdown()["messages"] in out
+    assert p.main(["--c-header"]) == 0
+    assert capsys.readouterr().out == p.render_c_header()
+    assert p.main(["--schema"]) == 0
+    assert f"0x{p.SCHEMA_HASH:08x}" in capsys.readouterr().out
+
+
+def _c_test_program() -> str:
+    checks = []
+    for g in p.GOLDEN_FRAMES:
+        name = f"RTU_EDGE_GOLDEN_{g.label.upper()}"
+        checks.append(
+            f"  check_frame({name}, sizeof {name}, RTU_EDGE_MSG_{g.msg}, {g.seq}, "
+            f'{len(g.decoded()) - p.HEADER_SIZE - p.CRC_SIZE}, "{g.label}");'
+        )
+    obs = next(g for g in p.GOLDEN_FRAMES if g.label == "obs_first")
+    act = next(g for g in p.GOLDEN_FRAMES if g.label == "action")
+    obs_vals = ", ".join(f"{v}f" for v in obs.fields["obs"])
+    return rf"""
+#define RTU_EDGE_GOLDEN_FRAMES
+#include "rtu_edge_protocol.h"
+#include <stdio.h>
+#include <stdlib.h>
+
+static int failures = 0;
+#define CHECK(c) do {{ if (!(c)) {{ printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c); \
+  failures++; }} }} while (0)
+
+static void check_frame(const uint8_t *wire, size_t n, uint8_t id, uint16_t seq,
+                        int32_t payload_len, const char *label) {{
+  uint8_t frame[RTU_EDGE_MAX_FRAME];
+  CHECK(wire[n - 1] == 0);
+  size_t m = rtu_edge_cobs_decode(wire, n - 1, frame, sizeof frame);
+  CHECK(m > 0);
+  CHECK(rtu_edge_frame_check(frame, m) == payload_len);
+  CHECK(rtu_edge_get_u8(frame + RTU_EDGE_HDR_MSG_ID) == id);
+  CHECK(rtu_edge_get_u16(frame + RTU_EDGE_HDR_SEQ) == seq);
+  uint8_t again[RTU_EDGE_COBS_MAX(RTU_EDGE_MAX_FRAME)];
+  size_t k = rtu_edge_cobs_encode(frame, m, again);
+  CHECK(k == n - 1 && memcmp(again, wire, k) == 0);
+  frame[m - 1] ^= 1;
+  CHECK(rtu_edge_frame_check(frame, m) == -1);
+  if (failures) printf("in %s\n", label);
+}}
+
+int main(void) {{
+  CHECK(RTU_EDGE_SCHEMA_HASH == 0x{p.SCHEMA_HASH:08X}u);
+  CHECK(RTU_EDGE_PROTOCOL_VERSION == {p.PROTOCOL_VERSION});
+  CHECK(RTU_EDGE_MAX_ENCODED_FRAME == {p.MAX_ENCODED_FRAME});
+  CHECK(RTU_EDGE_OBS_SIZE(4) == {p.expected_payload_size(p.BY_NAME["OBS"], SIZES)});
+  CHECK(RTU_EDGE_STATUS_SIZE == {p.expected_payload_size(p.BY_NAME["STATUS"], None)});
+  CHECK(RTU_EDGE_HELLO_MIN_SIZE == {p.expected_payload_size(p.BY_NAME["HELLO"], None)});
+  CHECK(RTU_EDGE_OBS_FLAGS_TERMINAL == 2u);
+  CHECK(rtu_edge_crc32((const uint8_t *)"123456789", 9) == 0xCBF43926u);
+  uint8_t run[254], enc[RTU_EDGE_COBS_MAX(254)];
+  for (int i = 0; i < 254; i++) run[i] = (uint8_t)(i + 1);
+  CHECK(rtu_edge_cobs_encode(run, 254, enc) == 255 && enc[0] == 0xFF);
+{chr(10).join(checks)}
+
+  /* Build the OBS golden frame from its fields, as firmware would. */
+  uint8_t frame[RTU_EDGE_MAX_FRAME], wire[RTU_EDGE_MAX_ENCODED_FRAME + 1];
+  const float obs[4] = {{{obs_vals}}};
+  uint8_t *pl = frame + RTU_EDGE_HEADER_SIZE;
+  rtu_edge_put_u8(pl + RTU_EDGE_OBS_OFF_FLAGS, RTU_EDGE_OBS_FLAGS_FIRST);
+  rtu_edge_put_f32(pl + RTU_EDGE_OBS_OFF_REWARD, 0.0f);
+  for (int i = 0; i < 4; i++) rtu_edge_put_f32(pl + RTU_EDGE_OBS_OFF_OBS + 4 * i, obs[i]);
+  size_t n = rtu_edge_frame_seal(frame, RTU_EDGE_MSG_OBS, {obs.seq}, RTU_EDGE_OBS_SIZE(4));
+  size_t m = rtu_edge_cobs_encode(frame, n, wire);
+  wire[m++] = 0;
+  CHECK(m == sizeof RTU_EDGE_GOLDEN_OBS_FIRST);
+  CHECK(memcmp(wire, RTU_EDGE_GOLDEN_OBS_FIRST, m) == 0);
+
+  /* Parse the ACTION golden frame, as firmware would. */
+  uint8_t in[RTU_EDGE_MAX_FRAME];
+  size_t k = rtu_edge_cobs_decode(RTU_EDGE_GOLDEN_ACTION, sizeof RTU_EDGE_GOLDEN_ACTION - 1,
+                                  in, sizeof in);
+  CHECK(rtu_edge_frame_check(in, k) == (int32_t)RTU_EDGE_ACTION_SIZE(1));
+  const uint8_t *ap = in + RTU_EDGE_HEADER_SIZE;
+  CHECK(rtu_edge_get_u16(ap + RTU_EDGE_ACTION_OFF_OBS_SEQ) == {act.fields["obs_seq"]});
+  CHECK(rtu_edge_get_f32(ap + RTU_EDGE_ACTION_OFF_ACTION) == {act.fields["action"][0]}f);
+
+  /* Malformed COBS is rejected. */
+  const uint8_t bad[2] = {{0x05, 0x11}};
+  CHECK(rtu_edge_cobs_decode(bad, 2, in, sizeof in) == 0);
+  printf("%s\n", failures ? "FAILED" : "ok");
+  return failures ? 1 : 0;
+}}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not available")
+def test_c_header_compiles_and_agrees_with_the_python_codec(tmp_path):
+    src = tmp_path / "t.c"
+    src.write_text(_c_test_program())
+    exe = tmp_path / "t"
+    include = REPO / "firmware_bridge"
+    cc = subprocess.run(
+        ["gcc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", f"-I{include}",
+         str(src), "-o", str(exe)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert cc.returncode == 0, cc.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout
+
+
+def test_no_module_imports_torch():
+    mods = ["protocol", "link", "host", "sim_robot"]
+    code = (
+        "import sys\n"
+        + "".join(f"import firmware_bridge.{m}\n" for m in mods)
+        + "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad\n"
+        "assert 'gymnasium' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()

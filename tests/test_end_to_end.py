@@ -1,0 +1,150 @@
+"""The whole chain over a real pseudo-terminal: train -> export -> sim-robot -> run.
+
+No mocks: real torch training, real dynamo export, real onnxruntime, real pty, a simulated
+microcontroller in a separate process speaking the wire protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from export.bundle import ExportConfig, export_run
+from rtu_edge.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    train(TrainConfig(out=str(root / "run"), steps=800, hidden_size=8), progress=False)
+    export_run(ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
+               log=lambda m: None)
+    return root / "bundle"
+
+
+@pytest.fixture()
+def sim_robot(tmp_path):
+    """`rtu-edge sim-robot` in its own process, reachable through a symlink."""
+    link = tmp_path / "robot.tty"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "sim-robot", "--link", str(link), "--seed", "3"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not link.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "sim-robot did not start"
+        time.sleep(0.05)
+    yield link
+    proc.terminate()
+    out, _ = proc.communicate(timeout=10)
+    assert "sim-robot:" in out  # it printed its statistics on SIGTERM
+
+
+def _run(args: list[str], check_torch: bool = False) -> subprocess.CompletedProcess:
+    """Run `rtu-edge ...` in a fresh interpreter; optionally report whether torch got imported."""
+    code = (
+        "import sys\n"
+        "from cli import app\n"
+        f"sys.argv = ['rtu-edge'] + {args!r}\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'TORCH_FREE')\n"
+        "sys.exit(code or 0)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    summary = tmp_path / "s1.json"
+    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "600",
+              "--checkpoint-dir", str(ckpt), "--summary-json", str(summary)])
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "TORCH_FREE" in r.stdout  # the robot path never imports torch
+    s = json.loads(summary.read_text())
+    assert s["ticks"] == 600 and s["graph"] == "learn"
+    assert s["episodes"] >= 3  # CartPole-P episodes are short at first
+    assert s["counters"]["bad_updates"] == 0
+    assert s["graph_latency_us"]["p50"] > 0
+    assert list(ckpt.glob("ckpt-*.json")), "no checkpoint written at exit"
+
+    # a second run resumes from the newest checkpoint and keeps counting ticks
+    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "200",
+              "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s2.json")])
+    assert r.returncode == 0, r.stderr
+    assert "resumed from ckpt-000000000600" in r.stderr
+    meta = sorted(ckpt.glob("ckpt-*.json"))[-1]
+    assert "000000000800" in meta.name
+
+    # learned parameters differ from the bundle's: on-robot learning changed something
+    import numpy as np
+
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    tensors, _, _ = CheckpointStore(ckpt).load_latest()
+    with np.load(bundle / "state.npz") as z:
+        assert not np.array_equal(tensors["params.rtu.w1"], z["params.rtu.w1"])
+
+    # frozen (act graph) run from the checkpoint, also torch-free
+    r = _run(["run", str(bundle), "--port", str(sim_robot), "--no-learn", "--steps", "300",
+              "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s3.json")])
+    assert r.returncode == 0, r.stderr
+    assert "TORCH_FREE" in r.stdout
+    s3 = json.loads((tmp_path / "s3.json").read_text())
+    assert s3["graph"] == "act" and s3["ticks"] == 300
+
+
+def test_run_refuses_tampered_bundle_before_touching_the_port(bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    data = bytearray((bad / "learn.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "learn.onnx").write_bytes(bytes(data))
+    r = _run(["run", str(bad), "--port", "/dev/does-not-exist", "--steps", "10"])
+    assert r.returncode == 2
+    assert "learn.onnx" in r.stderr and "re-export" in r.stderr.lower()
+
+
+def test_run_names_a_missing_port(bundle, tmp_path):
+    r = _run(["run", str(bundle), "--port", str(tmp_path / "nope"), "--steps", "10",
+              "--checkpoint-dir", str(tmp_path / "c")])
+    assert r.returncode == 2
+    assert "rtu-edge ports" in r.stderr
+
+
+def test_checkpoints_of_another_bundle_are_refused(bundle, sim_robot, tmp_path):
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    ckpt = tmp_path / "other"
+    CheckpointStore(ckpt).save(5, {"x": __import__("numpy").zeros(1)}, {"bundle_learn_sha256": "0" * 64})
+    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "10", "--checkpoint-dir", str(ckpt)])
+    assert r.returncode == 2
+    assert "--fresh" in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_sigterm_sends_safe_action_and_checkpoints(bundle, sim_robot, tmp_path):
+    ckpt = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(sim_robot),
+         "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s.json")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(8)  # imports, bundle load, handshake, then some ticks
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["exit"] == "SIGTERM"
+    assert s["ticks"] > 0
+    assert list(ckpt.glob("ckpt-*.json"))
