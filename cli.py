@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -38,7 +38,9 @@ def _need_train_extra() -> None:
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run directory to create.")] = Path("runs/latest"),
-    env: Annotated[str, typer.Option(help="Environment id (`rtu-edge envs` lists them).")] = DEFAULT_ENV,
+    env: Annotated[
+        str, typer.Option(help="Environment id (`rtu-edge envs` lists them).")
+    ] = DEFAULT_ENV,
     cell: Annotated[str, typer.Option(help="rtu | rtu-nonlinear")] = "rtu",
     algo: Annotated[str, typer.Option(help="Learner: ac (streaming actor-critic).")] = "ac",
     steps: Annotated[int, typer.Option(help="Environment steps.")] = 50_000,
@@ -53,8 +55,14 @@ def train(
     from rtu_edge.train import train as run_training
 
     cfg = TrainConfig(
-        out=str(out), env=env, cell=cell, algo=algo, steps=steps, seed=seed,
-        hidden_size=hidden_size, overwrite=overwrite,
+        out=str(out),
+        env=env,
+        cell=cell,
+        algo=algo,
+        steps=steps,
+        seed=seed,
+        hidden_size=hidden_size,
+        overwrite=overwrite,
     )
     try:
         summary = run_training(cfg, progress=progress)
@@ -70,7 +78,9 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Bundle directory to create.")] = Path("bundles/latest"),
     parity_steps: Annotated[int, typer.Option(help="Teacher-forced parity steps (>= 200).")] = 256,
     parity: Annotated[bool, typer.Option(help="Run the parity check (default on).")] = True,
-    max_delta: Annotated[Optional[float], typer.Option(help="Cap on the action change per tick.")] = None,
+    max_delta: Annotated[
+        float | None, typer.Option(help="Cap on the action change per tick.")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Export the act and learn steps of a run to ONNX (opset 18) with a manifest."""
@@ -78,8 +88,12 @@ def export_cmd(
     from export.bundle import ExportConfig, ParityError, export_run
 
     cfg = ExportConfig(
-        run_dir=str(run_dir), out=str(out), parity_steps=parity_steps, check_parity=parity,
-        max_delta=max_delta, overwrite=overwrite,
+        run_dir=str(run_dir),
+        out=str(out),
+        parity_steps=parity_steps,
+        check_parity=parity,
+        max_delta=max_delta,
+        overwrite=overwrite,
     )
     try:
         export_run(cfg, log=typer.echo)
@@ -93,21 +107,35 @@ def export_cmd(
 def run(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `rtu-edge export`.")],
     port: Annotated[str, typer.Option(help="Serial device (`rtu-edge ports` lists them).")],
-    learn: Annotated[bool, typer.Option("--learn/--no-learn", help="Keep learning on the robot.")] = True,
-    steps: Annotated[Optional[int], typer.Option(help="Stop after N ticks (default: until Ctrl-C).")] = None,
-    checkpoint_dir: Annotated[Optional[Path], typer.Option(help="Default: <bundle>-checkpoints.")] = None,
-    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints; start from the bundle's state.")] = False,
+    learn: Annotated[
+        bool, typer.Option("--learn/--no-learn", help="Keep learning on the robot.")
+    ] = True,
+    steps: Annotated[
+        int | None, typer.Option(help="Stop after N ticks (default: until Ctrl-C).")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Default: <bundle>-checkpoints.")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="Ignore checkpoints; start from the bundle's state.")
+    ] = False,
     baud: Annotated[int, typer.Option(help="Baud rate of a real UART.")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Exploration noise seed.")] = 0,
-    summary_json: Annotated[Optional[Path], typer.Option(help="Also write the summary here.")] = None,
+    summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
     from firmware_bridge.robot_loop import RunConfig, RunError, format_summary
     from firmware_bridge.robot_loop import run as run_robot
 
     cfg = RunConfig(
-        bundle=str(bundle), port=port, learn=learn, steps=steps,
-        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, fresh=fresh, baud=baud, seed=seed,
+        bundle=str(bundle),
+        port=port,
+        learn=learn,
+        steps=steps,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
+        fresh=fresh,
+        baud=baud,
+        seed=seed,
     )
     try:
         summary = run_robot(cfg, log=lambda m: typer.echo(m, err=True))
@@ -115,7 +143,13 @@ def run(
         _fail(str(e), code=2)
     except Exception as e:  # typed link / bundle errors carry actionable messages
         name = type(e).__name__
-        if name in ("LinkError", "HandshakeError", "BundleError", "StepRunnerError", "CheckpointError"):
+        if name in (
+            "LinkError",
+            "HandshakeError",
+            "BundleError",
+            "StepRunnerError",
+            "CheckpointError",
+        ):
             _fail(f"{name}: {e}", code=2)
         raise
     typer.echo(format_summary(summary))
@@ -128,10 +162,12 @@ def run(
 @app.command("sim-robot")
 def sim_robot(
     env: Annotated[str, typer.Option(help="Environment the simulated robot plays.")] = DEFAULT_ENV,
-    link: Annotated[Optional[Path], typer.Option(help="Also symlink the device at this path.")] = None,
+    link: Annotated[Path | None, typer.Option(help="Also symlink the device at this path.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    watchdog_s: Annotated[float, typer.Option(help="Safe action after this long without an action.")] = 0.5,
-    max_steps: Annotated[Optional[int], typer.Option(help="Exit after this many env steps.")] = None,
+    watchdog_s: Annotated[
+        float, typer.Option(help="Safe action after this long without an action.")
+    ] = 0.5,
+    max_steps: Annotated[int | None, typer.Option(help="Exit after this many env steps.")] = None,
 ) -> None:
     """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
     import signal
@@ -146,13 +182,19 @@ def sim_robot(
     except (KeyError, ValueError, ImportError) as e:
         _fail(str(e))
     robot = SimRobot(
-        environment, action_kind=info.action_kind, safe_action=list(info.safe_action),
-        watchdog_s=watchdog_s, seed=seed, link_path=str(link) if link else None,
+        environment,
+        action_kind=info.action_kind,
+        safe_action=list(info.safe_action),
+        watchdog_s=watchdog_s,
+        seed=seed,
+        link_path=str(link) if link else None,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"simulated robot ({env}) on {robot.device_path}" + (f" -> {link}" if link else ""))
-    typer.echo("connect with: rtu-edge run BUNDLE --port " + (str(link) if link else robot.device_path))
+    typer.echo(
+        "connect with: rtu-edge run BUNDLE --port " + (str(link) if link else robot.device_path)
+    )
     try:
         robot.serve(stop, max_steps=max_steps)
     except KeyboardInterrupt:
@@ -161,8 +203,10 @@ def sim_robot(
         robot.close()
         st = robot.stats
         mean = sum(st.returns) / len(st.returns) if st.returns else float("nan")
-        typer.echo(f"sim-robot: {st.steps} steps, {st.episodes} episodes (mean return {mean:.1f}), "
-                   f"watchdog trips {st.watchdog_trips}, safe actions {st.safe_applied}")
+        typer.echo(
+            f"sim-robot: {st.steps} steps, {st.episodes} episodes (mean return {mean:.1f}), "
+            f"watchdog trips {st.watchdog_trips}, safe actions {st.safe_applied}"
+        )
 
 
 @app.command()
@@ -188,7 +232,9 @@ def envs() -> None:
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where runs, bundles and checkpoints go.")] = Path("demo"),
+    workdir: Annotated[Path, typer.Option(help="Where runs, bundles and checkpoints go.")] = Path(
+        "demo"
+    ),
     env: Annotated[str, typer.Option()] = DEFAULT_ENV,
     cell: Annotated[str, typer.Option()] = "rtu",
     train_steps: Annotated[int, typer.Option(help="Workstation training steps.")] = 15_000,
@@ -201,8 +247,15 @@ def demo(
     from rtu_edge.demo import DemoConfig, run_demo
 
     report = run_demo(
-        DemoConfig(workdir=str(workdir), env=env, cell=cell, train_steps=train_steps,
-                   robot_steps=robot_steps, eval_steps=eval_steps, seed=seed),
+        DemoConfig(
+            workdir=str(workdir),
+            env=env,
+            cell=cell,
+            train_steps=train_steps,
+            robot_steps=robot_steps,
+            eval_steps=eval_steps,
+            seed=seed,
+        ),
         log=typer.echo,
     )
     typer.echo(report)

@@ -30,13 +30,23 @@ from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
 SIZES = {
     # the demo agent on classic/CartPole-P
     "demo (obs 2, enc 32, n 32, head 32, discrete 2)": dict(
-        obs_size=2, action_kind="discrete", action_dims=1, num_actions=2,
-        encoder_size=32, hidden_size=32, head_size=32,
+        obs_size=2,
+        action_kind="discrete",
+        action_dims=1,
+        num_actions=2,
+        encoder_size=32,
+        hidden_size=32,
+        head_size=32,
     ),
     # the paper's MuJoCo budget: 64-wide encoder, n = 192 (24,960 recurrent parameters)
     "paper (obs 17, enc 64, n 192, head 64, continuous 6)": dict(
-        obs_size=17, action_kind="continuous", action_dims=6, num_actions=0,
-        encoder_size=64, hidden_size=192, head_size=64,
+        obs_size=17,
+        action_kind="continuous",
+        action_dims=6,
+        num_actions=0,
+        encoder_size=64,
+        hidden_size=192,
+        head_size=64,
     ),
 }
 
@@ -85,7 +95,16 @@ def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
                     if path == "torch":
                         tx = {k: torch.from_numpy(v) for k, v in x.items()}
                         t0 = time.perf_counter()
-                        new, *_ = ac_step(ac, agent, state, tx["obs"], tx["reward"], tx["first"], tx["terminal"], tx["noise"])
+                        new, *_ = ac_step(
+                            ac,
+                            agent,
+                            state,
+                            tx["obs"],
+                            tx["reward"],
+                            tx["first"],
+                            tx["terminal"],
+                            tx["noise"],
+                        )
                         dt = time.perf_counter() - t0
                         state.update(new)
                     elif path == "ort-run":
@@ -106,8 +125,14 @@ def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
     base = res["torch"]["p50"]
     for k in res:
         res[k]["speedup_vs_torch_p50"] = base / res[k]["p50"]
-    return {"size": name, "cell": cell, "nodes": len(model.graph.node), "graph_kb": len(blob) / 1024,
-            "carried_floats": int(sum(v.numel() for v in state.values())), "results": res}
+    return {
+        "size": name,
+        "cell": cell,
+        "nodes": len(model.graph.node),
+        "graph_kb": len(blob) / 1024,
+        "carried_floats": int(sum(v.numel() for v in state.values())),
+        "results": res,
+    }
 
 
 def main() -> None:
@@ -125,12 +150,19 @@ def main() -> None:
             print(f"\n{cell}, {name}: {r['nodes']} nodes, {r['carried_floats']} carried floats")
             print(f"  {'path':<10}{'p50 us':>10}{'p99 us':>10}{'x torch':>10}")
             for path, v in r["results"].items():
-                print(f"  {path:<10}{v['p50']:>10.0f}{v['p99']:>10.0f}{v['speedup_vs_torch_p50']:>10.1f}")
+                print(
+                    f"  {path:<10}{v['p50']:>10.0f}{v['p99']:>10.0f}{v['speedup_vs_torch_p50']:>10.1f}"
+                )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/bench_learn_step.py " + f"--steps {args.steps}",
-            "torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "date": time.strftime("%Y-%m-%d")}
+    meta = {
+        "command": "python benchmarks/bench_learn_step.py " + f"--steps {args.steps}",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"\nwritten to {out}")
 

@@ -24,7 +24,6 @@ import torch
 
 import rtu_edge
 from export.parity import ParityError, ParityReport, check_parity
-
 from rtu_edge import envs as envs_mod
 from rtu_edge.agent import AgentConfig
 from rtu_edge.atomic import atomic_write_bytes, atomic_write_json
@@ -68,7 +67,9 @@ class LearnGraph(torch.nn.Module):
         n = len(self.carried)
         state = dict(zip(self.carried, tensors[:n]))
         obs, reward, first, terminal, noise = tensors[n:]
-        new, action, value, delta = ac_step(self.ac, self.agent, state, obs, reward, first, terminal, noise)
+        new, action, value, delta = ac_step(
+            self.ac, self.agent, state, obs, reward, first, terminal, noise
+        )
         return (*(new[k] for k in self.carried), action, value, delta)
 
 
@@ -106,7 +107,9 @@ def step_example(agent: AgentConfig) -> dict[str, torch.Tensor]:
 # ---- export helpers ------------------------------------------------------------------------
 
 
-def _to_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]) -> onnx.ModelProto:
+def _to_onnx(
+    module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]
+) -> onnx.ModelProto:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "graph.onnx"
@@ -133,14 +136,22 @@ def _to_onnx(module: torch.nn.Module, args: tuple, input_names: list[str], outpu
 def check_standard_ops(model: onnx.ModelProto) -> None:
     """Only default-domain ONNX ops and a full checker pass, or raise."""
     onnx.checker.check_model(model, full_check=True)
-    odd = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
+    odd = sorted(
+        {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
+    )
     if odd:
-        raise RuntimeError(f"exported graph uses non-standard ops {odd}; the robot's onnxruntime may lack them")
+        raise RuntimeError(
+            f"exported graph uses non-standard ops {odd}; the robot's onnxruntime may lack them"
+        )
     if model.functions:
         raise RuntimeError("exported graph contains local functions; inline them before shipping")
 
 
-_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT64: "int64"}
+_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT64: "int64",
+}
 
 
 def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
@@ -152,7 +163,9 @@ def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
                 {
                     "name": v.name,
                     "dtype": _DTYPES.get(t.elem_type, str(t.elem_type)),
-                    "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim],
+                    "shape": [
+                        d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim
+                    ],
                 }
             )
         return out
@@ -181,7 +194,9 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     out = Path(cfg.out)
     if out.exists() and any(out.iterdir()):
         if not cfg.overwrite:
-            raise FileExistsError(f"{out} already holds files; choose another --out or pass --overwrite")
+            raise FileExistsError(
+                f"{out} already holds files; choose another --out or pass --overwrite"
+            )
     torch.set_num_threads(1)
     carried = list(state.keys())
     example = step_example(agent)
@@ -202,18 +217,30 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     )
     for m in (learn, act):
         check_standard_ops(m)
-    log(f"exported learn.onnx ({len(learn.graph.node)} nodes) and act.onnx ({len(act.graph.node)} nodes) "
-        f"in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"exported learn.onnx ({len(learn.graph.node)} nodes) and act.onnx ({len(act.graph.node)} nodes) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
     learn_bytes, act_bytes = learn.SerializeToString(), act.SerializeToString()
     report = None
     if cfg.check_parity:
         report = check_parity(
-            learn_bytes, act_bytes, config, agent, ac, state, carried, act_inputs,
-            steps=cfg.parity_steps, tol=cfg.parity_tol,
+            learn_bytes,
+            act_bytes,
+            config,
+            agent,
+            ac,
+            state,
+            carried,
+            act_inputs,
+            steps=cfg.parity_steps,
+            tol=cfg.parity_tol,
         )
-        log(f"parity: {report.steps} teacher-forced steps, worst relative error {report.worst_rel:.2e} "
-            f"({report.worst_name}), tolerance {cfg.parity_tol:.0e}")
+        log(
+            f"parity: {report.steps} teacher-forced steps, worst relative error {report.worst_rel:.2e} "
+            f"({report.worst_name}), tolerance {cfg.parity_tol:.0e}"
+        )
         if not report.ok:
             raise ParityError(report)
     else:
@@ -241,12 +268,26 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             "safe": list(info["safe_action"]),
             "max_delta": max_delta,
         },
-        "noise": {"distribution": "normal" if agent.action_kind == "continuous" else "gumbel",
-                  "size": agent.noise_size},
-        "hyperparameters": {"agent": agent.to_dict(), "learner": ac.to_dict(), "train": config["train"]},
-        "protocol": {"version": _protocol().PROTOCOL_VERSION, "schema_hash": f"0x{_protocol().SCHEMA_HASH:08x}"},
+        "noise": {
+            "distribution": "normal" if agent.action_kind == "continuous" else "gumbel",
+            "size": agent.noise_size,
+        },
+        "hyperparameters": {
+            "agent": agent.to_dict(),
+            "learner": ac.to_dict(),
+            "train": config["train"],
+        },
+        "protocol": {
+            "version": _protocol().PROTOCOL_VERSION,
+            "schema_hash": f"0x{_protocol().SCHEMA_HASH:08x}",
+        },
         "graphs": {
-            "learn": {"file": "learn.onnx", "opset": OPSET, "inputs": learn_in, "outputs": learn_out},
+            "learn": {
+                "file": "learn.onnx",
+                "opset": OPSET,
+                "inputs": learn_in,
+                "outputs": learn_out,
+            },
             "act": {"file": "act.onnx", "opset": OPSET, "inputs": act_in, "outputs": act_out},
         },
         "state": {"file": "state.npz", "names": carried},
@@ -266,7 +307,9 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"bundle written to {out} (learn {len(learn_bytes) / 1024:.0f} KB, act {len(act_bytes) / 1024:.0f} KB)")
+    log(
+        f"bundle written to {out} (learn {len(learn_bytes) / 1024:.0f} KB, act {len(act_bytes) / 1024:.0f} KB)"
+    )
     return json.loads((out / "manifest.json").read_text())
 
 

@@ -101,9 +101,15 @@ def check_parity(
             ort_act = dict(zip(act_out_names, act_sess.run(None, act_feeds)))
 
             tt = {k: torch.from_numpy(v) for k, v in step_in.items()}
-            new, action, value, delta = ac_step(ac, agent, state, tt["obs"], tt["reward"], tt["first"], tt["terminal"], tt["noise"])
+            new, action, value, delta = ac_step(
+                ac, agent, state, tt["obs"], tt["reward"], tt["first"], tt["terminal"], tt["noise"]
+            )
             a_act, v_act, c1, c2 = act_step(agent, state, tt["obs"], tt["first"], ac)
-            ref = {f"{k}.next": new[k] for k in carried} | {"action": action, "value": value, "td_error": delta}
+            ref = {f"{k}.next": new[k] for k in carried} | {
+                "action": action,
+                "value": value,
+                "td_error": delta,
+            }
             ref_act = {"action": a_act, "value": v_act, "carry.c1.next": c1, "carry.c2.next": c2}
             for prefix, got, want in (("learn:", ort_learn, ref), ("act:", ort_act, ref_act)):
                 for name, r in want.items():

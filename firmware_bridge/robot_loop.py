@@ -214,8 +214,10 @@ def run(cfg: RunConfig, log=print) -> dict:
     try:
         with conn:
             hello = conn.connect()
-            log(f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
-                f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms")
+            log(
+                f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
+                f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms"
+            )
             while cfg.steps is None or c["ticks"] < cfg.steps:
                 if stop["flag"]:
                     exit_reason = "SIGTERM"

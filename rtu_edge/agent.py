@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from rtu_edge.cells import CELLS
-from rtu_edge.cells import rtu_math
+from rtu_edge.cells import CELLS, rtu_math
 
 Params = dict[str, Tensor]
 
@@ -48,7 +47,9 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         if self.action_kind not in ("discrete", "continuous"):
-            raise ValueError(f"action_kind must be 'discrete' or 'continuous', got {self.action_kind!r}")
+            raise ValueError(
+                f"action_kind must be 'discrete' or 'continuous', got {self.action_kind!r}"
+            )
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose one of {sorted(CELLS)}")
 
@@ -148,7 +149,9 @@ def head(p: Params, name: str, y: Tensor) -> tuple[Tensor, Tensor]:
     return hid @ p[f"{name}.w2"] + p[f"{name}.b2"], hid
 
 
-def head_backward(p: Params, name: str, y: Tensor, hid: Tensor, g_out: Tensor) -> tuple[Params, Tensor]:
+def head_backward(
+    p: Params, name: str, y: Tensor, hid: Tensor, g_out: Tensor
+) -> tuple[Params, Tensor]:
     """Gradients of sum(g_out * out) w.r.t. the head's parameters and its input y."""
     g_hid = g_out @ p[f"{name}.w2"].transpose(0, 1)
     g_pre = g_hid * (1 - hid * hid)

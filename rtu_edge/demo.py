@@ -42,8 +42,18 @@ class DemoConfig:
 def _start_sim_robot(cfg: DemoConfig, link: Path, log_path: Path) -> subprocess.Popen:
     if link.exists() or link.is_symlink():
         link.unlink()
-    cmd = [sys.executable, "-m", "cli", "sim-robot", "--env", cfg.env, "--link", str(link),
-           "--seed", str(cfg.seed + 7)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "sim-robot",
+        "--env",
+        cfg.env,
+        "--link",
+        str(link),
+        "--seed",
+        str(cfg.seed + 7),
+    ]
     log_f = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT, cwd=os.getcwd())
     deadline = time.monotonic() + cfg.sim_start_timeout_s
@@ -71,7 +81,11 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
     t0 = time.perf_counter()
 
     log(f"[1/4] training {cfg.cell} on {cfg.env} for {cfg.train_steps} steps (torch, exact RTRL)")
-    tr = train(TrainConfig(out=str(run_dir), env=cfg.env, cell=cfg.cell, steps=cfg.train_steps, seed=cfg.seed))
+    tr = train(
+        TrainConfig(
+            out=str(run_dir), env=cfg.env, cell=cfg.cell, steps=cfg.train_steps, seed=cfg.seed
+        )
+    )
     log(f"[2/4] exporting to {bundle}")
     export_run(ExportConfig(run_dir=str(run_dir), out=str(bundle)), log=log)
 
@@ -79,9 +93,17 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
     link = work / "robot.tty"
     sim = _start_sim_robot(cfg, link, work / "sim_robot.log")
     try:
-        common = dict(bundle=str(bundle), port=str(link), checkpoint_dir=str(ckpt), seed=cfg.seed, status_every_s=0)
-        log(f"[4/4] on the robot (onnxruntime only): frozen {cfg.eval_steps} ticks, "
-            f"learning {cfg.robot_steps} ticks, frozen {cfg.eval_steps} ticks")
+        common = dict(
+            bundle=str(bundle),
+            port=str(link),
+            checkpoint_dir=str(ckpt),
+            seed=cfg.seed,
+            status_every_s=0,
+        )
+        log(
+            f"[4/4] on the robot (onnxruntime only): frozen {cfg.eval_steps} ticks, "
+            f"learning {cfg.robot_steps} ticks, frozen {cfg.eval_steps} ticks"
+        )
         before = run(RunConfig(learn=False, steps=cfg.eval_steps, fresh=True, **common), log=log)
         learning = run(RunConfig(learn=True, steps=cfg.robot_steps, fresh=True, **common), log=log)
         after = run(RunConfig(learn=False, steps=cfg.eval_steps, **common), log=log)
@@ -100,7 +122,10 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
     report = {
         "config": asdict(cfg),
         "train": tr,
-        "robot_before": {"mean_return": mean(before["episode_returns"]), "episodes": before["episodes"]},
+        "robot_before": {
+            "mean_return": mean(before["episode_returns"]),
+            "episodes": before["episodes"],
+        },
         "robot_learning": {
             "first_10pct_return": mean(rets[:tenth]),
             "last_10pct_return": mean(rets[-tenth:]),
@@ -110,17 +135,22 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
             "tick_latency_us": learning["tick_latency_us"],
             "bad_updates": learning["counters"]["bad_updates"],
         },
-        "robot_after": {"mean_return": mean(after["episode_returns"]), "episodes": after["episodes"]},
+        "robot_after": {
+            "mean_return": mean(after["episode_returns"]),
+            "episodes": after["episodes"],
+        },
         "act_latency_us": after["graph_latency_us"],
         "wall_time_s": time.perf_counter() - t0,
     }
     atomic_write_json(work / "report.json", report)
     if rets:
-        pts, step = [], 0
-        for i, r in enumerate(rets):
-            pts.append((i + 1, r))
-        write_learning_curve_svg(work / "robot_learning.svg", pts, title=f"on-robot learning, {cfg.env}",
-                                 x_label="episode on the robot")
+        pts = [(i + 1, r) for i, r in enumerate(rets)]
+        write_learning_curve_svg(
+            work / "robot_learning.svg",
+            pts,
+            title=f"on-robot learning, {cfg.env}",
+            x_label="episode on the robot",
+        )
     b, lr, a = report["robot_before"], report["robot_learning"], report["robot_after"]
     lines = [
         "",

@@ -136,13 +136,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     metrics_f = open(run_dir / "metrics.csv", "w", newline="")
     writer = csv.writer(metrics_f)
-    writer.writerow(["step", "episode", "episode_return", "episode_length", "steps_per_second", "wall_time_s"])
+    writer.writerow(
+        ["step", "episode", "episode_return", "episode_length", "steps_per_second", "wall_time_s"]
+    )
     returns: list[tuple[int, float]] = []
     recent: deque[float] = deque(maxlen=20)
 
     bar = None
     if progress:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         bar = Progress(
             TextColumn(f"train {cfg.env} {cfg.cell}"),
@@ -181,7 +189,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     recent.append(ep_return)
                     returns.append((step, ep_return))
                     elapsed = time.perf_counter() - t0
-                    writer.writerow([step, episode, f"{ep_return:.6g}", ep_len, f"{step / elapsed:.1f}", f"{elapsed:.2f}"])
+                    writer.writerow(
+                        [
+                            step,
+                            episode,
+                            f"{ep_return:.6g}",
+                            ep_len,
+                            f"{step / elapsed:.1f}",
+                            f"{elapsed:.2f}",
+                        ]
+                    )
                     obs, _ = env.reset()
                     reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
                     ep_return, ep_len = 0.0, 0

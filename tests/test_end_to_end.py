@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     train(TrainConfig(out=str(root / "run"), steps=800, hidden_size=8), progress=False)
-    export_run(ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
-               log=lambda m: None)
+    export_run(
+        ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
+        log=lambda m: None,
+    )
     return root / "bundle"
 
 
@@ -36,7 +38,10 @@ def sim_robot(tmp_path):
     link = tmp_path / "robot.tty"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "sim-robot", "--link", str(link), "--seed", "3"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 30
     while not link.exists():
@@ -59,14 +64,28 @@ def _run(args: list[str], check_torch: bool = False) -> subprocess.CompletedProc
         "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'TORCH_FREE')\n"
         "sys.exit(code or 0)\n"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, tmp_path):
     ckpt = tmp_path / "ckpt"
     summary = tmp_path / "s1.json"
-    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "600",
-              "--checkpoint-dir", str(ckpt), "--summary-json", str(summary)])
+    r = _run(
+        [
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--steps",
+            "600",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--summary-json",
+            str(summary),
+        ]
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "TORCH_FREE" in r.stdout  # the robot path never imports torch
     s = json.loads(summary.read_text())
@@ -77,8 +96,20 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
     assert list(ckpt.glob("ckpt-*.json")), "no checkpoint written at exit"
 
     # a second run resumes from the newest checkpoint and keeps counting ticks
-    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "200",
-              "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s2.json")])
+    r = _run(
+        [
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--steps",
+            "200",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--summary-json",
+            str(tmp_path / "s2.json"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "resumed from ckpt-000000000600" in r.stderr
     meta = sorted(ckpt.glob("ckpt-*.json"))[-1]
@@ -94,8 +125,21 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
         assert not np.array_equal(tensors["params.rtu.w1"], z["params.rtu.w1"])
 
     # frozen (act graph) run from the checkpoint, also torch-free
-    r = _run(["run", str(bundle), "--port", str(sim_robot), "--no-learn", "--steps", "300",
-              "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s3.json")])
+    r = _run(
+        [
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--no-learn",
+            "--steps",
+            "300",
+            "--checkpoint-dir",
+            str(ckpt),
+            "--summary-json",
+            str(tmp_path / "s3.json"),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "TORCH_FREE" in r.stdout
     s3 = json.loads((tmp_path / "s3.json").read_text())
@@ -116,8 +160,18 @@ def test_run_refuses_tampered_bundle_before_touching_the_port(bundle, tmp_path):
 
 
 def test_run_names_a_missing_port(bundle, tmp_path):
-    r = _run(["run", str(bundle), "--port", str(tmp_path / "nope"), "--steps", "10",
-              "--checkpoint-dir", str(tmp_path / "c")])
+    r = _run(
+        [
+            "run",
+            str(bundle),
+            "--port",
+            str(tmp_path / "nope"),
+            "--steps",
+            "10",
+            "--checkpoint-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert r.returncode == 2
     assert "rtu-edge ports" in r.stderr
 
@@ -126,8 +180,21 @@ def test_checkpoints_of_another_bundle_are_refused(bundle, sim_robot, tmp_path):
     from firmware_bridge.checkpoints import CheckpointStore
 
     ckpt = tmp_path / "other"
-    CheckpointStore(ckpt).save(5, {"x": __import__("numpy").zeros(1)}, {"bundle_learn_sha256": "0" * 64})
-    r = _run(["run", str(bundle), "--port", str(sim_robot), "--steps", "10", "--checkpoint-dir", str(ckpt)])
+    CheckpointStore(ckpt).save(
+        5, {"x": __import__("numpy").zeros(1)}, {"bundle_learn_sha256": "0" * 64}
+    )
+    r = _run(
+        [
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--steps",
+            "10",
+            "--checkpoint-dir",
+            str(ckpt),
+        ]
+    )
     assert r.returncode == 2
     assert "--fresh" in r.stderr
 
@@ -136,9 +203,23 @@ def test_checkpoints_of_another_bundle_are_refused(bundle, sim_robot, tmp_path):
 def test_sigterm_sends_safe_action_and_checkpoints(bundle, sim_robot, tmp_path):
     ckpt = tmp_path / "ck"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(sim_robot),
-         "--checkpoint-dir", str(ckpt), "--summary-json", str(tmp_path / "s.json")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--checkpoint-dir",
+            str(ckpt),
+            "--summary-json",
+            str(tmp_path / "s.json"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(8)  # imports, bundle load, handshake, then some ticks
     proc.terminate()

@@ -54,7 +54,9 @@ class ACConfig:
     entropy_coef: float = 0.01  # weight of the entropy step of the actor
     obs_clip: float = 1e3  # raw observations are clipped to +-obs_clip before anything else
     norm_clip: float = 5.0  # normalised observations are clipped to +-norm_clip standard deviations
-    stats_clip: float = 10.0  # after warm-up, a sample moves the normaliser by at most this many stds
+    stats_clip: float = (
+        10.0  # after warm-up, a sample moves the normaliser by at most this many stds
+    )
     stats_warmup: float = 100.0  # samples before stats_clip applies
     eps: float = 1e-8  # variance floor in normalisers
 
@@ -283,7 +285,11 @@ def act_step(
     keep = (1.0 - first).unsqueeze(-1)
     c1, c2 = s["carry.c1"] * keep, s["carry.c2"] * keep
     y, state = rtu_math.sequence(
-        A.cell_params(p), h0.unsqueeze(0), rtu_math.RTUState(c1, c2), agent.nonlinear, agent.activation
+        A.cell_params(p),
+        h0.unsqueeze(0),
+        rtu_math.RTUState(c1, c2),
+        agent.nonlinear,
+        agent.activation,
     )
     y = y[0]
     value_out, _ = A.head(p, "critic", y)

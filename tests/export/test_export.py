@@ -10,7 +10,14 @@ import onnx
 import pytest
 import torch
 
-from export.bundle import ExportConfig, LearnGraph, _to_onnx, check_standard_ops, export_run, step_example
+from export.bundle import (
+    ExportConfig,
+    LearnGraph,
+    _to_onnx,
+    check_standard_ops,
+    export_run,
+    step_example,
+)
 from export.parity import ParityError, check_parity
 from rtu_edge.learners.ac import ACConfig
 from rtu_edge.train import TrainConfig, load_run, train
@@ -34,7 +41,9 @@ def runs(tmp_path_factory):
 @pytest.mark.parametrize("name", ["cartpole", "pendulum"])
 def test_export_writes_a_verified_bundle(runs, tmp_path, name):
     bundle = tmp_path / "bundle"
-    manifest = export_run(ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None)
+    manifest = export_run(
+        ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
+    )
     assert manifest["format_version"] == 1
     assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= 1e-5
     assert manifest["parity"]["steps"] >= 200
@@ -69,17 +78,31 @@ def test_parity_check_catches_a_graph_that_differs(runs):
     wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
     bad = _to_onnx(
         LearnGraph(wrong, agent, carried),
-        tuple(state[k] for k in carried) + tuple(ex[k] for k in ("obs", "reward", "first", "terminal", "noise")),
+        tuple(state[k] for k in carried)
+        + tuple(ex[k] for k in ("obs", "reward", "first", "terminal", "noise")),
         carried + ["obs", "reward", "first", "terminal", "noise"],
         [f"{k}.next" for k in carried] + ["action", "value", "td_error"],
     )
     from export.bundle import ACT_OUTPUTS, ActGraph, act_input_names
 
     ai = act_input_names(state, agent)
-    act = _to_onnx(ActGraph(ac, agent, ai), tuple(state[k] for k in ai) + (ex["obs"], ex["first"]),
-                   ai + ["obs", "first"], list(ACT_OUTPUTS))
-    report = check_parity(bad.SerializeToString(), act.SerializeToString(), config, agent, ac, state,
-                          carried, ai, steps=200)
+    act = _to_onnx(
+        ActGraph(ac, agent, ai),
+        tuple(state[k] for k in ai) + (ex["obs"], ex["first"]),
+        ai + ["obs", "first"],
+        list(ACT_OUTPUTS),
+    )
+    report = check_parity(
+        bad.SerializeToString(),
+        act.SerializeToString(),
+        config,
+        agent,
+        ac,
+        state,
+        carried,
+        ai,
+        steps=200,
+    )
     assert not report.ok
     assert report.worst_rel > 1e-3
     with pytest.raises(ParityError, match="NOT written"):
@@ -94,7 +117,10 @@ def test_export_refuses_existing_bundle_and_missing_run(runs, tmp_path):
         export_run(ExportConfig(run_dir=str(runs["cartpole"]), out=str(out)), log=lambda m: None)
     assert (out / "keep.txt").read_text() == "user data"
     with pytest.raises(FileNotFoundError, match="rtu-edge train"):
-        export_run(ExportConfig(run_dir=str(tmp_path / "nope"), out=str(tmp_path / "c")), log=lambda m: None)
+        export_run(
+            ExportConfig(run_dir=str(tmp_path / "nope"), out=str(tmp_path / "c")),
+            log=lambda m: None,
+        )
 
 
 def test_float64_learn_graph_teacher_forced_is_tight(runs):

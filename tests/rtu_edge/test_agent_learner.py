@@ -124,7 +124,11 @@ def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind):
             x, _ = L.normalise_obs(ac, s, obs[t])  # record what the learner feeds the encoder
             xs.append(x)
             new, *_ = L.ac_step(
-                ac, cfg, s, obs[t], torch.zeros(1, dtype=torch.float64),
+                ac,
+                cfg,
+                s,
+                obs[t],
+                torch.zeros(1, dtype=torch.float64),
                 torch.tensor([1.0 if t == 0 else 0.0], dtype=torch.float64),
                 torch.zeros(1, dtype=torch.float64),
                 torch.randn(1, cfg.noise_size, generator=gen, dtype=torch.float64),
@@ -133,8 +137,11 @@ def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind):
     p = _double(L.params_of(_double_state(L.initial_state(cfg, seed=4))))
     h0 = torch.cat([A.encode(p, x).detach() for x in xs]).unsqueeze(1)  # (T, 1, E)
     ys, _ = rtu_math.sequence(
-        A.cell_params(p), h0, rtu_math.initial_state(cfg.hidden_size, 1, torch.float64),
-        cfg.nonlinear, cfg.activation,
+        A.cell_params(p),
+        h0,
+        rtu_math.initial_state(cfg.hidden_size, 1, torch.float64),
+        cfg.nonlinear,
+        cfg.activation,
     )
     v_sum = sum(A.head(p, "critic", ys[t])[0].sum() for t in range(T))
     keys = [k for k in A.critic_param_names(cfg) if not k.startswith("enc.")]
@@ -151,11 +158,21 @@ def test_first_flag_resets_carry_and_blocks_update():
     one, zero = torch.ones(1), torch.zeros(1)
     with torch.no_grad():
         for _ in range(5):
-            new, *_ = L.ac_step(ac, cfg, s, torch.randn(1, cfg.obs_size), torch.ones(1), zero, zero,
-                                torch.zeros(1, 3))
+            new, *_ = L.ac_step(
+                ac,
+                cfg,
+                s,
+                torch.randn(1, cfg.obs_size),
+                torch.ones(1),
+                zero,
+                zero,
+                torch.zeros(1, 3),
+            )
             s.update(new)
         before = {k: v.clone() for k, v in s.items() if k.startswith("params.")}
-        new, _, _, delta = L.ac_step(ac, cfg, s, obs, torch.tensor([5.0]), one, zero, torch.zeros(1, 3))
+        new, _, _, delta = L.ac_step(
+            ac, cfg, s, obs, torch.tensor([5.0]), one, zero, torch.zeros(1, 3)
+        )
     assert float(delta) == 0.0
     for k, v in before.items():
         assert torch.equal(new[k], v), f"{k} changed on a first tick"
@@ -176,11 +193,14 @@ def test_non_finite_update_is_skipped():
     s = L.initial_state(cfg)
     zero = torch.zeros(1)
     with torch.no_grad():
-        new, *_ = L.ac_step(ac, cfg, s, torch.randn(1, 3), zero, torch.ones(1), zero, torch.zeros(1, 2))
+        new, *_ = L.ac_step(
+            ac, cfg, s, torch.randn(1, 3), zero, torch.ones(1), zero, torch.zeros(1, 2)
+        )
         s.update(new)
         before = {k: v.clone() for k, v in s.items() if k.startswith("params.")}
-        new, _, _, delta = L.ac_step(ac, cfg, s, torch.randn(1, 3), torch.tensor([math.inf]), zero, zero,
-                                     torch.zeros(1, 2))
+        new, _, _, delta = L.ac_step(
+            ac, cfg, s, torch.randn(1, 3), torch.tensor([math.inf]), zero, zero, torch.zeros(1, 2)
+        )
     assert not math.isfinite(float(delta))
     for k, v in before.items():
         assert torch.equal(new[k], v), k
@@ -197,7 +217,9 @@ def test_learning_moves_value_toward_td_target():
         new, _, v1, _ = L.ac_step(ac, cfg, s, o1, zero, one, zero, torch.zeros(1, 3))
         s.update(new)
         snap = {k: v.clone() for k, v in s.items()}
-        new, _, _, delta = L.ac_step(ac, cfg, s, o2, torch.tensor([1.0]), zero, one, torch.zeros(1, 3))
+        new, _, _, delta = L.ac_step(
+            ac, cfg, s, o2, torch.tensor([1.0]), zero, one, torch.zeros(1, 3)
+        )
         assert float(delta) > 0  # terminal with positive reward and v ~ 0
         snap.update({k: v for k, v in new.items() if k.startswith("params.")})
         # re-evaluate v(S_1) with the updated parameters from the same starting carry

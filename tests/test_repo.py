@@ -1,0 +1,114 @@
+"""The repository keeps its promises: README commands, CI, install split, CLI basics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_ci_runs_the_readmes_test_command():
+    blocks = [b.strip() for b in _readme_bash_blocks()]
+    test_cmd = next(b for b in blocks if b.endswith("pytest -q"))
+    assert test_cmd in (ROOT / ".ci" / "run").read_text()
+    assert any(b.endswith("rtu-edge demo") for b in blocks)
+
+
+def test_robot_install_has_no_torch_and_train_pins_cpu_torch():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"]).lower()
+    assert "torch" not in base and "onnx>" not in base and "gymnasium" not in base
+    train = project["optional-dependencies"]["train"]
+    assert "torch==2.13.0" in train
+
+
+def test_readme_cell_example_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    assert set(namespace["grads"]) == {"nu_log", "theta_log", "w1", "w2"}
+
+
+def test_cli_default_env_matches_registry():
+    import cli
+    from rtu_edge import envs
+
+    assert cli.DEFAULT_ENV == envs.DEFAULT_ENV
+
+
+def test_cli_envs_lists_one_line_each():
+    from cli import app
+    from rtu_edge import envs
+
+    r = CliRunner().invoke(app, ["envs"])
+    assert r.exit_code == 0
+    lines = r.output.strip().splitlines()
+    assert len(lines) == len(envs.list_envs())
+    assert any(line.startswith("mujoco/HalfCheetah-P") for line in lines)
+
+
+def test_cli_train_unknown_env_is_a_clear_error(tmp_path):
+    from cli import app
+
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--env",
+            "classic/CartPol-P",
+            "--out",
+            str(tmp_path / "r"),
+            "--steps",
+            "10",
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 1
+    assert "classic/CartPole-P" in r.output  # names the close match
+
+
+def test_cli_train_refuses_to_overwrite_a_run(tmp_path):
+    from cli import app
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "metrics.csv").write_text("precious")
+    r = CliRunner().invoke(app, ["train", "--out", str(out), "--steps", "10", "--no-progress"])
+    assert r.exit_code == 1 and "--overwrite" in r.output
+    assert (out / "metrics.csv").read_text() == "precious"
+
+
+def test_cli_train_writes_a_run_directory(tmp_path):
+    import json
+
+    from cli import app
+
+    out = tmp_path / "r"
+    r = CliRunner().invoke(
+        app, ["train", "--out", str(out), "--steps", "300", "--no-progress", "--hidden-size", "4"]
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"final_return", "steps_per_second", "recurrent_params"} <= set(summary)
+    assert summary["recurrent_params"] == 2 * 32 * 4 + 2 * 4
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("step,episode,episode_return")
+    assert (out / "checkpoint.safetensors").stat().st_size > 0
+    assert (out / "learning_curve.svg").read_text().startswith("<svg")
+
+
+def test_cli_ports_runs():
+    from cli import app
+
+    r = CliRunner().invoke(app, ["ports"])
+    assert r.exit_code == 0
