@@ -200,8 +200,10 @@ class SerialLink:
     # ---------------------------------------------------------------- receiving
 
     def recv(self, timeout: float) -> list[Frame]:
-        """Validated frames from the next read that completes any; [] after `timeout` seconds.
+        """Validated frames from the next read that completes any chunk, valid or rejected.
 
+        Returns [] when that read completed only rejected chunks (they are counted and kept in
+        `recent_errors`, so callers can react to error streaks), or after `timeout` seconds.
         timeout=0 reads only what is already waiting. A partial frame followed by silence is
         discarded after the parser's frame timeout (fault 9).
         """
@@ -226,13 +228,14 @@ class SerialLink:
             now = time.monotonic()
             self._tx["rx_reads"] += 1
             if data:
+                items = self.parser.feed(data, now)
                 frames = []
-                for item in self.parser.feed(data, now):
+                for item in items:
                     if isinstance(item, Frame):
                         frames.append(item)
                     else:
                         self.recent_errors.append(item)
-                if frames:
+                if items:
                     return frames
             else:
                 self.recent_errors.extend(self.parser.expire(now))

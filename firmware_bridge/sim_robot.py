@@ -163,6 +163,7 @@ class SimRobot:
         self._obs_sent_at = 0.0
         self._last_obs_tx = 0.0
         self._last_status_at = 0.0
+        self._last_disarmed_reply = -1e9
         self._need_reset = True  # the next episode starts with env.reset
         self._ep_return = 0.0
         self._ep_len = 0
@@ -370,7 +371,8 @@ class SimRobot:
         if not self.armed:
             self.stats.actions_ignored += 1
             now = time.monotonic()
-            if now - self._last_status_at >= self.resend_s:  # tell the host, rate-limited
+            if now - self._last_disarmed_reply >= self.resend_s:  # tell the host, rate-limited
+                self._last_disarmed_reply = now
                 self._send_status("REPLY")
             return
         if not self._awaiting or f.fields["obs_seq"] != self._obs_seq:

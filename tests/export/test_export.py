@@ -31,6 +31,7 @@ def runs(tmp_path_factory):
     for name, env, cell in (
         ("cartpole", "classic/CartPole-P", "rtu"),
         ("pendulum", "classic/Pendulum-P", "rtu-nonlinear"),
+        ("cheetah", "mujoco/HalfCheetah-P", "rtu"),
     ):
         cfg = TrainConfig(out=str(root / name), env=env, cell=cell, steps=600, hidden_size=8)
         train(cfg, progress=False)
@@ -38,7 +39,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["cartpole", "pendulum"])
+@pytest.mark.parametrize("name", ["cartpole", "pendulum", "cheetah"])
 def test_export_writes_a_verified_bundle(runs, tmp_path, name):
     bundle = tmp_path / "bundle"
     manifest = export_run(

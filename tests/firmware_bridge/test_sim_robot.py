@@ -1,0 +1,249 @@
+"""SimRobot: the simulated MCU, driven over a real pseudo-terminal by RobotConnection or by raw
+frames. No assertion depends on timing; waits only bound how long a broken test hangs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from firmware_bridge import protocol as p
+from firmware_bridge.host import LinkConfig, RobotConnection
+from firmware_bridge.link import SerialLink
+from firmware_bridge.protocol import Frame, Sizes
+from firmware_bridge.sim_robot import SimFaults, SimRobot
+
+PATIENT = 10.0
+EVENT = dict(p.STATUS_EVENTS)
+
+
+def make_sim(env=None, **kw) -> SimRobot:
+    kw.setdefault("watchdog_s", PATIENT)
+    return SimRobot(env or gym.make("CartPole-v1"), action_kind="discrete", safe_action=[0], **kw)
+
+
+def make_conn(port: str) -> RobotConnection:
+    cfg = LinkConfig(port=port, handshake_timeout_s=PATIENT, obs_timeout_s=PATIENT)
+    return RobotConnection(
+        cfg,
+        obs_size=4,
+        action_size=1,
+        schema_hash=p.SCHEMA_HASH,
+        action_low=[0],
+        action_high=[1],
+        safe_action=[0],
+        num_actions=2,
+    )
+
+
+def run_episodes(conn: RobotConnection, steps: int, seed: int = 0):
+    """A random policy for `steps` actions; returns the observations and episode returns."""
+    rng = np.random.default_rng(seed)
+    seen, returns, ep = [], [], 0.0
+    o = conn.observe()
+    seen.append(o)
+    for _ in range(steps):
+        conn.act([rng.integers(0, 2)], o.seq)
+        o = conn.observe()
+        assert o is not None, "observe timed out"
+        seen.append(o)
+        if not o.first:
+            ep += o.reward
+        if o.terminal or o.truncated:
+            returns.append(ep)
+            ep = 0.0
+    return seen, returns
+
+
+def check_episode_flags(seen):
+    assert seen[0].first and seen[0].reward == 0.0
+    for prev, cur in zip(seen, seen[1:], strict=False):
+        assert p.seq_diff(cur.seq, prev.seq) > 0
+        ended = prev.terminal or prev.truncated
+        assert cur.first == ended, (prev, cur)  # FIRST exactly after an episode end
+        if cur.first:
+            assert cur.reward == 0.0 and not (cur.terminal or cur.truncated)
+
+
+def wait_frame(link: SerialLink, name: str, timeout=PATIENT) -> Frame:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for f in link.recv(deadline - time.monotonic()):
+            if f.name == name:
+                return f
+    raise AssertionError(f"no {name} frame")
+
+
+# ------------------------------------------------------------------------- whole sessions
+
+
+def test_full_session_lock_step_flags_and_returns():
+    with make_sim(seed=3) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        t0 = time.perf_counter()
+        seen, returns = run_episodes(conn, 400)
+        per_step = (time.perf_counter() - t0) / 400
+        check_episode_flags(seen)
+        assert len(returns) >= 5 and returns == sim.stats.returns
+        assert sim.stats.episodes == len(returns)
+        assert sum(1 for o in seen if o.terminal) == len(returns)  # CartPole ends by failing
+        assert sim.stats.steps == 400 - len(returns)  # an action answering a terminal OBS
+        assert all(o.finite and o.obs.shape == (4,) for o in seen)
+        c = conn.counters
+        assert c["rx_crc_errors"] == 0 and c["obs_duplicates"] == 0 and c["obs_received"] == 401
+        assert sim.error is None
+        print(f"\nround trip per lock-step step over the pty: {per_step * 1e6:.0f} us")
+
+
+def test_truncation_flag():
+    env = gym.make("CartPole-v1", max_episode_steps=4)
+    with make_sim(env) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        o = conn.observe()
+        seen = [o]
+        for i in range(15):
+            conn.act([i % 2], o.seq)  # alternating keeps the pole up for 4 steps
+            o = conn.observe()
+            seen.append(o)
+        check_episode_flags(seen)
+        assert [o.truncated for o in seen[:6]] == [False] * 4 + [True, False]
+        assert sim.stats.lengths[:3] == [4, 4, 4] and sim.stats.returns[:3] == [4.0] * 3
+
+
+def test_faults_still_make_progress_and_counters_rise():
+    faults = SimFaults(
+        drop_prob=0.05,
+        corrupt_prob=0.05,
+        duplicate_prob=0.05,
+        split_writes=True,
+        garbage_prob=0.05,
+        rx_drop_prob=0.05,
+    )
+    with make_sim(faults=faults, seed=1) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        seen, returns = run_episodes(conn, 200)
+        check_episode_flags(seen)
+        assert returns == sim.stats.returns  # every OBS arrived exactly once, despite it all
+        c, s = conn.counters, sim.stats
+        assert s.frames_dropped and s.frames_corrupted and s.frames_duplicated and s.garbage_writes
+        assert s.rx_dropped and s.obs_resent
+        rejected = c["rx_crc_errors"] + c["rx_cobs_errors"] + c["rx_short_frames"]
+        assert rejected > 0 and c["rx_bytes_discarded"] > 0
+        assert c["obs_duplicates"] > 0 and c["action_resends"] > 0
+        assert s.watchdog_trips == 0 and sim.error is None
+
+
+# ------------------------------------------------------------------------- MCU behaviour
+
+
+def _hello_req(link: SerialLink, **over) -> Frame:
+    fields = dict(
+        protocol_version=1,
+        schema_hash=p.SCHEMA_HASH,
+        nonce=1234,
+        obs_size=4,
+        action_size=1,
+        num_actions=2,
+        obs_dtype=1,
+        action_dtype=1,
+    )
+    link.send("HELLO_REQ", **{**fields, **over})
+    return wait_frame(link, "HELLO")
+
+
+def test_arming_rules():
+    with make_sim() as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+        sim.start()
+        # ARM before any handshake: refused
+        link.send("ARM", boot_id=sim.boot_id)
+        st = wait_frame(link, "STATUS")
+        assert st.fields["event"] == EVENT["ARM_REFUSED"] and not st.fields["armed"]
+        # a mismatching handshake is answered accepted=0 and ARM stays refused
+        hello = _hello_req(link, schema_hash=1)
+        assert hello.fields["accepted"] == 0 and hello.fields["nonce"] == 1234
+        link.send("ARM", boot_id=sim.boot_id)
+        assert wait_frame(link, "STATUS").fields["event"] == EVENT["ARM_REFUSED"]
+        # a good handshake, but ARM with another boot id: refused
+        hello = _hello_req(link, nonce=77)
+        assert hello.fields["accepted"] == 1 and hello.fields["boot_id"] == sim.boot_id
+        assert hello.fields["watchdog_ms"] == PATIENT * 1000
+        link.send("ARM", boot_id=sim.boot_id ^ 1)
+        assert wait_frame(link, "STATUS").fields["event"] == EVENT["ARM_REFUSED"]
+        assert sim.stats.arms_refused == 3 and not sim.armed
+        # the right boot id arms and starts an episode
+        link.send("ARM", boot_id=sim.boot_id)
+        st = wait_frame(link, "STATUS")
+        assert st.fields["event"] == EVENT["ARMED"] and st.fields["armed"] == 1
+        obs = wait_frame(link, "OBS")
+        assert obs.fields["flags"] == p.OBS_FIRST and obs.seq == st.seq + 1
+        # ARM again while armed: idempotent
+        link.send("ARM", boot_id=sim.boot_id)
+        assert wait_frame(link, "STATUS").fields["event"] == EVENT["REPLY"]
+        assert sim.stats.arms == 1
+        # STOP: safe action, disarmed, confirmed; later ACTIONs are answered with STATUS
+        link.send("STOP", reason=0)
+        st = wait_frame(link, "STATUS")
+        assert st.fields["event"] == EVENT["STOPPED"] and not st.fields["armed"]
+        assert not sim.armed and sim.applied_action.tolist() == [0.0]
+        link.send("ACTION", obs_seq=obs.seq, action=[1.0])
+        st = wait_frame(link, "STATUS")
+        assert st.fields["event"] == EVENT["REPLY"] and not st.fields["armed"]
+        assert sim.stats.actions_ignored == 1 and sim.stats.steps == 0
+        link.send("STATUS_REQ")
+        assert wait_frame(link, "STATUS").fields["event"] == EVENT["REPLY"]
+
+
+def test_discrete_actions_are_rounded_clipped_and_nan_is_safe():
+    with make_sim() as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+        sim.start()
+        _hello_req(link)
+        link.send("ARM", boot_id=sim.boot_id)
+        obs = wait_frame(link, "OBS")
+        for value, applied in [(0.6, 1.0), (7.0, 1.0), (-3.0, 0.0), (float("nan"), 0.0)]:
+            link.send("ACTION", obs_seq=obs.seq, action=[value])
+            nxt = wait_frame(link, "OBS")
+            assert nxt.seq != obs.seq and sim.applied_action.tolist() == [applied], value
+            if nxt.fields["flags"] & p.OBS_TERMINAL:
+                break
+            obs = nxt
+        # a stale ACTION (old obs_seq) is not applied
+        steps = sim.stats.steps
+        link.send("ACTION", obs_seq=(obs.seq - 1) % p.SEQ_MODULUS, action=[1.0])
+        link.send("STATUS_REQ")
+        st = wait_frame(link, "STATUS")
+        assert sim.stats.steps == steps and sim.stats.actions_stale >= 1
+        assert st.fields["actions_rejected"] >= 1
+        assert sim.stats.actions_nonfinite == 1 and sim.stats.actions_clipped >= 2
+
+
+def test_link_path_symlink_and_max_steps(tmp_path):
+    link_path = tmp_path / "robot"
+    sim = make_sim(link_path=link_path)
+    try:
+        assert os.readlink(link_path) == sim.device_path
+        thread = sim.start(max_steps=5)
+        with make_conn(str(link_path)) as conn:
+            conn.connect()
+            o = conn.observe()
+            for _ in range(5):
+                conn.act([0], o.seq)
+                o = conn.observe(timeout=1.0) or o
+        thread.join(PATIENT)
+        assert not thread.is_alive() and sim.stats.steps == 5
+    finally:
+        sim.close()
+    assert not link_path.exists() and not os.path.lexists(link_path)
+
+
+def test_constructor_validation():
+    env = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match="action_kind"):
+        SimRobot(env, action_kind="binary", safe_action=[0])
+    with pytest.raises(ValueError, match="safe_action"):
+        SimRobot(env, action_kind="discrete", safe_action=[0, 1])
