@@ -630,7 +630,9 @@ def decode_frame(encoded: bytes, sizes: Sizes | None = None) -> Frame | BadFrame
 # --------------------------------------------------------------------------------------------
 
 
-def frame_timeout_s(baud: int, frame_bytes: int = MAX_ENCODED_FRAME + 1, latency_timer_ms=16):
+def frame_timeout_s(
+    baud: int, frame_bytes: int = MAX_ENCODED_FRAME + 1, latency_timer_ms: float = 16
+) -> float:
     """How long a partial frame may wait for its next byte before it is discarded.
 
     DynamixelSDK's packet timeout: wire time of `frame_bytes` at `baud` (10 bits per byte,

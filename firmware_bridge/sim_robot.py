@@ -254,11 +254,12 @@ class SimRobot:
                         if e.errno in (errno.EIO, errno.EBADF):
                             return
                         raise
+                    boots = self.stats.reboots
                     for item in self._parser.feed(data, time.monotonic()):
                         if isinstance(item, Frame):
                             self._on_frame(item)
-                        if self.hung:
-                            break
+                        if self.hung or self.stats.reboots != boots:
+                            break  # a hung or rebooting MCU loses the rest of its RX buffer
                 else:
                     self._parser.expire(time.monotonic())
                 self._timers(time.monotonic())

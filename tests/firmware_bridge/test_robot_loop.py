@@ -1,0 +1,92 @@
+"""The on-robot loop against a simulated MCU on a real pty, with faults switched on."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from export.bundle import ExportConfig, export_run
+from firmware_bridge.host import HandshakeError
+from firmware_bridge.robot_loop import RunConfig, run
+from firmware_bridge.sim_robot import SimFaults, SimRobot
+from rtu_edge import envs
+from rtu_edge.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    train(TrainConfig(out=str(root / "run"), steps=500, hidden_size=8), progress=False)
+    export_run(
+        ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
+        log=lambda m: None,
+    )
+    return root / "bundle"
+
+
+class SensorGlitches(gym.Wrapper):
+    """Every 50th observation is NaN, every 70th is absurd (1e9)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.n = 0
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        self.n += 1
+        if self.n % 50 == 0:
+            obs = np.full_like(obs, np.nan)
+        elif self.n % 70 == 0:
+            obs = np.full_like(obs, 1e9)
+        return obs, r, term, trunc, info
+
+
+def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
+    env = envs.make(envs.DEFAULT_ENV, seed=1)
+    if wrap:
+        env = wrap(env)
+    info = envs.env_info(envs.DEFAULT_ENV)
+    robot = SimRobot(
+        env, action_kind=info.action_kind, safe_action=list(info.safe_action), seed=2,
+        faults=faults, link_path=str(tmp_path / "tty"), **kw,
+    )
+    robot.start()
+    return robot
+
+
+def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
+    faults = SimFaults(corrupt_prob=0.02, drop_prob=0.01, garbage_prob=0.02, split_writes=True,
+                       reboot_after_steps=300)
+    with _robot(tmp_path, faults=faults, wrap=SensorGlitches) as robot:
+        s = run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=800,
+                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0, obs_timeout_s=0.3),
+                log=lambda m: None)
+    c = s["counters"]
+    assert s["ticks"] == 800
+    assert c["reboots"] == 1  # detected, state reset, handshake again
+    assert c["non_finite_obs"] >= 5  # NaN observations never reached the learner
+    assert c["bad_updates"] == 0  # ...and absurd ones were clipped, not learned into NaN
+    assert sum(v for k, v in c["link"].items() if "crc" in k or "cobs" in k) > 0
+    assert robot.stats.reboots == 1
+    # the learned state stayed finite through all of it
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    tensors, _, _ = CheckpointStore(tmp_path / "ck").load_latest()
+    assert all(np.isfinite(v).all() for v in tensors.values())
+
+
+def test_wrong_schema_hash_is_refused_naming_both(bundle, tmp_path):
+    with _robot(tmp_path, schema_hash=0x12345678):
+        with pytest.raises(HandshakeError) as e:
+            run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=10,
+                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0), log=lambda m: None)
+    assert "0x12345678" in str(e.value).lower()
+
+
+def test_frozen_run_does_not_write_checkpoints(bundle, tmp_path):
+    with _robot(tmp_path):
+        s = run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=200, learn=False,
+                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0), log=lambda m: None)
+    assert s["graph"] == "act" and s["ticks"] == 200
+    assert not list((tmp_path / "ck").glob("ckpt-*"))
