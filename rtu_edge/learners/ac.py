@@ -214,11 +214,11 @@ def ac_step(
     v_boot = value * (1.0 - terminal)
     delta = (r + cfg.gamma * v_boot - s["carry.v_prev"]) * keep
 
-    # 4. ObGD updates from the eligibility traces (zeroed on the first tick)
+    # 4. ObGD updates from the eligibility traces. On the first tick delta is 0, so nothing moves.
     crit_names = A.critic_param_names(agent)
     act_names = A.actor_param_names(agent)
-    z_v = {k: s[f"elig_v.{k}"] * keep for k in crit_names}
-    z_pi = {k: s[f"elig_pi.{k}"] * keep for k in act_names}
+    z_v = {k: s[f"elig_v.{k}"] for k in crit_names}
+    z_pi = {k: s[f"elig_pi.{k}"] for k in act_names}
     z_v_l1 = _l1(z_v.values())
     z_pi_l1 = _l1(z_pi.values())
     step_v = obgd_step_size(cfg.lr, cfg.kappa_value, delta, z_v_l1)
@@ -240,19 +240,28 @@ def ac_step(
         g_h = A.trunk_backward(agent, p, g_y_h, x, h0, state, traces)
         g_h.update(g_h_head)
 
-    # skip the whole update when anything is non-finite (it is then counted by the host)
+    # w += step_v delta z_v + step_pi (delta z_pi + entropy_coef grad H), as scalar coefficients
+    # times tensors (few graph nodes per parameter: the exported step is dispatch-bound).
+    # The whole update is skipped when anything is non-finite; the host counts it.
     ok = torch.isfinite(delta * z_v_l1 * z_pi_l1 * value).all()
+    c_v = step_v * delta
+    c_pi = step_pi * delta
+    c_h = step_pi * (cfg.entropy_coef * keep)
     for k, w in p.items():
-        dw = torch.zeros_like(w)
+        terms = []
         if k in z_v:
-            dw = dw + step_v * delta * z_v[k]
+            terms.append(c_v * z_v[k])
         if k in z_pi:
-            ent = g_h[k] * cfg.entropy_coef if k in g_h else 0.0
-            dw = dw + step_pi * (delta * z_pi[k] + ent * keep)
+            terms.append(c_pi * z_pi[k])
+        if k in g_h:
+            terms.append(c_h * g_h[k])
+        dw = terms[0]
+        for t in terms[1:]:
+            dw = dw + t
         new[f"params.{k}"] = torch.where(ok, w + dw, w)
 
-    # 5. eligibility traces: z = gamma * lambda * z + grad at S_t
-    decay = cfg.gamma * cfg.lam
+    # 5. eligibility traces: z = gamma * lambda * z + grad at S_t, zeroed on the first tick
+    decay = (cfg.gamma * cfg.lam) * keep
     for k in crit_names:
         new[f"elig_v.{k}"] = decay * z_v[k] + g_v[k]
     for k in act_names:

@@ -390,10 +390,12 @@ def test_unplugged_port_raises_link_error(cartpole_sim):
 
 
 class ScriptedMCU:
-    """A hand-written MCU: handshakes correctly, then sends wrong-length OBS (fault 4)."""
+    """A hand-written MCU: handshakes and arms correctly, then `on_action(self, frame)` plays
+    whatever misbehaviour a test needs."""
 
-    def __init__(self, master):
+    def __init__(self, master, on_action):
         self.master = master
+        self.on_action = on_action
         self.parser = Parser(SIZES)
         self.seq = 0
         self.actions: list[Frame] = []
@@ -401,12 +403,15 @@ class ScriptedMCU:
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
-    def send(self, msg, sizes=SIZES, **fields):
-        os.write(self.master, p.encode_frame(msg, self.seq, fields, sizes))
-        self.seq += 1
+    def send(self, msg, sizes=SIZES, seq=None, **fields) -> bytes:
+        data = p.encode_frame(msg, self.seq if seq is None else seq, fields, sizes)
+        os.write(self.master, data)
+        if seq is None:
+            self.seq += 1
+        return data
 
-    def obs(self, n, flags=0):
-        self.send("OBS", Sizes(n, 1), flags=flags, reward=0.0, obs=[0.5] * n)
+    def obs(self, n=4, flags=0, reward=0.0, seq=None, value=0.5) -> bytes:
+        return self.send("OBS", Sizes(n, 1), seq, flags=flags, reward=reward, obs=[value] * n)
 
     def run(self):
         while not self.stop.is_set():
@@ -423,29 +428,77 @@ class ScriptedMCU:
                 elif f.name == "ARM":
                     status = dict.fromkeys(STATUS_FIELDS, 0)
                     self.send("STATUS", **{**status, "armed": 1, "event": 1, "boot_id": 99})
-                    self.obs(4, p.OBS_FIRST)
+                    self.obs(flags=p.OBS_FIRST)
                 elif f.name == "ACTION":
                     self.actions.append(f)
-                    if len(self.actions) == 1:
-                        for _ in range(3):
-                            self.obs(5)  # the firmware "changed" its observation size
+                    self.on_action(self, f)
 
 
-def test_repeated_wrong_length_obs_sends_safe_and_asks_for_rehandshake(pty_pair):
+@pytest.fixture
+def scripted(pty_pair):
     master, dev = pty_pair
-    mcu = ScriptedMCU(master)
-    try:
-        with cartpole_conn(dev, link={"stop_timeout_s": 0.05}) as conn:
-            conn.connect()
-            o = conn.observe()
-            conn.act([1], o.seq)
-            with pytest.raises(LinkError, match="wrong length") as e:
-                conn.observe()
-            assert not isinstance(e.value, HandshakeError)
-            assert conn.counters["rx_bad_length"] == 3
-            wait_until(lambda: len(mcu.actions) >= 2)
-            assert mcu.actions[-1].fields["action"].tolist() == [0.0]  # the safe action
-            assert not conn.armed
-    finally:
+    mcus = []
+
+    def make(on_action):
+        mcus.append(ScriptedMCU(master, on_action))
+        return dev, mcus[-1]
+
+    yield make
+    for mcu in mcus:
         mcu.stop.set()
         mcu.thread.join(2)
+
+
+def test_repeated_wrong_length_obs_sends_safe_and_asks_for_rehandshake(scripted):
+    def on_action(mcu, f):
+        if len(mcu.actions) == 1:
+            for _ in range(3):
+                mcu.obs(5)  # the firmware "changed" its observation size (fault 4)
+
+    dev, mcu = scripted(on_action)
+    with cartpole_conn(dev, link={"stop_timeout_s": 0.05}) as conn:
+        conn.connect()
+        o = conn.observe()
+        conn.act([1], o.seq)
+        with pytest.raises(LinkError, match="wrong length") as e:
+            conn.observe()
+        assert not isinstance(e.value, HandshakeError)
+        assert conn.counters["rx_bad_length"] == 3
+        wait_until(lambda: len(mcu.actions) >= 2)
+        assert mcu.actions[-1].fields["action"].tolist() == [0.0]  # the safe action
+        assert not conn.armed
+
+
+def test_duplicate_stale_skipped_and_nonfinite_observations(scripted):
+    def on_action(mcu, f):
+        n = len(mcu.actions)
+        if n == 1:
+            first = mcu.obs(reward=1.0)  # seq s
+            os.write(mcu.master, first)  # duplicated on the wire
+            mcu.obs(reward=1.0, seq=mcu.seq - 2, value=9.0)  # reordered: older than s
+            # (explicit seqs do not advance the counter: the next new OBS is s + 1)
+        elif n == 2:
+            mcu.obs(reward=float("nan"))
+        elif n == 3:
+            mcu.obs(value=1.0)  # two new OBS back to back: the newer one wins
+            mcu.obs(value=float("inf"))
+
+    dev, mcu = scripted(on_action)
+    with cartpole_conn(dev, link={"stop_timeout_s": 0.05}) as conn:
+        conn.connect()
+        o = conn.observe()
+        conn.act([1], o.seq)
+        a = conn.observe()
+        assert a.finite and a.reward == 1.0 and a.obs.tolist() == [0.5] * 4
+        conn.act([1], a.seq)
+        b = conn.observe()  # the duplicate and the stale OBS were skipped
+        assert p.seq_diff(b.seq, a.seq) == 1 and not b.finite and np.isnan(b.reward)
+        conn.act([0], b.seq)
+        c = conn.observe()
+        while p.seq_diff(c.seq, b.seq) < 2:  # the two OBS may arrive in one read or two
+            c = conn.observe()
+        assert not c.finite and np.isinf(c.obs).all()
+        k = conn.counters
+        assert k["obs_duplicates"] == 1 and k["obs_stale"] == 1 and k["nonfinite_obs"] >= 2
+        assert k["seq_duplicates"] == 1 and k["seq_stale"] == 1
+        assert k["action_resends"] == 0  # the duplicate came before the OBS was answered
