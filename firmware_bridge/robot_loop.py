@@ -175,7 +175,8 @@ def run(cfg: RunConfig, log=print) -> dict:
     }
     c["ticks_before"] = int(counters.get("ticks", 0))
     graph_lat, tick_lat = LatencyRing(), LatencyRing()
-    returns: list[float] = []  # episode returns of this session (one float per episode)
+    # episode returns of this session; bounded so that a days-long run keeps flat memory
+    returns: deque[float] = deque(maxlen=100_000)
     recent: deque[float] = deque(maxlen=10)
     ep_return, force_first = 0.0, True
     bad_in_row = 0
@@ -326,9 +327,9 @@ def run(cfg: RunConfig, log=print) -> dict:
         "ticks": c["ticks"],
         "ticks_per_second": c["ticks"] / elapsed if elapsed > 0 else 0.0,
         "episodes": c["episodes"],
-        "episode_returns": returns,
-        "first_episodes_return": float(np.mean(returns[:k])) if returns else None,
-        "last_episodes_return": float(np.mean(returns[-k:])) if returns else None,
+        "episode_returns": list(returns),
+        "first_episodes_return": float(np.mean(list(returns)[:k])) if returns else None,
+        "last_episodes_return": float(np.mean(list(returns)[-k:])) if returns else None,
         "graph_latency_us": {"p50": gp50 * 1e6, "p99": gp99 * 1e6},
         "tick_latency_us": {"p50": tp50 * 1e6, "p99": tp99 * 1e6},
         "counters": c | {"link": dict(conn.counters)},

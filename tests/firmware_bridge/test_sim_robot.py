@@ -68,13 +68,24 @@ def check_episode_flags(seen):
             assert cur.reward == 0.0 and not (cur.terminal or cur.truncated)
 
 
-def wait_frame(link: SerialLink, name: str, timeout=PATIENT) -> Frame:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for f in link.recv(deadline - time.monotonic()):
-            if f.name == name:
-                return f
-    raise AssertionError(f"no {name} frame")
+class Inbox:
+    """Raw frames from a SerialLink, kept in order: one read may carry several frames."""
+
+    def __init__(self, link: SerialLink):
+        self.link = link
+        self.backlog: list[Frame] = []
+
+    def wait(self, name: str, timeout=PATIENT, **match) -> Frame:
+        """The next frame called `name` whose fields equal `match` (earlier ones are dropped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while self.backlog:
+                f = self.backlog.pop(0)
+                if f.name == name and all(f.fields[k] == v for k, v in match.items()):
+                    return f
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {name} frame")
+            self.backlog += self.link.recv(deadline - time.monotonic())
 
 
 # ------------------------------------------------------------------------- whole sessions
@@ -142,7 +153,7 @@ def test_faults_still_make_progress_and_counters_rise():
 # ------------------------------------------------------------------------- MCU behaviour
 
 
-def _hello_req(link: SerialLink, **over) -> Frame:
+def _hello_req(inbox: Inbox, **over) -> Frame:
     fields = dict(
         protocol_version=1,
         schema_hash=p.SCHEMA_HASH,
@@ -153,61 +164,64 @@ def _hello_req(link: SerialLink, **over) -> Frame:
         obs_dtype=1,
         action_dtype=1,
     )
-    link.send("HELLO_REQ", **{**fields, **over})
-    return wait_frame(link, "HELLO")
+    fields.update(over)
+    inbox.link.send("HELLO_REQ", **fields)
+    return inbox.wait("HELLO", nonce=fields["nonce"])
 
 
 def test_arming_rules():
-    with make_sim() as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+    with make_sim(resend_s=PATIENT) as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
         sim.start()
+        inbox = Inbox(link)
         # ARM before any handshake: refused
         link.send("ARM", boot_id=sim.boot_id)
-        st = wait_frame(link, "STATUS")
+        st = inbox.wait("STATUS")
         assert st.fields["event"] == EVENT["ARM_REFUSED"] and not st.fields["armed"]
         # a mismatching handshake is answered accepted=0 and ARM stays refused
-        hello = _hello_req(link, schema_hash=1)
+        hello = _hello_req(inbox, schema_hash=1)
         assert hello.fields["accepted"] == 0 and hello.fields["nonce"] == 1234
         link.send("ARM", boot_id=sim.boot_id)
-        assert wait_frame(link, "STATUS").fields["event"] == EVENT["ARM_REFUSED"]
+        assert inbox.wait("STATUS").fields["event"] == EVENT["ARM_REFUSED"]
         # a good handshake, but ARM with another boot id: refused
-        hello = _hello_req(link, nonce=77)
+        hello = _hello_req(inbox, nonce=77)
         assert hello.fields["accepted"] == 1 and hello.fields["boot_id"] == sim.boot_id
         assert hello.fields["watchdog_ms"] == PATIENT * 1000
         link.send("ARM", boot_id=sim.boot_id ^ 1)
-        assert wait_frame(link, "STATUS").fields["event"] == EVENT["ARM_REFUSED"]
+        assert inbox.wait("STATUS").fields["event"] == EVENT["ARM_REFUSED"]
         assert sim.stats.arms_refused == 3 and not sim.armed
         # the right boot id arms and starts an episode
         link.send("ARM", boot_id=sim.boot_id)
-        st = wait_frame(link, "STATUS")
+        st = inbox.wait("STATUS")
         assert st.fields["event"] == EVENT["ARMED"] and st.fields["armed"] == 1
-        obs = wait_frame(link, "OBS")
+        obs = inbox.wait("OBS")
         assert obs.fields["flags"] == p.OBS_FIRST and obs.seq == st.seq + 1
         # ARM again while armed: idempotent
         link.send("ARM", boot_id=sim.boot_id)
-        assert wait_frame(link, "STATUS").fields["event"] == EVENT["REPLY"]
+        assert inbox.wait("STATUS").fields["event"] == EVENT["REPLY"]
         assert sim.stats.arms == 1
         # STOP: safe action, disarmed, confirmed; later ACTIONs are answered with STATUS
         link.send("STOP", reason=0)
-        st = wait_frame(link, "STATUS")
+        st = inbox.wait("STATUS")
         assert st.fields["event"] == EVENT["STOPPED"] and not st.fields["armed"]
         assert not sim.armed and sim.applied_action.tolist() == [0.0]
         link.send("ACTION", obs_seq=obs.seq, action=[1.0])
-        st = wait_frame(link, "STATUS")
+        st = inbox.wait("STATUS")
         assert st.fields["event"] == EVENT["REPLY"] and not st.fields["armed"]
         assert sim.stats.actions_ignored == 1 and sim.stats.steps == 0
         link.send("STATUS_REQ")
-        assert wait_frame(link, "STATUS").fields["event"] == EVENT["REPLY"]
+        assert inbox.wait("STATUS").fields["event"] == EVENT["REPLY"]
 
 
 def test_discrete_actions_are_rounded_clipped_and_nan_is_safe():
-    with make_sim() as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+    with make_sim(resend_s=PATIENT) as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
         sim.start()
-        _hello_req(link)
+        inbox = Inbox(link)
+        _hello_req(inbox)
         link.send("ARM", boot_id=sim.boot_id)
-        obs = wait_frame(link, "OBS")
+        obs = inbox.wait("OBS")
         for value, applied in [(0.6, 1.0), (7.0, 1.0), (-3.0, 0.0), (float("nan"), 0.0)]:
             link.send("ACTION", obs_seq=obs.seq, action=[value])
-            nxt = wait_frame(link, "OBS")
+            nxt = inbox.wait("OBS")
             assert nxt.seq != obs.seq and sim.applied_action.tolist() == [applied], value
             if nxt.fields["flags"] & p.OBS_TERMINAL:
                 break
@@ -216,7 +230,7 @@ def test_discrete_actions_are_rounded_clipped_and_nan_is_safe():
         steps = sim.stats.steps
         link.send("ACTION", obs_seq=(obs.seq - 1) % p.SEQ_MODULUS, action=[1.0])
         link.send("STATUS_REQ")
-        st = wait_frame(link, "STATUS")
+        st = inbox.wait("STATUS")
         assert sim.stats.steps == steps and sim.stats.actions_stale >= 1
         assert st.fields["actions_rejected"] >= 1
         assert sim.stats.actions_nonfinite == 1 and sim.stats.actions_clipped >= 2
