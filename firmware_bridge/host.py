@@ -121,7 +121,7 @@ class HelloInfo:
         return cls(**values)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays field-wise is ambiguous
 class Observation:
     """One new observation from the MCU."""
 
@@ -176,7 +176,7 @@ _HOST_COUNTERS = (
     "connects",
     "hello_sent",
     "arm_sent",
-    "obs_received",  # new observations returned by observe()
+    "obs_received",  # new observations decoded (obs_skipped of them were superseded)
     "obs_duplicates",  # OBS re-sent or duplicated by the link: skipped
     "obs_stale",  # OBS older than the newest seen: skipped (fault 12)
     "obs_skipped",  # older new OBS superseded by a newer one in the same read

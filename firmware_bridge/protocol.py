@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "BAD_REASONS",
     "BY_ID",
     "BY_NAME",
     "CRC_SIZE",
@@ -49,11 +50,15 @@ __all__ = [
     "MESSAGES",
     "MIN_FRAME",
     "OBS_FIRST",
+    "OBS_FLAG_BITS",
     "OBS_TERMINAL",
     "OBS_TRUNCATED",
+    "PARSER_COUNTERS",
     "PROTOCOL_VERSION",
     "SCHEMA_HASH",
     "SEQ_MODULUS",
+    "STATUS_EVENTS",
+    "STOP_REASONS",
     "BadFrame",
     "CobsError",
     "Field",
@@ -67,14 +72,18 @@ __all__ = [
     "cobs_decode",
     "cobs_encode",
     "decode_frame",
+    "doc_sections",
     "encode_frame",
     "encode_payload",
     "enum_value",
+    "expected_payload_size",
     "frame_timeout_s",
+    "main",
     "render_c_header",
     "render_markdown",
     "schema_text",
     "seq_diff",
+    "update_doc",
 ]
 
 PROTOCOL_VERSION = 1

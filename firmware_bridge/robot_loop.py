@@ -26,7 +26,14 @@ import numpy as np
 
 from firmware_bridge.bundle import Bundle, load_bundle
 from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
-from firmware_bridge.host import LinkConfig, RobotConnection, RobotRebooted, SessionInterrupted
+from firmware_bridge.host import (
+    HandshakeError,
+    LinkConfig,
+    LinkError,
+    RobotConnection,
+    RobotRebooted,
+    SessionInterrupted,
+)
 from firmware_bridge.runtime import StepRunner
 from rtu_edge.atomic import atomic_write_json
 
@@ -52,6 +59,8 @@ class RunConfig:
     seed: int = 0  # exploration noise
     status_every_s: float = 1.0  # live line period (0 disables it)
     max_silent_timeouts: int = 20  # consecutive timeouts before giving up with an error
+    reconnect_tries: int = 5  # after a link error: handshake attempts before giving up
+    reconnect_backoff_s: float = 0.5  # first wait between attempts; doubles each time
     link: LinkConfig | None = field(
         default=None
     )  # advanced link settings (built from port/baud if None)
@@ -168,6 +177,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             "rollbacks",
             "timeouts",
             "interruptions",
+            "link_errors",
             "reboots",
             "checkpoints",
             "checkpoint_failures",
@@ -225,11 +235,17 @@ def run(cfg: RunConfig, log=print) -> dict:
                     break
                 try:
                     o = conn.observe(timeout=cfg.obs_timeout_s)
-                except SessionInterrupted as e:  # reboot or watchdog latch: MCU is disarmed
-                    key = "reboots" if isinstance(e, RobotRebooted) else "interruptions"
-                    c[key] += 1
+                except HandshakeError:
+                    raise  # firmware and bundle disagree: retrying cannot help
+                except LinkError as e:  # reboot, watchdog latch, wrong sizes, port trouble
+                    if isinstance(e, RobotRebooted):
+                        c["reboots"] += 1
+                    elif isinstance(e, SessionInterrupted):
+                        c["interruptions"] += 1
+                    else:
+                        c["link_errors"] += 1
                     log(f"{e}; resetting recurrent state and handshaking again")
-                    conn.connect()
+                    _reconnect(conn, cfg, log)
                     force_first, ep_return = True, 0.0
                     continue
                 if o is None:  # silent robot: safe action, no learning on a stale sample
@@ -340,6 +356,28 @@ def run(cfg: RunConfig, log=print) -> dict:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
     return summary
+
+
+def _reconnect(conn: RobotConnection, cfg: RunConfig, log) -> None:
+    """Handshake again, with exponential backoff (no busy loop); the last failure propagates."""
+    wait = cfg.reconnect_backoff_s
+    for attempt in range(1, cfg.reconnect_tries + 1):
+        try:
+            conn.connect()
+            return
+        except HandshakeError:
+            raise
+        except LinkError as e:
+            if attempt == cfg.reconnect_tries:
+                raise LinkError(
+                    f"gave up after {attempt} reconnect attempts: {e}. The robot holds its safe "
+                    "action (watchdog); check the cable and power, then run again."
+                ) from e
+            log(f"reconnect attempt {attempt} failed ({e}); retrying in {wait:.1f}s")
+            if conn.link is not None and not conn.link.is_open:
+                conn.close()
+            time.sleep(wait)
+            wait *= 2
 
 
 def _main_thread() -> bool:

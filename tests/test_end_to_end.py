@@ -229,3 +229,28 @@ def test_sigterm_sends_safe_action_and_checkpoints(bundle, sim_robot, tmp_path):
     assert s["exit"] == "SIGTERM"
     assert s["ticks"] > 0
     assert list(ckpt.glob("ckpt-*.json"))
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_frozen_host_trips_the_robot_watchdog_and_recovers(bundle, sim_robot, tmp_path):
+    """Fault 17: SIGSTOP the host; the MCU applies the safe action and latches; after SIGCONT
+    the host sees the latch, resets its recurrent state, re-handshakes, re-arms, continues."""
+    import signal
+
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(sim_robot), "--steps", "12000",
+         "--checkpoint-dir", str(tmp_path / "ck"), "--summary-json", str(summary)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(5)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)  # three times the simulated MCU's 0.5 s watchdog
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["ticks"] == 12000
+    assert s["counters"]["interruptions"] >= 1, err
+    assert "watchdog" in err.lower()
