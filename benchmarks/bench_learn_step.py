@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.bundle import LEARN_OUTPUTS, STEP_INPUTS, LearnGraph, _to_onnx, step_example
+from export.bundle import export_learn_graph
 from firmware_bridge.runtime import StepRunner, make_session
 from rtu_edge.agent import AgentConfig
 from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
@@ -70,14 +70,7 @@ def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
     agent = AgentConfig(cell=cell, **kw)
     ac = ACConfig()
     state = initial_state(agent, seed=0)
-    carried = list(state)
-    ex = step_example(agent)
-    model = _to_onnx(
-        LearnGraph(ac, agent, carried),
-        tuple(state[k] for k in carried) + tuple(ex[k] for k in STEP_INPUTS),
-        carried + list(STEP_INPUTS),
-        [f"{k}.next" for k in carried] + list(LEARN_OUTPUTS),
-    )
+    model = export_learn_graph(ac, agent, state)
     blob = model.SerializeToString()
     sess = make_session(blob)
     np_state = {k: v.numpy().copy() for k, v in state.items()}

@@ -48,15 +48,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         link = Path(tmp) / "tty"
-        robot = SimRobot(envs.make(env_id, seed=0), action_kind=info.action_kind,
-                         safe_action=list(info.safe_action), link_path=str(link))
+        robot = SimRobot(
+            envs.make(env_id, seed=0),
+            action_kind=info.action_kind,
+            safe_action=list(info.safe_action),
+            link_path=str(link),
+        )
         robot.start()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            s = run(RunConfig(bundle=args.bundle, port=str(link), steps=args.ticks,
-                              checkpoint_dir=str(Path(tmp) / "ck"), fresh=True, status_every_s=0,
-                              checkpoint_every_s=10.0), log=lambda m: None)
+            s = run(
+                RunConfig(
+                    bundle=args.bundle,
+                    port=str(link),
+                    steps=args.ticks,
+                    checkpoint_dir=str(Path(tmp) / "ck"),
+                    fresh=True,
+                    status_every_s=0,
+                    checkpoint_every_s=10.0,
+                ),
+                log=lambda m: None,
+            )
         finally:
             done.set()
             robot.close()
@@ -70,6 +83,7 @@ def main() -> None:
         "rss_mb_after_warmup": warm[0] if warm else None,
         "rss_mb_end": warm[-1] if warm else None,
         "rss_mb_max": max(warm) if warm else None,
+        "rss_mb_every_10s": [round(m, 2) for t, m in samples[9::10]],
         "graph_latency_us": s["graph_latency_us"],
         "tick_latency_us": s["tick_latency_us"],
         "checkpoints": s["counters"]["checkpoints"],

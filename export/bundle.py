@@ -133,6 +133,35 @@ def _to_onnx(
     return model
 
 
+def export_learn_graph(
+    ac: ACConfig, agent: AgentConfig, state: dict[str, torch.Tensor]
+) -> onnx.ModelProto:
+    """`ac_step` as an ONNX graph; carried tensors in `state` order, dtype of `state`."""
+    carried = list(state)
+    dtype = next(iter(state.values())).dtype
+    example = {k: v.to(dtype) for k, v in step_example(agent).items()}
+    return _to_onnx(
+        LearnGraph(ac, agent, carried),
+        tuple(state[k] for k in carried) + tuple(example[k] for k in STEP_INPUTS),
+        carried + list(STEP_INPUTS),
+        [f"{k}.next" for k in carried] + list(LEARN_OUTPUTS),
+    )
+
+
+def export_act_graph(
+    ac: ACConfig, agent: AgentConfig, state: dict[str, torch.Tensor]
+) -> onnx.ModelProto:
+    """`act_step` as an ONNX graph reading the tensors named by `act_input_names`."""
+    names = act_input_names(state, agent)
+    example = step_example(agent)
+    return _to_onnx(
+        ActGraph(ac, agent, names),
+        tuple(state[k] for k in names) + (example["obs"], example["first"]),
+        names + ["obs", "first"],
+        list(ACT_OUTPUTS),
+    )
+
+
 def check_standard_ops(model: onnx.ModelProto) -> None:
     """Only default-domain ONNX ops and a full checker pass, or raise."""
     onnx.checker.check_model(model, full_check=True)
@@ -199,22 +228,11 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             )
     torch.set_num_threads(1)
     carried = list(state.keys())
-    example = step_example(agent)
 
     t0 = time.perf_counter()
-    learn = _to_onnx(
-        LearnGraph(ac, agent, carried),
-        tuple(state[k] for k in carried) + tuple(example[k] for k in STEP_INPUTS),
-        carried + list(STEP_INPUTS),
-        [f"{k}.next" for k in carried] + list(LEARN_OUTPUTS),
-    )
+    learn = export_learn_graph(ac, agent, state)
     act_inputs = act_input_names(state, agent)
-    act = _to_onnx(
-        ActGraph(ac, agent, act_inputs),
-        tuple(state[k] for k in act_inputs) + (example["obs"], example["first"]),
-        act_inputs + ["obs", "first"],
-        list(ACT_OUTPUTS),
-    )
+    act = export_act_graph(ac, agent, state)
     for m in (learn, act):
         check_standard_ops(m)
     log(

@@ -12,11 +12,11 @@ import torch
 
 from export.bundle import (
     ExportConfig,
-    LearnGraph,
-    _to_onnx,
+    act_input_names,
     check_standard_ops,
+    export_act_graph,
+    export_learn_graph,
     export_run,
-    step_example,
 )
 from export.parity import ParityError, check_parity
 from rtu_edge.learners.ac import ACConfig
@@ -74,25 +74,9 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
 def test_parity_check_catches_a_graph_that_differs(runs):
     """Export the learn step with another discount: the check must see it."""
     config, agent, ac, state = load_run(runs["cartpole"])
-    carried = list(state)
-    ex = step_example(agent)
     wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
-    bad = _to_onnx(
-        LearnGraph(wrong, agent, carried),
-        tuple(state[k] for k in carried)
-        + tuple(ex[k] for k in ("obs", "reward", "first", "terminal", "noise")),
-        carried + ["obs", "reward", "first", "terminal", "noise"],
-        [f"{k}.next" for k in carried] + ["action", "value", "td_error"],
-    )
-    from export.bundle import ACT_OUTPUTS, ActGraph, act_input_names
-
-    ai = act_input_names(state, agent)
-    act = _to_onnx(
-        ActGraph(ac, agent, ai),
-        tuple(state[k] for k in ai) + (ex["obs"], ex["first"]),
-        ai + ["obs", "first"],
-        list(ACT_OUTPUTS),
-    )
+    bad = export_learn_graph(wrong, agent, state)
+    act = export_act_graph(ac, agent, state)
     report = check_parity(
         bad.SerializeToString(),
         act.SerializeToString(),
@@ -100,8 +84,8 @@ def test_parity_check_catches_a_graph_that_differs(runs):
         agent,
         ac,
         state,
-        carried,
-        ai,
+        list(state),
+        act_input_names(state, agent),
         steps=200,
     )
     assert not report.ok
@@ -137,13 +121,7 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
     state = {k: v.double() for k, v in state.items()}
     carried = list(state)
     step_names = ["obs", "reward", "first", "terminal", "noise"]
-    ex = {k: v.double() for k, v in step_example(agent).items()}
-    model = _to_onnx(
-        LearnGraph(ac, agent, carried),
-        tuple(state[k] for k in carried) + tuple(ex[k] for k in step_names),
-        carried + step_names,
-        [f"{k}.next" for k in carried] + ["action", "value", "td_error"],
-    )
+    model = export_learn_graph(ac, agent, state)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(0)
