@@ -124,8 +124,12 @@ def run(
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
+    from firmware_bridge.bundle import BundleError
+    from firmware_bridge.checkpoints import CheckpointError
+    from firmware_bridge.link import LinkError
     from firmware_bridge.robot_loop import RunConfig, RunError, format_summary
     from firmware_bridge.robot_loop import run as run_robot
+    from firmware_bridge.runtime import StepRunnerError
 
     cfg = RunConfig(
         bundle=str(bundle),
@@ -141,17 +145,9 @@ def run(
         summary = run_robot(cfg, log=lambda m: typer.echo(m, err=True))
     except RunError as e:
         _fail(str(e), code=2)
-    except Exception as e:  # typed link / bundle errors carry actionable messages
-        name = type(e).__name__
-        if name in (
-            "LinkError",
-            "HandshakeError",
-            "BundleError",
-            "StepRunnerError",
-            "CheckpointError",
-        ):
-            _fail(f"{name}: {e}", code=2)
-        raise
+    except (LinkError, BundleError, StepRunnerError, CheckpointError) as e:
+        # typed errors carry actionable messages (HandshakeError is a LinkError)
+        _fail(f"{type(e).__name__}: {e}", code=2)
     typer.echo(format_summary(summary))
     if summary_json:
         from rtu_edge.atomic import atomic_write_json

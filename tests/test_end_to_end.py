@@ -239,9 +239,25 @@ def test_frozen_host_trips_the_robot_watchdog_and_recovers(bundle, sim_robot, tm
 
     summary = tmp_path / "s.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(sim_robot), "--steps", "12000",
-         "--checkpoint-dir", str(tmp_path / "ck"), "--summary-json", str(summary)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            str(bundle),
+            "--port",
+            str(sim_robot),
+            "--steps",
+            "12000",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--summary-json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(5)
     assert proc.poll() is None, proc.communicate()[1]

@@ -112,3 +112,19 @@ def test_cli_ports_runs():
 
     r = CliRunner().invoke(app, ["ports"])
     assert r.exit_code == 0
+
+
+def test_cli_help_and_robot_modules_stay_light():
+    """`rtu-edge --help` and the robot command's imports pull in neither torch nor gymnasium."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cli\n"
+        "import firmware_bridge.robot_loop, firmware_bridge.bundle, firmware_bridge.link\n"
+        "print(sorted(m for m in ('torch', 'gymnasium', 'onnx') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

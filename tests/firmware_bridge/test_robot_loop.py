@@ -48,20 +48,38 @@ def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
         env = wrap(env)
     info = envs.env_info(envs.DEFAULT_ENV)
     robot = SimRobot(
-        env, action_kind=info.action_kind, safe_action=list(info.safe_action), seed=2,
-        faults=faults, link_path=str(tmp_path / "tty"), **kw,
+        env,
+        action_kind=info.action_kind,
+        safe_action=list(info.safe_action),
+        seed=2,
+        faults=faults,
+        link_path=str(tmp_path / "tty"),
+        **kw,
     )
     robot.start()
     return robot
 
 
 def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
-    faults = SimFaults(corrupt_prob=0.02, drop_prob=0.01, garbage_prob=0.02, split_writes=True,
-                       reboot_after_steps=300)
+    faults = SimFaults(
+        corrupt_prob=0.02,
+        drop_prob=0.01,
+        garbage_prob=0.02,
+        split_writes=True,
+        reboot_after_steps=300,
+    )
     with _robot(tmp_path, faults=faults, wrap=SensorGlitches) as robot:
-        s = run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=800,
-                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0, obs_timeout_s=0.3),
-                log=lambda m: None)
+        s = run(
+            RunConfig(
+                bundle=str(bundle),
+                port=str(tmp_path / "tty"),
+                steps=800,
+                checkpoint_dir=str(tmp_path / "ck"),
+                status_every_s=0,
+                obs_timeout_s=0.3,
+            ),
+            log=lambda m: None,
+        )
     c = s["counters"]
     assert s["ticks"] == 800
     assert c["reboots"] == 1  # detected, state reset, handshake again
@@ -79,14 +97,31 @@ def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
 def test_wrong_schema_hash_is_refused_naming_both(bundle, tmp_path):
     with _robot(tmp_path, schema_hash=0x12345678):
         with pytest.raises(HandshakeError) as e:
-            run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=10,
-                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0), log=lambda m: None)
+            run(
+                RunConfig(
+                    bundle=str(bundle),
+                    port=str(tmp_path / "tty"),
+                    steps=10,
+                    checkpoint_dir=str(tmp_path / "ck"),
+                    status_every_s=0,
+                ),
+                log=lambda m: None,
+            )
     assert "0x12345678" in str(e.value).lower()
 
 
 def test_frozen_run_does_not_write_checkpoints(bundle, tmp_path):
     with _robot(tmp_path):
-        s = run(RunConfig(bundle=str(bundle), port=str(tmp_path / "tty"), steps=200, learn=False,
-                          checkpoint_dir=str(tmp_path / "ck"), status_every_s=0), log=lambda m: None)
+        s = run(
+            RunConfig(
+                bundle=str(bundle),
+                port=str(tmp_path / "tty"),
+                steps=200,
+                learn=False,
+                checkpoint_dir=str(tmp_path / "ck"),
+                status_every_s=0,
+            ),
+            log=lambda m: None,
+        )
     assert s["graph"] == "act" and s["ticks"] == 200
     assert not list((tmp_path / "ck").glob("ckpt-*"))

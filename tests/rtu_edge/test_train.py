@@ -21,7 +21,9 @@ from rtu_edge.train import TrainConfig, load_run, train
 )
 def test_train_smoke_on_each_family(tmp_path, env, cell):
     out = tmp_path / "run"
-    summary = train(TrainConfig(out=str(out), env=env, cell=cell, steps=250, hidden_size=4), progress=False)
+    summary = train(
+        TrainConfig(out=str(out), env=env, cell=cell, steps=250, hidden_size=4), progress=False
+    )
     assert summary["non_finite_updates"] == 0
     assert summary["steps_per_second"] > 0
     config, agent, ac, state = load_run(out)
@@ -50,7 +52,9 @@ def test_train_rejects_bad_arguments(tmp_path):
 def test_same_seed_same_run(tmp_path):
     a = train(TrainConfig(out=str(tmp_path / "a"), steps=400, hidden_size=4), progress=False)
     b = train(TrainConfig(out=str(tmp_path / "b"), steps=400, hidden_size=4), progress=False)
-    assert (tmp_path / "a" / "metrics.csv").read_text().split("\n")[1:][:5] and a["episodes"] == b["episodes"]
+    assert (tmp_path / "a" / "metrics.csv").read_text().split("\n")[1:][:5] and a["episodes"] == b[
+        "episodes"
+    ]
     _, _, _, sa = load_run(tmp_path / "a")
     _, _, _, sb = load_run(tmp_path / "b")
     for k in sa:
