@@ -200,8 +200,8 @@ def run(cfg: RunConfig, log=print) -> dict:
     old_term = signal.signal(signal.SIGTERM, on_signal) if _main_thread() else None
 
     def checkpoint(reason: str) -> None:
-        if not cfg.learn:
-            return
+        if not cfg.learn or c["ticks"] == 0:
+            return  # nothing learned since the last save
         meta = {
             "format": CHECKPOINT_FORMAT,
             "tick": c["ticks_before"] + c["ticks"],
@@ -223,114 +223,114 @@ def run(cfg: RunConfig, log=print) -> dict:
     silent = 0
     exit_reason = "steps"
     try:
-        with conn:
-            hello = conn.connect()
-            log(
-                f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
-                f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms"
-            )
-            while cfg.steps is None or c["ticks"] < cfg.steps:
-                if stop["flag"]:
-                    exit_reason = "SIGTERM"
-                    break
-                try:
-                    o = conn.observe(timeout=cfg.obs_timeout_s)
-                except HandshakeError:
-                    raise  # firmware and bundle disagree: retrying cannot help
-                except LinkError as e:  # reboot, watchdog latch, wrong sizes, port trouble
-                    if isinstance(e, RobotRebooted):
-                        c["reboots"] += 1
-                    elif isinstance(e, SessionInterrupted):
-                        c["interruptions"] += 1
-                    else:
-                        c["link_errors"] += 1
-                    log(f"{e}; resetting recurrent state and handshaking again")
-                    _reconnect(conn, cfg, log)
-                    force_first, ep_return = True, 0.0
-                    continue
-                if o is None:  # silent robot: safe action, no learning on a stale sample
-                    c["timeouts"] += 1
-                    silent += 1
-                    conn.send_safe()
-                    if silent >= cfg.max_silent_timeouts:
-                        raise RunError(
-                            f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
-                            "is the robot powered and armed? (safe action sent)"
-                        )
-                    continue
-                silent = 0
-                t0 = time.perf_counter()
-                if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
-                    c["non_finite_obs"] += 1
-                    conn.act(np.asarray(act["safe"], np.float32), o.seq)
-                    continue
-                first = o.first or force_first
-                force_first = False
-                inputs = {
-                    "obs": o.obs.reshape(1, -1),
-                    "first": np.array([float(first)], np.float32),
-                }
-                if cfg.learn:
-                    inputs |= {
-                        "reward": np.array([0.0 if first else o.reward], np.float32),
-                        "terminal": np.array([float(o.terminal)], np.float32),
-                        "noise": noise(),
-                    }
-                tg = time.perf_counter()
-                out = runner.step(**inputs)
-                graph_lat.add(time.perf_counter() - tg)
-                if cfg.learn:
-                    if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
-                        bad_in_row = 0
-                        c["learn_steps"] += 1
-                        if c["ticks"] % cfg.snapshot_every == 0:
-                            last_good = runner.state()
-                    else:
-                        c["bad_updates"] += 1
-                        bad_in_row += 1
-                        if bad_in_row >= cfg.max_bad_updates:
-                            c["rollbacks"] += 1
-                            runner.load_state(last_good)
-                            force_first, bad_in_row = True, 0
-                            log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
-                conn.act(out["action"][0], o.seq)
-                tick_lat.add(time.perf_counter() - t0)
-                c["ticks"] += 1
-                if not first:
-                    ep_return += o.reward
-                if o.terminal or o.truncated:
-                    c["episodes"] += 1
-                    returns.append(ep_return)
-                    recent.append(ep_return)
-                    ep_return = 0.0
-                now = time.monotonic()
-                if cfg.learn and now - last_ckpt >= cfg.checkpoint_every_s:
-                    checkpoint("periodic")
-                    last_ckpt = now
-                if cfg.status_every_s and now - last_status >= cfg.status_every_s:
-                    last_status = now
-                    p50, p99 = graph_lat.percentiles(50, 99)
-                    avg = f"{np.mean(recent):.1f}" if recent else "-"
-                    print(
-                        f"\rtick {c['ticks']:>8} | {c['ticks'] / (now - t_start):7.0f} ticks/s | "
-                        f"episodes {c['episodes']:>5} | return(avg10) {avg:>8} | "
-                        f"{graph} p50 {p50 * 1e6:6.0f}us p99 {p99 * 1e6:6.0f}us | "
-                        f"bad {c['bad_updates']}",
-                        end="",
-                        file=sys.stderr,
-                        flush=True,
+        hello = conn.connect()
+        log(
+            f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
+            f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms"
+        )
+        while cfg.steps is None or c["ticks"] < cfg.steps:
+            if stop["flag"]:
+                exit_reason = "SIGTERM"
+                break
+            try:
+                o = conn.observe(timeout=cfg.obs_timeout_s)
+            except HandshakeError:
+                raise  # firmware and bundle disagree: retrying cannot help
+            except LinkError as e:  # reboot, watchdog latch, wrong sizes, port trouble
+                if isinstance(e, RobotRebooted):
+                    c["reboots"] += 1
+                elif isinstance(e, SessionInterrupted):
+                    c["interruptions"] += 1
+                else:
+                    c["link_errors"] += 1
+                log(f"{e}; resetting recurrent state and handshaking again")
+                _reconnect(conn, cfg, log)
+                force_first, ep_return = True, 0.0
+                continue
+            if o is None:  # silent robot: safe action, no learning on a stale sample
+                c["timeouts"] += 1
+                silent += 1
+                conn.send_safe()
+                if silent >= cfg.max_silent_timeouts:
+                    raise RunError(
+                        f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
+                        "is the robot powered and armed? (safe action sent)"
                     )
+                continue
+            silent = 0
+            t0 = time.perf_counter()
+            if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
+                c["non_finite_obs"] += 1
+                conn.act(np.asarray(act["safe"], np.float32), o.seq)
+                continue
+            first = o.first or force_first
+            force_first = False
+            inputs = {
+                "obs": o.obs.reshape(1, -1),
+                "first": np.array([float(first)], np.float32),
+            }
+            if cfg.learn:
+                inputs |= {
+                    "reward": np.array([0.0 if first else o.reward], np.float32),
+                    "terminal": np.array([float(o.terminal)], np.float32),
+                    "noise": noise(),
+                }
+            tg = time.perf_counter()
+            out = runner.step(**inputs)
+            graph_lat.add(time.perf_counter() - tg)
+            if cfg.learn:
+                if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
+                    bad_in_row = 0
+                    c["learn_steps"] += 1
+                    if c["ticks"] % cfg.snapshot_every == 0:
+                        last_good = runner.state()
+                else:
+                    c["bad_updates"] += 1
+                    bad_in_row += 1
+                    if bad_in_row >= cfg.max_bad_updates:
+                        c["rollbacks"] += 1
+                        runner.load_state(last_good)
+                        force_first, bad_in_row = True, 0
+                        log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
+            conn.act(out["action"][0], o.seq)
+            tick_lat.add(time.perf_counter() - t0)
+            c["ticks"] += 1
+            if not first:
+                ep_return += o.reward
+            if o.terminal or o.truncated:
+                c["episodes"] += 1
+                returns.append(ep_return)
+                recent.append(ep_return)
+                ep_return = 0.0
+            now = time.monotonic()
+            if cfg.learn and now - last_ckpt >= cfg.checkpoint_every_s:
+                checkpoint("periodic")
+                last_ckpt = now
+            if cfg.status_every_s and now - last_status >= cfg.status_every_s:
+                last_status = now
+                p50, p99 = graph_lat.percentiles(50, 99)
+                avg = f"{np.mean(recent):.1f}" if recent else "-"
+                print(
+                    f"\rtick {c['ticks']:>8} | {c['ticks'] / (now - t_start):7.0f} ticks/s | "
+                    f"episodes {c['episodes']:>5} | return(avg10) {avg:>8} | "
+                    f"{graph} p50 {p50 * 1e6:6.0f}us p99 {p99 * 1e6:6.0f}us | "
+                    f"bad {c['bad_updates']}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
     except KeyboardInterrupt:
         exit_reason = "Ctrl-C"
-        try:
-            conn.send_safe()
-        except Exception:  # the link may be the reason we stopped; the MCU watchdog still holds
-            pass
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
         if cfg.status_every_s:
             print(file=sys.stderr)
+        try:
+            conn.send_safe()  # hold still first...
+        except LinkError:
+            pass  # the link may be why we stopped; the MCU watchdog applies the safe action
+        conn.close()  # ...then STOP: the MCU disarms and keeps the safe action
         checkpoint("exit")
 
     elapsed = time.monotonic() - t_start

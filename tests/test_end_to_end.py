@@ -200,7 +200,12 @@ def test_checkpoints_of_another_bundle_are_refused(bundle, sim_robot, tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
-def test_sigterm_sends_safe_action_and_checkpoints(bundle, sim_robot, tmp_path):
+@pytest.mark.parametrize("sig,reason", [("SIGTERM", "SIGTERM"), ("SIGINT", "Ctrl-C")])
+def test_sigterm_and_ctrl_c_send_safe_action_and_checkpoint(
+    bundle, sim_robot, tmp_path, sig, reason
+):
+    import signal
+
     ckpt = tmp_path / "ck"
     proc = subprocess.Popen(
         [
@@ -222,12 +227,13 @@ def test_sigterm_sends_safe_action_and_checkpoints(bundle, sim_robot, tmp_path):
         text=True,
     )
     time.sleep(8)  # imports, bundle load, handshake, then some ticks
-    proc.terminate()
+    proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     s = json.loads((tmp_path / "s.json").read_text())
-    assert s["exit"] == "SIGTERM"
+    assert s["exit"] == reason
     assert s["ticks"] > 0
+    assert s["counters"]["link"]["stops"] >= 1  # the MCU was told to disarm and hold safe
     assert list(ckpt.glob("ckpt-*.json"))
 
 
