@@ -43,30 +43,39 @@ def train(
     ] = DEFAULT_ENV,
     cell: Annotated[str, typer.Option(help="rtu | rtu-nonlinear")] = "rtu",
     algo: Annotated[str, typer.Option(help="Learner: ac (streaming actor-critic).")] = "ac",
-    steps: Annotated[int, typer.Option(help="Environment steps.")] = 50_000,
+    steps: Annotated[
+        int | None, typer.Option(help="Environment steps [default: 50000].")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
     hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue the run in --out from its last checkpoint (its own options)."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train an RTU agent with exact RTRL on a gymnasium / MuJoCo / POPGym environment."""
     _need_train_extra()
-    from rtu_edge.train import TrainConfig
+    from rtu_edge.train import TrainConfig, resume_config
     from rtu_edge.train import train as run_training
 
-    cfg = TrainConfig(
-        out=str(out),
-        env=env,
-        cell=cell,
-        algo=algo,
-        steps=steps,
-        seed=seed,
-        hidden_size=hidden_size,
-        overwrite=overwrite,
-    )
     try:
+        if resume:  # the run's own options; only --steps may raise the total
+            cfg = resume_config(out, steps)
+        else:
+            cfg = TrainConfig(
+                out=str(out),
+                env=env,
+                cell=cell,
+                algo=algo,
+                steps=50_000 if steps is None else steps,
+                seed=seed,
+                hidden_size=hidden_size,
+                overwrite=overwrite,
+            )
         summary = run_training(cfg, progress=progress)
-    except (ValueError, FileExistsError, KeyError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")

@@ -15,6 +15,7 @@ extra call on the final observation of every episode (its action is discarded).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
@@ -33,6 +34,14 @@ from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
 from rtu_edge.plots import write_learning_curve_svg
 
 ALGOS = ("ac",)  # later: "td", "ppo"
+METRICS_HEADER = [
+    "step",
+    "episode",
+    "episode_return",
+    "episode_length",
+    "steps_per_second",
+    "wall_time_s",
+]
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -52,6 +61,7 @@ class TrainConfig:
     activation: str = "relu"  # RTU activation
     checkpoint_every: int = 20_000  # steps between checkpoints, so a crash loses little
     overwrite: bool = False  # allow writing into a non-empty run directory
+    resume: bool = False  # continue the run in `out` from its last checkpoint (see resume_config)
     ac: ACConfig = field(default_factory=ACConfig)
 
 
@@ -70,10 +80,40 @@ def agent_config_for(cfg: TrainConfig) -> AgentConfig:
     )
 
 
-def save_checkpoint(run_dir: Path, state: dict[str, torch.Tensor]) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    state: dict[str, torch.Tensor],
+    progress: dict[str, int] | None = None,
+    rng: torch.Generator | None = None,
+) -> None:
+    """All carried tensors (bundle names), plus step counters and the noise RNG as metadata."""
     from safetensors.torch import save
 
-    atomic_write_bytes(run_dir / CHECKPOINT, save({k: v.contiguous() for k, v in state.items()}))
+    meta = {k: str(v) for k, v in (progress or {}).items()}
+    if rng is not None:
+        meta["noise_rng"] = bytes(rng.get_state().tolist()).hex()
+    data = save({k: v.contiguous() for k, v in state.items()}, metadata=meta)
+    atomic_write_bytes(run_dir / CHECKPOINT, data)
+
+
+def resume_config(run_dir: str | Path, steps: int | None = None) -> TrainConfig:
+    """The config of an interrupted run, to continue it (optionally to a new total of steps)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: nothing to resume in {run_dir}")
+    saved = dict(json.loads(path.read_text())["train"])
+    saved["ac"] = ACConfig(**saved["ac"])
+    saved.update(resume=True, overwrite=False)
+    if steps is not None:
+        saved["steps"] = steps
+    return TrainConfig(**saved)
+
+
+def _read_progress(run_dir: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / CHECKPOINT), framework="pt") as f:
+        return dict(f.metadata() or {})
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, AgentConfig, ACConfig, dict[str, torch.Tensor]]:
@@ -115,32 +155,54 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cfg.steps <= 0:
         raise ValueError("--steps must be positive")
     run_dir = Path(cfg.out)
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
-        raise FileExistsError(
-            f"{run_dir} already holds files; choose another --out or pass --overwrite"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-
     torch.set_num_threads(1)
     info = envs_mod.env_info(cfg.env)
     agent = agent_config_for(cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    start_step, start_episode = 0, 0
+    if cfg.resume:
+        _, saved_agent, _, state = load_run(run_dir)
+        if saved_agent != agent:
+            raise ValueError(f"{run_dir} holds a different agent ({saved_agent}); cannot resume")
+        progress_meta = _read_progress(run_dir)
+        start_step = int(progress_meta.get("step", 0))
+        start_episode = int(progress_meta.get("episode", 0))
+        if "noise_rng" in progress_meta:
+            rng_bytes = bytes.fromhex(progress_meta["noise_rng"])
+            gen.set_state(torch.tensor(list(rng_bytes), dtype=torch.uint8))
+        if start_step >= cfg.steps:
+            raise ValueError(f"{run_dir} already reached step {start_step}; pass a larger --steps")
+        # metrics rows after the checkpoint belong to the lost part of the run: drop them
+        metrics = run_dir / "metrics.csv"
+        rows = list(csv.reader(io.StringIO(metrics.read_text()))) if metrics.exists() else []
+        kept = [r for r in rows[1:] if r and int(r[0]) <= start_step]
+        text = io.StringIO()
+        csv.writer(text).writerows([METRICS_HEADER, *kept])
+        atomic_write_bytes(metrics, text.getvalue().encode())
+        metrics_f = open(metrics, "a", newline="")
+        writer = csv.writer(metrics_f)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
+            raise FileExistsError(
+                f"{run_dir} already holds files; choose another --out, pass --overwrite, "
+                "or continue it with --resume"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = initial_state(agent, cfg.seed)
+        kept = []
+        metrics_f = open(run_dir / "metrics.csv", "w", newline="")
+        writer = csv.writer(metrics_f)
+        writer.writerow(METRICS_HEADER)
     atomic_write_json(
         run_dir / "config.json",
         {"train": asdict(cfg), "agent": agent.to_dict(), "env_info": asdict(info)},
     )
-    env = envs_mod.make(cfg.env, seed=cfg.seed)
+    # a resumed run starts a fresh episode, with its own environment seed
+    env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * start_episode)
     low = np.asarray(info.action_low, dtype=np.float32)
     high = np.asarray(info.action_high, dtype=np.float32)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    state = initial_state(agent, cfg.seed)
-
-    metrics_f = open(run_dir / "metrics.csv", "w", newline="")
-    writer = csv.writer(metrics_f)
-    writer.writerow(
-        ["step", "episode", "episode_return", "episode_length", "steps_per_second", "wall_time_s"]
-    )
-    returns: list[tuple[int, float]] = []
-    recent: deque[float] = deque(maxlen=20)
+    returns: list[tuple[int, float]] = [(int(r[0]), float(r[2])) for r in kept]
+    recent: deque[float] = deque((r for _, r in returns[-20:]), maxlen=20)
 
     bar = None
     if progress:
@@ -159,13 +221,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             TextColumn("{task.fields[sps]:>7.0f} steps/s  recent return {task.fields[ret]}"),
             TimeRemainingColumn(),
         )
-        task = bar.add_task("train", total=cfg.steps, sps=0.0, ret="-")
+        task = bar.add_task("train", total=cfg.steps, completed=start_step, sps=0.0, ret="-")
         bar.start()
 
     obs, _ = env.reset()
     reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
-    ep_return, ep_len, episode = 0.0, 0, 0
-    step = 0
+    ep_return, ep_len, episode = 0.0, 0, start_episode
+    step = start_step
     t0 = time.perf_counter()
     bad_updates = 0
     try:
@@ -195,7 +257,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                             episode,
                             f"{ep_return:.6g}",
                             ep_len,
-                            f"{step / elapsed:.1f}",
+                            f"{(step - start_step) / elapsed:.1f}",
                             f"{elapsed:.2f}",
                         ]
                     )
@@ -210,10 +272,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 ep_len += 1
                 step += 1
                 if step % cfg.checkpoint_every == 0:
-                    save_checkpoint(run_dir, state)
+                    save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
                     metrics_f.flush()
                 if bar is not None and step % 200 == 0:
-                    sps = step / (time.perf_counter() - t0)
+                    sps = (step - start_step) / (time.perf_counter() - t0)
                     ret = f"{sum(recent) / len(recent):.1f}" if recent else "-"
                     bar.update(task, completed=step, sps=sps, ret=ret)
     finally:
@@ -222,7 +284,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics_f.close()
         env.close()
     elapsed = time.perf_counter() - t0
-    save_checkpoint(run_dir, state)
+    save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
 
     tail = [r for s, r in returns if s >= 0.9 * cfg.steps] or [r for _, r in returns[-1:]]
     summary = {
@@ -235,7 +297,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "first_return": float(np.mean([r for _, r in returns[: max(1, len(returns) // 10)]]))
         if returns
         else None,
-        "steps_per_second": cfg.steps / elapsed,
+        "steps_per_second": (cfg.steps - start_step) / elapsed,
         "recurrent_params": recurrent_param_count(agent.encoder_size, agent.hidden_size),
         "non_finite_updates": bad_updates,
         "wall_time_s": elapsed,

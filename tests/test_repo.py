@@ -128,3 +128,24 @@ def test_cli_help_and_robot_modules_stay_light():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_cli_train_resume(tmp_path):
+    import json
+
+    from cli import app
+
+    out = tmp_path / "r"
+    runner = CliRunner()
+    r = runner.invoke(
+        app, ["train", "--out", str(out), "--steps", "200", "--no-progress", "--hidden-size", "4"]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app, ["train", "--out", str(out), "--resume", "--steps", "400", "--no-progress"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["steps"] == 400
+    assert (
+        json.loads((out / "config.json").read_text())["train"]["hidden_size"] == 4
+    )  # its own options

@@ -59,3 +59,30 @@ def test_same_seed_same_run(tmp_path):
     _, _, _, sb = load_run(tmp_path / "b")
     for k in sa:
         assert (sa[k] == sb[k]).all(), k
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    """An interrupted run (here: one that ended at 300 steps) continues to a new total."""
+    from rtu_edge.train import resume_config
+
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=300, hidden_size=4, checkpoint_every=100), progress=False)
+    _, _, _, before = load_run(out)
+    rows_before = (out / "metrics.csv").read_text().splitlines()
+    summary = train(resume_config(out, steps=700), progress=False)
+    assert summary["steps"] == 700
+    _, _, _, after = load_run(out)
+    assert any(not (after[k] == before[k]).all() for k in before if k.startswith("params."))
+    rows_after = (out / "metrics.csv").read_text().splitlines()
+    assert rows_after[: len(rows_before)] == rows_before  # history kept
+    steps = [int(r.split(",")[0]) for r in rows_after[1:]]
+    assert steps == sorted(steps) and steps[-1] > 300
+    with pytest.raises(ValueError, match="larger --steps"):
+        train(resume_config(out), progress=False)
+
+
+def test_resume_needs_a_run(tmp_path):
+    from rtu_edge.train import resume_config
+
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        resume_config(tmp_path / "nope")
