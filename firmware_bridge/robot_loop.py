@@ -192,12 +192,15 @@ def run(cfg: RunConfig, log=print) -> dict:
     bad_in_row = 0
     last_good = runner.state() if cfg.learn else None
 
-    stop = {"flag": False}
+    # Ctrl-C and SIGTERM end the loop at the next tick boundary (never mid-step), also when
+    # the parent started us with SIGINT ignored (background jobs, service managers).
+    stop: dict[str, str | None] = {"reason": None}
+    names = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
-    def on_signal(signum, frame):  # SIGTERM -> same clean path as Ctrl-C
-        stop["flag"] = True
+    def on_signal(signum, frame):
+        stop["reason"] = names.get(signum, str(signum))
 
-    old_term = signal.signal(signal.SIGTERM, on_signal) if _main_thread() else None
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in names} if _main_thread() else {}
 
     def checkpoint(reason: str) -> None:
         if not cfg.learn or c["ticks"] == 0:
@@ -229,8 +232,8 @@ def run(cfg: RunConfig, log=print) -> dict:
             f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms"
         )
         while cfg.steps is None or c["ticks"] < cfg.steps:
-            if stop["flag"]:
-                exit_reason = "SIGTERM"
+            if stop["reason"]:
+                exit_reason = stop["reason"]
                 break
             try:
                 o = conn.observe(timeout=cfg.obs_timeout_s)
@@ -251,6 +254,7 @@ def run(cfg: RunConfig, log=print) -> dict:
                 c["timeouts"] += 1
                 silent += 1
                 conn.send_safe()
+                force_first = True  # the chain of transitions is broken: start over
                 if silent >= cfg.max_silent_timeouts:
                     raise RunError(
                         f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
@@ -262,6 +266,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
                 c["non_finite_obs"] += 1
                 conn.act(np.asarray(act["safe"], np.float32), o.seq)
+                force_first = True  # the next good sample starts a fresh chain (state reset)
                 continue
             first = o.first or force_first
             force_first = False
@@ -295,7 +300,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             conn.act(out["action"][0], o.seq)
             tick_lat.add(time.perf_counter() - t0)
             c["ticks"] += 1
-            if not first:
+            if not o.first:  # the robot's own episode bookkeeping, for reporting
                 ep_return += o.reward
             if o.terminal or o.truncated:
                 c["episodes"] += 1
@@ -322,8 +327,8 @@ def run(cfg: RunConfig, log=print) -> dict:
     except KeyboardInterrupt:
         exit_reason = "Ctrl-C"
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if cfg.status_every_s:
             print(file=sys.stderr)
         try:
