@@ -69,6 +69,26 @@ def _run(args: list[str], check_torch: bool = False) -> subprocess.CompletedProc
     )
 
 
+def _spawn_run(bundle, port, ckpt, summary) -> subprocess.Popen:
+    """`rtu-edge run` (learning, no step limit) in its own process, for signal tests."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "run",
+        str(bundle),
+        "--port",
+        str(port),
+        "--checkpoint-dir",
+        str(ckpt),
+        "--summary-json",
+        str(summary),
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, tmp_path):
     ckpt = tmp_path / "ckpt"
     summary = tmp_path / "s1.json"
@@ -207,25 +227,7 @@ def test_sigterm_and_ctrl_c_send_safe_action_and_checkpoint(
     import signal
 
     ckpt = tmp_path / "ck"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
-            "--checkpoint-dir",
-            str(ckpt),
-            "--summary-json",
-            str(tmp_path / "s.json"),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _spawn_run(bundle, sim_robot, ckpt, tmp_path / "s.json")
     time.sleep(8)  # imports, bundle load, handshake, then some ticks
     proc.send_signal(getattr(signal, sig))
     out, err = proc.communicate(timeout=30)
@@ -244,25 +246,7 @@ def test_frozen_host_trips_the_robot_watchdog_and_recovers(bundle, sim_robot, tm
     import signal
 
     summary = tmp_path / "s.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
-            "--checkpoint-dir",
-            str(tmp_path / "ck"),
-            "--summary-json",
-            str(summary),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _spawn_run(bundle, sim_robot, tmp_path / "ck", summary)
     time.sleep(5)
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGSTOP)
