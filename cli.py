@@ -43,9 +43,7 @@ def train(
     ] = DEFAULT_ENV,
     cell: Annotated[str, typer.Option(help="rtu | rtu-nonlinear")] = "rtu",
     algo: Annotated[str, typer.Option(help="Learner: ac (streaming actor-critic).")] = "ac",
-    steps: Annotated[
-        int | None, typer.Option(help="Environment steps [default: 50000].")
-    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
@@ -77,6 +75,11 @@ def train(
         summary = run_training(cfg, progress=progress)
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(
+            f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
+            130,
+        )
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
 

@@ -14,10 +14,13 @@ extra call on the final observation of every episode (its action is discarded).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import signal
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -146,6 +149,27 @@ def _env_action(agent: AgentConfig, action: torch.Tensor, low, high):
     return np.clip(action[0].numpy().astype(np.float32), low, high)
 
 
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise KeyboardInterrupt inside the loop, so the checkpoint is saved.
+
+    Also when the parent started us with SIGINT ignored (background jobs, batch schedulers).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
     """Train one agent; returns the summary (also written to summary.json)."""
     if cfg.cell not in CELLS:
@@ -231,7 +255,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     bad_updates = 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), _signals_interrupt():
             while step < cfg.steps:
                 new, action, _, delta = ac_step(
                     cfg.ac,
@@ -278,6 +302,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     sps = (step - start_step) / (time.perf_counter() - t0)
                     ret = f"{sum(recent) / len(recent):.1f}" if recent else "-"
                     bar.update(task, completed=step, sps=sps, ret=ret)
+    except KeyboardInterrupt:
+        # keep everything learned so far; `rtu-edge train --out RUN --resume` continues
+        save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
+        raise
     finally:
         if bar is not None:
             bar.stop()

@@ -86,3 +86,51 @@ def test_resume_needs_a_run(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         resume_config(tmp_path / "nope")
+
+
+def test_sigterm_saves_progress_and_resume_continues(tmp_path):
+    """A killed training run (SIGTERM, e.g. from a scheduler) keeps what it learned."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "train",
+            "--out",
+            str(out),
+            "--steps",
+            "1000000",
+            "--no-progress",
+            "--hidden-size",
+            "4",
+        ],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    with safe_open(str(out / "checkpoint.safetensors"), framework="pt") as f:
+        step = int(f.metadata()["step"])
+    assert step > 0
+    from rtu_edge.train import resume_config
+
+    summary = train(resume_config(out, steps=step + 200), progress=False)
+    assert summary["steps"] == step + 200
