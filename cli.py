@@ -47,6 +47,9 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
+    compile: Annotated[
+        str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
+    ] = "auto",
     resume: Annotated[
         bool,
         typer.Option(help="Continue the run in --out from its last checkpoint (its own options)."),
@@ -71,6 +74,7 @@ def train(
                 seed=seed,
                 hidden_size=hidden_size,
                 overwrite=overwrite,
+                compile=compile,
             )
         summary = run_training(cfg, progress=progress)
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:

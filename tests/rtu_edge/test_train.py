@@ -134,3 +134,37 @@ def test_sigterm_saves_progress_and_resume_continues(tmp_path):
 
     summary = train(resume_config(out, steps=step + 200), progress=False)
     assert summary["steps"] == step + 200
+
+
+@pytest.mark.slow
+def test_compiled_learn_step_matches_eager(tmp_path):
+    """torch.compile of the learn step (used for long runs) computes the same step."""
+    import torch
+
+    from rtu_edge.learners.ac import initial_state
+    from rtu_edge.train import agent_config_for, make_step_fn
+
+    cfg = TrainConfig(out=str(tmp_path), hidden_size=4, compile="yes")
+    agent = agent_config_for(cfg)
+    state = initial_state(agent)
+    messages = []
+    compiled = make_step_fn(cfg, agent, state, log=messages.append)
+    eager = make_step_fn(TrainConfig(out=str(tmp_path), hidden_size=4, compile="no"), agent, state)
+    assert compiled is not eager and "compiled" in messages[0], messages
+    gen = torch.Generator().manual_seed(0)
+    a, b = dict(state), dict(state)
+    with torch.inference_mode():
+        for t in range(50):
+            x = (
+                torch.randn(1, agent.obs_size, generator=gen),
+                torch.ones(1),
+                torch.tensor([1.0 if t == 0 else 0.0]),
+                torch.zeros(1),
+                torch.randn(1, agent.noise_size, generator=gen),
+            )
+            na, *oa = compiled(a, *x)
+            nb, *ob = eager(b, *x)
+            a.update(na)
+            b.update(nb)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
