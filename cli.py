@@ -46,6 +46,8 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
+    encoder_size: Annotated[int, typer.Option(help="Encoder width.")] = 32,
+    head_size: Annotated[int, typer.Option(help="Actor/critic hidden width.")] = 32,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
     compile: Annotated[
         str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
@@ -73,6 +75,8 @@ def train(
                 steps=50_000 if steps is None else steps,
                 seed=seed,
                 hidden_size=hidden_size,
+                encoder_size=encoder_size,
+                head_size=head_size,
                 overwrite=overwrite,
                 compile=compile,
             )
