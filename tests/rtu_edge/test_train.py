@@ -113,6 +113,8 @@ def test_sigterm_saves_progress_and_resume_continues(tmp_path):
             "--no-progress",
             "--hidden-size",
             "4",
+            "--compile",
+            "no",
         ],
         cwd=root,
         stdout=subprocess.PIPE,
