@@ -20,6 +20,7 @@ import torch
 from rtu_edge import envs as envs_mod
 from rtu_edge.agent import AgentConfig
 from rtu_edge.learners.ac import ACConfig, ac_step, act_step
+from rtu_edge.train import env_action
 
 
 @dataclass
@@ -121,10 +122,7 @@ def check_parity(
                 obs, _ = env.reset()
                 reward, first, terminal, over = 0.0, 1.0, 0.0, False
                 continue
-            if agent.action_kind == "discrete":
-                a = int(np.clip(round(float(action[0, 0])), 0, agent.num_actions - 1))
-            else:
-                a = np.clip(action[0].numpy(), info.action_low, info.action_high).astype(np.float32)
+            a = env_action(agent, action, info.action_low, info.action_high)
             obs, r, term, trunc, _ = env.step(a)
             reward, first, terminal, over = float(r), 0.0, float(term), bool(term or trunc)
     env.close()

@@ -148,7 +148,8 @@ def _noise(agent: AgentConfig, gen: torch.Generator) -> torch.Tensor:
     return -torch.log(-torch.log(u))  # standard Gumbel
 
 
-def _env_action(agent: AgentConfig, action: torch.Tensor, low, high):
+def env_action(agent: AgentConfig, action: torch.Tensor, low, high):
+    """The learner's action as the environment takes it: an index, or a clipped float32 vector."""
     if agent.action_kind == "discrete":
         return int(min(max(round(float(action[0, 0])), 0), agent.num_actions - 1))
     return np.clip(action[0].numpy().astype(np.float32), low, high)
@@ -320,7 +321,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
                     ep_return, ep_len = 0.0, 0
                     continue
-                obs, r, term, trunc, _ = env.step(_env_action(agent, action, low, high))
+                obs, r, term, trunc, _ = env.step(env_action(agent, action, low, high))
                 reward, first, terminal = float(r), 0.0, float(term)
                 episode_over = term or trunc
                 ep_return += reward
