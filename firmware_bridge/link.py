@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import time
 from collections import deque
 from pathlib import Path
@@ -172,21 +173,55 @@ class SerialLink:
     # ---------------------------------------------------------------- sending
 
     def write(self, data: bytes) -> None:
-        """Write raw bytes (a whole encoded frame)."""
+        """Write raw bytes (a whole encoded frame).
+
+        A write counts as blocked only after `write_timeout_s` of time actually spent waiting for
+        the port to drain. pyserial's own timeout compares wall-clock deadlines, so a host that
+        was paused (SIGSTOP, a long GC or swap stall) between two checks gets "Write timeout"
+        even though every byte went out; that would turn a recoverable hiccup into a fatal error.
+        """
         port = self._require_port()
         try:
-            port.write(data)
+            fd = port.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None  # a pyserial URL handler (socket://, loop://): its own timeout applies
+        try:
+            if fd is None:
+                port.write(data)
+            else:
+                self._write_fd(fd, data)
         except serial.SerialTimeoutException as e:
-            raise LinkError(
-                f"write to {self.port_name} blocked for {self.write_timeout_s}s: the MCU is not "
-                "reading (hung, or hardware flow control stuck)"
-            ) from e
+            raise self._blocked_error() from e
         except (serial.SerialException, OSError) as e:
             raise LinkError(
                 f"serial port {self.port_name} failed while writing ({e}); was the USB cable "
                 "unplugged? Reconnect and check `rtu-edge ports`."
             ) from e
         self._tx["tx_bytes"] += len(data)
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        """Write all of `data` to a non-blocking descriptor, waiting at most write_timeout_s."""
+        view = memoryview(data)
+        waited = 0.0
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            if waited >= self.write_timeout_s:
+                raise self._blocked_error()
+            slice_s = min(0.05, self.write_timeout_s - waited)
+            t0 = time.monotonic()
+            select.select([], [fd], [], slice_s)
+            # Count at most the slice: time the process spent stopped is not time blocked.
+            waited += min(time.monotonic() - t0, slice_s)
+
+    def _blocked_error(self) -> LinkError:
+        return LinkError(
+            f"write to {self.port_name} blocked for {self.write_timeout_s}s: the MCU is not "
+            "reading (hung, or hardware flow control stuck)"
+        )
 
     def send(self, msg: str | int, /, **fields) -> int:
         """Frame and send one message with the next sequence number; returns that seq."""

@@ -235,11 +235,61 @@ def run(cfg: RunConfig, log=print) -> dict:
             if stop["reason"]:
                 exit_reason = stop["reason"]
                 break
+            # Every exchange with the robot in this tick (observe, act, the safe action) can meet
+            # a reboot, a watchdog latch, wrong sizes or port trouble: all end in a reconnect.
             try:
                 o = conn.observe(timeout=cfg.obs_timeout_s)
+                if o is None:  # silent robot: safe action, no learning on a stale sample
+                    c["timeouts"] += 1
+                    silent += 1
+                    conn.send_safe()
+                    force_first = True  # the chain of transitions is broken: start over
+                    if silent >= cfg.max_silent_timeouts:
+                        raise RunError(
+                            f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
+                            "is the robot powered and armed? (safe action sent)"
+                        )
+                    continue
+                silent = 0
+                t0 = time.perf_counter()
+                if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
+                    c["non_finite_obs"] += 1
+                    conn.act(np.asarray(act["safe"], np.float32), o.seq)
+                    force_first = True  # the next good sample starts a fresh chain (state reset)
+                    continue
+                first = o.first or force_first
+                force_first = False
+                inputs = {
+                    "obs": o.obs.reshape(1, -1),
+                    "first": np.array([float(first)], np.float32),
+                }
+                if cfg.learn:
+                    inputs |= {
+                        "reward": np.array([0.0 if first else o.reward], np.float32),
+                        "terminal": np.array([float(o.terminal)], np.float32),
+                        "noise": noise(),
+                    }
+                tg = time.perf_counter()
+                out = runner.step(**inputs)
+                graph_lat.add(time.perf_counter() - tg)
+                if cfg.learn:
+                    if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
+                        bad_in_row = 0
+                        c["learn_steps"] += 1
+                        if c["ticks"] % cfg.snapshot_every == 0:
+                            last_good = runner.state()
+                    else:
+                        c["bad_updates"] += 1
+                        bad_in_row += 1
+                        if bad_in_row >= cfg.max_bad_updates:
+                            c["rollbacks"] += 1
+                            runner.load_state(last_good)
+                            force_first, bad_in_row = True, 0
+                            log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
+                conn.act(out["action"][0], o.seq)
             except HandshakeError:
                 raise  # firmware and bundle disagree: retrying cannot help
-            except LinkError as e:  # reboot, watchdog latch, wrong sizes, port trouble
+            except LinkError as e:
                 if isinstance(e, RobotRebooted):
                     c["reboots"] += 1
                 elif isinstance(e, SessionInterrupted):
@@ -250,54 +300,6 @@ def run(cfg: RunConfig, log=print) -> dict:
                 _reconnect(conn, cfg, log)
                 force_first, ep_return = True, 0.0
                 continue
-            if o is None:  # silent robot: safe action, no learning on a stale sample
-                c["timeouts"] += 1
-                silent += 1
-                conn.send_safe()
-                force_first = True  # the chain of transitions is broken: start over
-                if silent >= cfg.max_silent_timeouts:
-                    raise RunError(
-                        f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
-                        "is the robot powered and armed? (safe action sent)"
-                    )
-                continue
-            silent = 0
-            t0 = time.perf_counter()
-            if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
-                c["non_finite_obs"] += 1
-                conn.act(np.asarray(act["safe"], np.float32), o.seq)
-                force_first = True  # the next good sample starts a fresh chain (state reset)
-                continue
-            first = o.first or force_first
-            force_first = False
-            inputs = {
-                "obs": o.obs.reshape(1, -1),
-                "first": np.array([float(first)], np.float32),
-            }
-            if cfg.learn:
-                inputs |= {
-                    "reward": np.array([0.0 if first else o.reward], np.float32),
-                    "terminal": np.array([float(o.terminal)], np.float32),
-                    "noise": noise(),
-                }
-            tg = time.perf_counter()
-            out = runner.step(**inputs)
-            graph_lat.add(time.perf_counter() - tg)
-            if cfg.learn:
-                if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
-                    bad_in_row = 0
-                    c["learn_steps"] += 1
-                    if c["ticks"] % cfg.snapshot_every == 0:
-                        last_good = runner.state()
-                else:
-                    c["bad_updates"] += 1
-                    bad_in_row += 1
-                    if bad_in_row >= cfg.max_bad_updates:
-                        c["rollbacks"] += 1
-                        runner.load_state(last_good)
-                        force_first, bad_in_row = True, 0
-                        log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
-            conn.act(out["action"][0], o.seq)
             tick_lat.add(time.perf_counter() - t0)
             c["ticks"] += 1
             if not o.first:  # the robot's own episode bookkeeping, for reporting

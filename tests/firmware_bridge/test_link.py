@@ -507,3 +507,110 @@ def test_duplicate_stale_skipped_and_nonfinite_observations(scripted):
         assert k["obs_duplicates"] == 1 and k["obs_stale"] == 1 and k["nonfinite_obs"] >= 2
         assert k["seq_duplicates"] == 1 and k["seq_stale"] == 1
         assert k["action_resends"] == 0  # the duplicate came before the OBS was answered
+
+
+# ---------------------------------------------------------------- blocked writes
+
+
+def _fill_until_blocked(link: SerialLink) -> int:
+    """Write until the kernel's pty buffer is full (nobody reads the master); bytes written."""
+    fd = link._port.fileno()
+    total = 0
+    for chunk in (4096, 64, 1):  # a pty accepts partial writes: fill the last bytes too
+        while True:
+            try:
+                total += os.write(fd, b"\x55" * chunk)
+            except BlockingIOError:
+                break
+    return total
+
+
+def test_write_to_a_port_nobody_reads_raises_blocked(pty_pair):
+    master, dev = pty_pair
+    with SerialLink(dev, write_timeout_s=0.3) as link:
+        _fill_until_blocked(link)
+        t0 = time.monotonic()
+        with pytest.raises(LinkError, match="blocked for 0.3s"):
+            link.write(b"\x00" * 64)
+        assert time.monotonic() - t0 >= 0.25  # it waited, it did not give up at once
+
+
+def test_write_waits_for_a_slow_reader(pty_pair):
+    master, dev = pty_pair
+    with SerialLink(dev, write_timeout_s=PATIENT) as link:
+        _fill_until_blocked(link)
+        drained = threading.Event()
+
+        def drain():
+            time.sleep(0.2)
+            while not drained.is_set():
+                if select.select([master], [], [], 0.05)[0]:
+                    os.read(master, 65536)
+
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        try:
+            link.write(b"\x01" * 8192)  # more than was free: must wait for the reader
+        finally:
+            drained.set()
+            t.join()
+
+
+WRITER = r"""
+import sys, time
+from firmware_bridge.link import SerialLink
+link = SerialLink(sys.argv[1], write_timeout_s=0.2)
+link.open()
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < end:
+    link.write(b"\x02" * 512)
+    n += 1
+print("wrote", n, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_a_paused_writer_is_not_a_blocked_port(pty_pair):
+    """A host paused by the OS (SIGSTOP here; a swap or GC stall on a robot) longer than the
+    write timeout, in the middle of a write, must not see "blocked": the port was fine.
+    pyserial's own write timeout gets this wrong (it compares wall-clock deadlines)."""
+    import signal
+    import subprocess
+    import sys
+
+    master, dev = pty_pair
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, dev, "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stop = threading.Event()
+
+    def drain():  # a reader that keeps up, like a healthy MCU
+        while not stop.is_set():
+            if select.select([master], [], [], 0.05)[0]:
+                try:
+                    os.read(master, 65536)
+                except OSError:
+                    return
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(5):  # the writer spends nearly all its time inside write()
+            time.sleep(0.1)
+            proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.35)  # longer than its 0.2 s write timeout
+            proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=PATIENT * 3)
+    finally:
+        stop.set()
+        t.join()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.split()[-2] == "wrote"
