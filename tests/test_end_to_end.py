@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,24 +70,51 @@ def _run(args: list[str], check_torch: bool = False) -> subprocess.CompletedProc
     )
 
 
-def _spawn_run(bundle, port, ckpt, summary) -> subprocess.Popen:
-    """`rtu-edge run` (learning, no step limit) in its own process, for signal tests."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cli",
-        "run",
-        str(bundle),
-        "--port",
-        str(port),
-        "--checkpoint-dir",
-        str(ckpt),
-        "--summary-json",
-        str(summary),
-    ]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+class _RunProcess:
+    """`rtu-edge run` (learning, no step limit) in its own process, for signal tests.
+
+    A thread collects its stderr, so a test can wait for what the loop printed (its first status
+    line, a reconnect) instead of guessing how long start-up takes on a loaded machine.
+    """
+
+    def __init__(self, bundle, port, ckpt, summary):
+        cmd = [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(port)]
+        cmd += ["--checkpoint-dir", str(ckpt), "--summary-json", str(summary)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self._err: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while chunk := self.proc.stderr.read(1):
+            self._err.append(chunk)
+
+    @property
+    def err(self) -> str:
+        return "".join(self._err)
+
+    def wait_for(self, text: str, after: int = 0, timeout: float = 120.0) -> int:
+        """Block until `text` appears in stderr at or after offset `after`; its end offset."""
+        deadline = time.monotonic() + timeout
+        while (i := self.err.find(text, after)) < 0:
+            assert self.proc.poll() is None or self.err.find(text, after) >= 0, self.err
+            assert time.monotonic() < deadline, f"{text!r} never printed:\n{self.err}"
+            time.sleep(0.05)
+        return i + len(text)
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(timeout=5)
+        return code
 
 
 def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, tmp_path):
@@ -227,11 +255,10 @@ def test_sigterm_and_ctrl_c_send_safe_action_and_checkpoint(
     import signal
 
     ckpt = tmp_path / "ck"
-    proc = _spawn_run(bundle, sim_robot, ckpt, tmp_path / "s.json")
-    time.sleep(8)  # imports, bundle load, handshake, then some ticks
-    proc.send_signal(getattr(signal, sig))
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    run = _RunProcess(bundle, sim_robot, ckpt, tmp_path / "s.json")
+    run.wait_for("ticks/s")  # handlers installed, handshake done, learning on the robot
+    run.signal(getattr(signal, sig))
+    assert run.finish() == 0, run.err
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["exit"] == reason
     assert s["ticks"] > 0
@@ -246,17 +273,16 @@ def test_frozen_host_trips_the_robot_watchdog_and_recovers(bundle, sim_robot, tm
     import signal
 
     summary = tmp_path / "s.json"
-    proc = _spawn_run(bundle, sim_robot, tmp_path / "ck", summary)
-    time.sleep(5)
-    assert proc.poll() is None, proc.communicate()[1]
-    proc.send_signal(signal.SIGSTOP)
+    run = _RunProcess(bundle, sim_robot, tmp_path / "ck", summary)
+    at = run.wait_for("ticks/s")
+    run.signal(signal.SIGSTOP)
     time.sleep(1.5)  # three times the simulated MCU's 0.5 s watchdog
-    proc.send_signal(signal.SIGCONT)
-    time.sleep(3)  # recover and run on
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    run.signal(signal.SIGCONT)
+    at = run.wait_for("handshaking again", after=at)
+    run.wait_for("ticks/s", after=at)  # re-armed and running on
+    run.signal(signal.SIGTERM)
+    assert run.finish() == 0, run.err
     s = json.loads(summary.read_text())
     assert s["exit"] == "SIGTERM"
-    assert s["counters"]["interruptions"] >= 1, err
-    assert "watchdog" in err.lower()
+    assert s["counters"]["interruptions"] >= 1, run.err
+    assert "watchdog" in run.err.lower()
