@@ -125,3 +125,44 @@ def test_frozen_run_does_not_write_checkpoints(bundle, tmp_path):
         )
     assert s["graph"] == "act" and s["ticks"] == 200
     assert not list((tmp_path / "ck").glob("ckpt-*"))
+
+
+class RewardBurst(gym.Wrapper):
+    """Steps 150..169 pay a finite but absurd reward (3e38, near float32's limit)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.n = 0
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(action)
+        self.n += 1
+        if 150 <= self.n < 170:
+            r = 3e38
+        return obs, r, term, trunc, info
+
+
+def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path):
+    """Fault: the learn graph's outputs go non-finite (here an absurd reward overflows the TD
+    error). The loop counts bad updates, rolls back after `max_bad_updates` in a row, and keeps
+    learning from the restored state; everything saved at the end is finite."""
+    with _robot(tmp_path, wrap=RewardBurst):
+        s = run(
+            RunConfig(
+                bundle=str(bundle),
+                port=str(tmp_path / "tty"),
+                steps=600,
+                checkpoint_dir=str(tmp_path / "ck"),
+                status_every_s=0,
+                snapshot_every=50,
+            ),
+            log=lambda m: None,
+        )
+    c = s["counters"]
+    assert c["bad_updates"] >= 10, c
+    assert c["rollbacks"] >= 1, c
+    assert c["learn_steps"] > 400, c  # learning went on after the burst
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    tensors, _, _ = CheckpointStore(tmp_path / "ck").load_latest()
+    assert all(np.isfinite(v).all() for v in tensors.values())
