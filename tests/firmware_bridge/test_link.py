@@ -559,7 +559,7 @@ def test_write_waits_for_a_slow_reader(pty_pair):
 WRITER = r"""
 import sys, time
 from firmware_bridge.link import SerialLink
-link = SerialLink(sys.argv[1], write_timeout_s=0.2)
+link = SerialLink(sys.argv[1], write_timeout_s=1.0)
 link.open()
 print("ready", flush=True)
 end = time.monotonic() + float(sys.argv[2])
@@ -582,7 +582,7 @@ def test_a_paused_writer_is_not_a_blocked_port(pty_pair):
 
     master, dev = pty_pair
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, dev, "4"],
+        [sys.executable, "-c", WRITER, dev, "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -601,10 +601,10 @@ def test_a_paused_writer_is_not_a_blocked_port(pty_pair):
     t.start()
     try:
         assert proc.stdout.readline().strip() == "ready"
-        for _ in range(5):  # the writer spends nearly all its time inside write()
+        for _ in range(3):  # the writer spends nearly all its time inside write()
             time.sleep(0.1)
             proc.send_signal(signal.SIGSTOP)
-            time.sleep(0.35)  # longer than its 0.2 s write timeout
+            time.sleep(1.2)  # longer than its 1 s write timeout (which a slow drain never nears)
             proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=PATIENT * 3)
     finally:
