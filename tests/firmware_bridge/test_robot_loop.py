@@ -60,6 +60,24 @@ def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
     return robot
 
 
+def _loop(bundle, tmp_path, **kw) -> dict:
+    """`rtu-edge run`'s loop against the robot at tmp_path/tty, quiet, checkpoints in tmp_path/ck."""
+    cfg = dict(
+        bundle=str(bundle),
+        port=str(tmp_path / "tty"),
+        checkpoint_dir=str(tmp_path / "ck"),
+        status_every_s=0,
+    )
+    return run(RunConfig(**(cfg | kw)), log=lambda m: None)
+
+
+def _last_checkpoint_is_finite(tmp_path) -> bool:
+    from firmware_bridge.checkpoints import CheckpointStore
+
+    tensors, _, _ = CheckpointStore(tmp_path / "ck").load_latest()
+    return all(np.isfinite(v).all() for v in tensors.values())
+
+
 def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
     faults = SimFaults(
         corrupt_prob=0.02,
@@ -69,17 +87,7 @@ def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
         reboot_after_steps=300,
     )
     with _robot(tmp_path, faults=faults, wrap=SensorGlitches) as robot:
-        s = run(
-            RunConfig(
-                bundle=str(bundle),
-                port=str(tmp_path / "tty"),
-                steps=800,
-                checkpoint_dir=str(tmp_path / "ck"),
-                status_every_s=0,
-                obs_timeout_s=0.3,
-            ),
-            log=lambda m: None,
-        )
+        s = _loop(bundle, tmp_path, steps=800, obs_timeout_s=0.3)
     c = s["counters"]
     assert s["ticks"] == 800
     assert c["reboots"] == 1  # detected, state reset, handshake again
@@ -88,41 +96,19 @@ def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
     assert sum(v for k, v in c["link"].items() if "crc" in k or "cobs" in k) > 0
     assert robot.stats.reboots == 1
     # the learned state stayed finite through all of it
-    from firmware_bridge.checkpoints import CheckpointStore
-
-    tensors, _, _ = CheckpointStore(tmp_path / "ck").load_latest()
-    assert all(np.isfinite(v).all() for v in tensors.values())
+    assert _last_checkpoint_is_finite(tmp_path)
 
 
 def test_wrong_schema_hash_is_refused_naming_both(bundle, tmp_path):
     with _robot(tmp_path, schema_hash=0x12345678):
         with pytest.raises(HandshakeError) as e:
-            run(
-                RunConfig(
-                    bundle=str(bundle),
-                    port=str(tmp_path / "tty"),
-                    steps=10,
-                    checkpoint_dir=str(tmp_path / "ck"),
-                    status_every_s=0,
-                ),
-                log=lambda m: None,
-            )
+            _loop(bundle, tmp_path, steps=10)
     assert "0x12345678" in str(e.value).lower()
 
 
 def test_frozen_run_does_not_write_checkpoints(bundle, tmp_path):
     with _robot(tmp_path):
-        s = run(
-            RunConfig(
-                bundle=str(bundle),
-                port=str(tmp_path / "tty"),
-                steps=200,
-                learn=False,
-                checkpoint_dir=str(tmp_path / "ck"),
-                status_every_s=0,
-            ),
-            log=lambda m: None,
-        )
+        s = _loop(bundle, tmp_path, steps=200, learn=False)
     assert s["graph"] == "act" and s["ticks"] == 200
     assert not list((tmp_path / "ck").glob("ckpt-*"))
 
@@ -147,22 +133,9 @@ def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path)
     error). The loop counts bad updates, rolls back after `max_bad_updates` in a row, and keeps
     learning from the restored state; everything saved at the end is finite."""
     with _robot(tmp_path, wrap=RewardBurst):
-        s = run(
-            RunConfig(
-                bundle=str(bundle),
-                port=str(tmp_path / "tty"),
-                steps=600,
-                checkpoint_dir=str(tmp_path / "ck"),
-                status_every_s=0,
-                snapshot_every=50,
-            ),
-            log=lambda m: None,
-        )
+        s = _loop(bundle, tmp_path, steps=600, snapshot_every=50)
     c = s["counters"]
     assert c["bad_updates"] >= 10, c
     assert c["rollbacks"] >= 1, c
     assert c["learn_steps"] > 400, c  # learning went on after the burst
-    from firmware_bridge.checkpoints import CheckpointStore
-
-    tensors, _, _ = CheckpointStore(tmp_path / "ck").load_latest()
-    assert all(np.isfinite(v).all() for v in tensors.values())
+    assert _last_checkpoint_is_finite(tmp_path)
