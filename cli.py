@@ -48,6 +48,9 @@ def train(
     hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
     encoder_size: Annotated[int, typer.Option(help="Encoder width.")] = 32,
     head_size: Annotated[int, typer.Option(help="Actor/critic hidden width.")] = 32,
+    layer_norm: Annotated[
+        bool, typer.Option(help="LayerNorm before the encoder's and heads' tanh.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
     compile: Annotated[
         str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
@@ -77,6 +80,7 @@ def train(
                 hidden_size=hidden_size,
                 encoder_size=encoder_size,
                 head_size=head_size,
+                layer_norm=layer_norm,
                 overwrite=overwrite,
                 compile=compile,
             )

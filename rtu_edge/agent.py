@@ -15,6 +15,9 @@ costs 10-100x in onnxruntime).
     y                 -> actor:  o  = tanh(y @ actor.w1 + actor.b1) @ actor.w2 + actor.b2
         continuous: o is the Gaussian mean, ``actor.log_std`` a state-independent log std
         discrete:   o are the logits of a categorical distribution
+
+With ``AgentConfig.layer_norm`` every tanh above takes LN(pre-activation) instead (LayerNorm
+without affine parameters, as in the streaming-RL recipe).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class AgentConfig:
     cell: str = "rtu"  # key of rtu_edge.cells.CELLS: "rtu" (linear) or "rtu-nonlinear"
     activation: str = "relu"  # RTU activation f; the authors' control agents use ReLU
     sparsity: float = 0.9  # fraction of zeroed input weights per unit (sparse init, Elsayed 2024)
+    layer_norm: bool = False  # LayerNorm (no affine) before each tanh: encoder and head layers
 
     def __post_init__(self) -> None:
         if self.action_kind not in ("discrete", "continuous"):
@@ -131,34 +135,68 @@ def cell_params(p: Params) -> rtu_math.RTUParams:
 
 # ---- dense layers with hand-written backward ------------------------------------------
 
-
-def encode(p: Params, x: Tensor) -> Tensor:
-    """h0 = tanh(x @ W + b), (1, E)."""
-    return torch.tanh(x @ p["enc.w"] + p["enc.b"])
+LN_EPS = 1e-5  # variance floor of LayerNorm
 
 
-def encode_backward(p: Params, x: Tensor, h0: Tensor, g_h0: Tensor) -> Params:
+@dataclass
+class Hidden:
+    """A tanh layer's output and what its hand-written backward pass needs."""
+
+    h: Tensor  # tanh(a) or, with LayerNorm, tanh(LN(a)); a = x @ W + b; (1, k)
+    u: Tensor | None = None  # LN(a) = (a - mean(a)) * inv_std, when layer-normalised
+    inv_std: Tensor | None = None  # 1 / sqrt(var(a) + LN_EPS), (1, 1)
+
+
+def tanh_layer(x: Tensor, w: Tensor, b: Tensor, layer_norm: bool) -> Hidden:
+    """h = tanh(x @ w + b), or tanh(LN(x @ w + b)) with LayerNorm (no affine: the streaming-RL
+    recipe of Elsayed et al. 2024 normalises every hidden pre-activation this way)."""
+    a = x @ w + b
+    if not layer_norm:
+        return Hidden(torch.tanh(a))
+    centred = a - a.mean(-1, keepdim=True)
+    inv_std = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + LN_EPS)
+    u = centred * inv_std
+    return Hidden(torch.tanh(u), u, inv_std)
+
+
+def tanh_layer_backward(layer: Hidden, g_h: Tensor) -> Tensor:
+    """The cotangent of the pre-activation a, given that of h."""
+    g_u = g_h * (1 - layer.h * layer.h)
+    if layer.u is None:
+        return g_u
+    # LayerNorm: dL/da = inv_std * (g - mean(g) - u * mean(g * u))
+    mean_g = g_u.mean(-1, keepdim=True)
+    mean_gu = (g_u * layer.u).mean(-1, keepdim=True)
+    return layer.inv_std * (g_u - mean_g - layer.u * mean_gu)
+
+
+def encode(p: Params, x: Tensor, layer_norm: bool = False) -> Hidden:
+    """h0 = tanh(x @ W + b) (LayerNorm before tanh when asked), (1, E)."""
+    return tanh_layer(x, p["enc.w"], p["enc.b"], layer_norm)
+
+
+def encode_backward(p: Params, x: Tensor, h0: Hidden, g_h0: Tensor) -> Params:
     """Gradients of sum(g_h0 * h0) w.r.t. the encoder (one step, no temporal credit)."""
-    g_pre = g_h0 * (1 - h0 * h0)
+    g_pre = tanh_layer_backward(h0, g_h0)
     return {"enc.w": x.transpose(0, 1) @ g_pre, "enc.b": g_pre.sum(0)}
 
 
-def head(p: Params, name: str, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Two-layer head: returns (output (1, k), hidden activation (1, H))."""
-    hid = torch.tanh(y @ p[f"{name}.w1"] + p[f"{name}.b1"])
-    return hid @ p[f"{name}.w2"] + p[f"{name}.b2"], hid
+def head(p: Params, name: str, y: Tensor, layer_norm: bool = False) -> tuple[Tensor, Hidden]:
+    """Two-layer head: returns (output (1, k), hidden layer (1, H))."""
+    hid = tanh_layer(y, p[f"{name}.w1"], p[f"{name}.b1"], layer_norm)
+    return hid.h @ p[f"{name}.w2"] + p[f"{name}.b2"], hid
 
 
 def head_backward(
-    p: Params, name: str, y: Tensor, hid: Tensor, g_out: Tensor
+    p: Params, name: str, y: Tensor, hid: Hidden, g_out: Tensor
 ) -> tuple[Params, Tensor]:
     """Gradients of sum(g_out * out) w.r.t. the head's parameters and its input y."""
     g_hid = g_out @ p[f"{name}.w2"].transpose(0, 1)
-    g_pre = g_hid * (1 - hid * hid)
+    g_pre = tanh_layer_backward(hid, g_hid)
     grads = {
         f"{name}.w1": y.transpose(0, 1) @ g_pre,
         f"{name}.b1": g_pre.sum(0),
-        f"{name}.w2": hid.transpose(0, 1) @ g_out,
+        f"{name}.w2": hid.h.transpose(0, 1) @ g_out,
         f"{name}.b2": g_out.sum(0),
     }
     return grads, g_pre @ p[f"{name}.w1"].transpose(0, 1)
@@ -226,7 +264,7 @@ def trunk_backward(
     p: Params,
     g_y: Tensor,
     x: Tensor,
-    h0: Tensor,
+    h0: Hidden,
     state: rtu_math.RTUState,
     traces,
 ) -> Params:

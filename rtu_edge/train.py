@@ -63,6 +63,7 @@ class TrainConfig:
     encoder_size: int = 32  # encoder width
     head_size: int = 32  # width of the actor and critic hidden layers
     activation: str = "relu"  # RTU activation
+    layer_norm: bool = False  # LayerNorm before the encoder's and heads' tanh (streaming-RL recipe)
     checkpoint_every: int = 20_000  # steps between checkpoints, so a crash loses little
     overwrite: bool = False  # allow writing into a non-empty run directory
     resume: bool = False  # continue the run in `out` from its last checkpoint (see resume_config)
@@ -85,6 +86,7 @@ def agent_config_for(cfg: TrainConfig) -> AgentConfig:
         head_size=cfg.head_size,
         cell=cfg.cell,
         activation=cfg.activation,
+        layer_norm=cfg.layer_norm,
     )
 
 

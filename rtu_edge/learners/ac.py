@@ -197,17 +197,17 @@ def ac_step(
     new.update(upd)
 
     # 2. forward: encoder, RTU with RTRL traces (reset by the `first` mask inside), heads
-    h0 = A.encode(p, x)
+    h0 = A.encode(p, x, agent.layer_norm)
     names = trace_names(agent)
     traces_cls = rtu_math.NonlinearTraces if agent.nonlinear else rtu_math.LinearTraces
     traces = traces_cls(*(s[f"carry.{n}"] for n in names))
     state = rtu_math.RTUState(s["carry.c1"], s["carry.c2"])
     y, state, traces = rtu_math.step(
-        A.cell_params(p), h0, state, traces, first, agent.nonlinear, agent.activation
+        A.cell_params(p), h0.h, state, traces, first, agent.nonlinear, agent.activation
     )
-    value_out, v_hid = A.head(p, "critic", y)
+    value_out, v_hid = A.head(p, "critic", y, agent.layer_norm)
     value = value_out.reshape(1)
-    pi_out, pi_hid = A.head(p, "actor", y)
+    pi_out, pi_hid = A.head(p, "actor", y, agent.layer_norm)
     sample = A.sample_policy(agent, p, pi_out, noise)
 
     # 3. TD error of the previous transition (masked out on the first tick)
@@ -290,7 +290,7 @@ def act_step(
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
     x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
-    h0 = A.encode(p, x)
+    h0 = A.encode(p, x, agent.layer_norm).h
     keep = (1.0 - first).unsqueeze(-1)
     c1, c2 = s["carry.c1"] * keep, s["carry.c2"] * keep
     y, state = rtu_math.sequence(
@@ -301,6 +301,6 @@ def act_step(
         agent.activation,
     )
     y = y[0]
-    value_out, _ = A.head(p, "critic", y)
-    pi_out, _ = A.head(p, "actor", y)
+    value_out, _ = A.head(p, "critic", y, agent.layer_norm)
+    pi_out, _ = A.head(p, "actor", y, agent.layer_norm)
     return A.greedy_action(agent, pi_out), value_out.reshape(1), state.c1, state.c2

@@ -25,21 +25,25 @@ from rtu_edge.train import TrainConfig, load_run, train
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Small trained runs: discrete/linear (the default env) and continuous/non-linear."""
+    """Small trained runs: discrete/linear (the default env), continuous/non-linear, MuJoCo, and
+    one with LayerNorm."""
     root = tmp_path_factory.mktemp("runs")
     out = {}
-    for name, env, cell in (
-        ("cartpole", "classic/CartPole-P", "rtu"),
-        ("pendulum", "classic/Pendulum-P", "rtu-nonlinear"),
-        ("cheetah", "mujoco/HalfCheetah-P", "rtu"),
+    for name, env, cell, ln in (
+        ("cartpole", "classic/CartPole-P", "rtu", False),
+        ("pendulum", "classic/Pendulum-P", "rtu-nonlinear", False),
+        ("cheetah", "mujoco/HalfCheetah-P", "rtu", False),
+        ("pendulum-ln", "classic/Pendulum-P", "rtu", True),
     ):
-        cfg = TrainConfig(out=str(root / name), env=env, cell=cell, steps=600, hidden_size=8)
+        cfg = TrainConfig(
+            out=str(root / name), env=env, cell=cell, steps=600, hidden_size=8, layer_norm=ln
+        )
         train(cfg, progress=False)
         out[name] = root / name
     return out
 
 
-@pytest.mark.parametrize("name", ["cartpole", "pendulum", "cheetah"])
+@pytest.mark.parametrize("name", ["cartpole", "pendulum", "cheetah", "pendulum-ln"])
 def test_export_writes_a_verified_bundle(runs, tmp_path, name):
     bundle = tmp_path / "bundle"
     manifest = export_run(

@@ -12,7 +12,7 @@ from rtu_edge.cells import rtu_math
 from rtu_edge.learners import ac as L
 
 
-def _agent(kind: str, cell: str = "rtu", obs: int = 3) -> A.AgentConfig:
+def _agent(kind: str, cell: str = "rtu", obs: int = 3, layer_norm: bool = False) -> A.AgentConfig:
     return A.AgentConfig(
         obs_size=obs,
         action_kind=kind,
@@ -23,6 +23,7 @@ def _agent(kind: str, cell: str = "rtu", obs: int = 3) -> A.AgentConfig:
         head_size=6,
         cell=cell,
         sparsity=0.0,
+        layer_norm=layer_norm,
     )
 
 
@@ -30,12 +31,13 @@ def _double(p: dict) -> dict:
     return {k: v.double().clone().requires_grad_(True) for k, v in p.items()}
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("name", ["critic", "actor"])
-def test_head_backward_matches_autograd(name):
+def test_head_backward_matches_autograd(name, layer_norm):
     cfg = _agent("discrete")
     p = _double(A.init_params(cfg, seed=1))
     y = torch.randn(1, 2 * cfg.hidden_size, dtype=torch.float64, requires_grad=True)
-    out, hid = A.head(p, name, y)
+    out, hid = A.head(p, name, y, layer_norm)
     g_out = torch.randn_like(out)
     grads, g_y = A.head_backward(p, name, y, hid, g_out)
     keys = [f"{name}.w1", f"{name}.b1", f"{name}.w2", f"{name}.b2"]
@@ -45,16 +47,28 @@ def test_head_backward_matches_autograd(name):
     torch.testing.assert_close(g_y, auto[-1], rtol=1e-12, atol=1e-12)
 
 
-def test_encode_backward_matches_autograd():
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_encode_backward_matches_autograd(layer_norm):
     cfg = _agent("discrete")
     p = _double(A.init_params(cfg, seed=2))
+    p["enc.b"] = torch.randn_like(p["enc.b"]).requires_grad_(True)  # a bias LayerNorm cannot hide
     x = torch.randn(1, cfg.obs_size, dtype=torch.float64)
-    h0 = A.encode(p, x)
-    g = torch.randn_like(h0)
+    h0 = A.encode(p, x, layer_norm)
+    g = torch.randn_like(h0.h)
     mine = A.encode_backward(p, x, h0, g)
-    auto = torch.autograd.grad((h0 * g).sum(), [p["enc.w"], p["enc.b"]])
-    torch.testing.assert_close(mine["enc.w"], auto[0])
-    torch.testing.assert_close(mine["enc.b"], auto[1])
+    auto = torch.autograd.grad((h0.h * g).sum(), [p["enc.w"], p["enc.b"]])
+    torch.testing.assert_close(mine["enc.w"], auto[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(mine["enc.b"], auto[1], rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_normalises_the_pre_activation():
+    x = torch.randn(1, 7, dtype=torch.float64) * 50 + 3
+    w, b = torch.eye(7, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)
+    layer = A.tanh_layer(x, w, b, layer_norm=True)
+    torch.testing.assert_close(layer.u.mean(), torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(layer.u.std(unbiased=False), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(layer.h, torch.tanh(layer.u))
+    assert A.tanh_layer(x, w, b, layer_norm=False).u is None
 
 
 def test_gaussian_policy_gradients_match_autograd():
@@ -106,13 +120,22 @@ def _double_state(s: dict) -> dict:
     return {k: v.double() for k, v in s.items()}
 
 
-@pytest.mark.parametrize("cell", ["rtu", "rtu-nonlinear"])
-@pytest.mark.parametrize("kind", ["discrete", "continuous"])
-def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind):
+@pytest.mark.parametrize(
+    "cell,kind,layer_norm",
+    [
+        ("rtu", "discrete", False),
+        ("rtu", "continuous", False),
+        ("rtu-nonlinear", "discrete", False),
+        ("rtu-nonlinear", "continuous", False),
+        ("rtu", "continuous", True),
+        ("rtu-nonlinear", "discrete", True),
+    ],
+)
+def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind, layer_norm):
     """With lr=0 and gamma*lambda=1, z_v is the sum of grad v(S_t); for the cell and the head
     that must equal autograd through the whole sequence (exact RTRL). The encoder gets only
     one-step gradients by design, so it is not compared."""
-    cfg = _agent(kind, cell)
+    cfg = _agent(kind, cell, layer_norm=layer_norm)
     ac = L.ACConfig(lr=0.0, gamma=1.0, lam=1.0)
     s = _double_state(L.initial_state(cfg, seed=4))
     T = 12
@@ -135,7 +158,7 @@ def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind):
             )
             s.update(new)
     p = _double(L.params_of(_double_state(L.initial_state(cfg, seed=4))))
-    h0 = torch.cat([A.encode(p, x).detach() for x in xs]).unsqueeze(1)  # (T, 1, E)
+    h0 = torch.cat([A.encode(p, x, layer_norm).h.detach() for x in xs]).unsqueeze(1)  # (T,1,E)
     ys, _ = rtu_math.sequence(
         A.cell_params(p),
         h0,
@@ -143,7 +166,7 @@ def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind):
         cfg.nonlinear,
         cfg.activation,
     )
-    v_sum = sum(A.head(p, "critic", ys[t])[0].sum() for t in range(T))
+    v_sum = sum(A.head(p, "critic", ys[t], layer_norm)[0].sum() for t in range(T))
     keys = [k for k in A.critic_param_names(cfg) if not k.startswith("enc.")]
     auto = torch.autograd.grad(v_sum, [p[k] for k in keys])
     for k, a in zip(keys, auto):
