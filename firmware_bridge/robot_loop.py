@@ -88,6 +88,47 @@ class LatencyRing:
         return [float(np.percentile(data, q)) for q in qs]
 
 
+class UpdateGuard:
+    """Runs the graph for one tick and, when it learns, checks the update (fault 22).
+
+    A step whose TD error or value is not finite is a bad update (the graph itself already
+    refused to move the parameters). After `max_bad` in a row, the runner is rolled back to the
+    last good snapshot, taken every `snapshot_every` good ticks. `counts` (the run's counters)
+    gets "learn_steps", "bad_updates" and "rollbacks" added up.
+    """
+
+    def __init__(
+        self, runner: StepRunner, learn: bool, max_bad: int, snapshot_every: int, counts: dict
+    ):
+        self.runner = runner
+        self.learn = learn
+        self.max_bad = max_bad
+        self.snapshot_every = snapshot_every
+        self.last_good = runner.state() if learn else None
+        self.bad_in_row = 0
+        self.counts = counts
+
+    def step(self, inputs: dict[str, np.ndarray], tick: int) -> tuple[dict, bool]:
+        """Returns (graph outputs, rolled_back). After a rollback, start a fresh chain."""
+        out = self.runner.step(**inputs)
+        if not self.learn:
+            return out, False
+        if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
+            self.bad_in_row = 0
+            self.counts["learn_steps"] += 1
+            if tick % self.snapshot_every == 0:
+                self.last_good = self.runner.state()
+            return out, False
+        self.counts["bad_updates"] += 1
+        self.bad_in_row += 1
+        if self.bad_in_row < self.max_bad:
+            return out, False
+        self.counts["rollbacks"] += 1
+        self.runner.load_state(self.last_good)
+        self.bad_in_row = 0
+        return out, True
+
+
 def default_checkpoint_dir(bundle_dir: str | Path) -> Path:
     b = Path(bundle_dir).resolve()
     return b.with_name(b.name + "-checkpoints")
@@ -189,8 +230,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     returns: deque[float] = deque(maxlen=100_000)
     recent: deque[float] = deque(maxlen=10)
     ep_return, force_first = 0.0, True
-    bad_in_row = 0
-    last_good = runner.state() if cfg.learn else None
+    guard = UpdateGuard(runner, cfg.learn, cfg.max_bad_updates, cfg.snapshot_every, c)
 
     # Ctrl-C and SIGTERM end the loop at the next tick boundary (never mid-step), also when
     # the parent started us with SIGINT ignored (background jobs, service managers).
@@ -270,22 +310,11 @@ def run(cfg: RunConfig, log=print) -> dict:
                         "noise": noise(),
                     }
                 tg = time.perf_counter()
-                out = runner.step(**inputs)
+                out, rolled_back = guard.step(inputs, c["ticks"])
                 graph_lat.add(time.perf_counter() - tg)
-                if cfg.learn:
-                    if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
-                        bad_in_row = 0
-                        c["learn_steps"] += 1
-                        if c["ticks"] % cfg.snapshot_every == 0:
-                            last_good = runner.state()
-                    else:
-                        c["bad_updates"] += 1
-                        bad_in_row += 1
-                        if bad_in_row >= cfg.max_bad_updates:
-                            c["rollbacks"] += 1
-                            runner.load_state(last_good)
-                            force_first, bad_in_row = True, 0
-                            log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
+                if rolled_back:
+                    force_first = True
+                    log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
                 conn.act(out["action"][0], o.seq)
             except HandshakeError:
                 raise  # firmware and bundle disagree: retrying cannot help
