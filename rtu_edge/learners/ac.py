@@ -59,6 +59,11 @@ class ACConfig:
     )
     stats_warmup: float = 100.0  # samples before stats_clip applies
     eps: float = 1e-8  # variance floor in normalisers
+    # Gaussian policies: the learned log std is kept in [log_std_min, log_std_max] (std 0.007 to
+    # 1 action unit). Unbounded, it grows without limit on clipped action spaces (measured on
+    # Pendulum-P: log std 77 after 20k steps), turning the policy into random bang-bang control.
+    log_std_min: float = -5.0
+    log_std_max: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -259,6 +264,10 @@ def ac_step(
         for t in terms[1:]:
             dw = dw + t
         new[f"params.{k}"] = torch.where(ok, w + dw, w)
+    if "actor.log_std" in p:  # exploration noise stays within bounds (a robot moves with it)
+        new["params.actor.log_std"] = torch.clamp(
+            new["params.actor.log_std"], cfg.log_std_min, cfg.log_std_max
+        )
 
     # 5. eligibility traces: z = gamma * lambda * z + grad at S_t, zeroed on the first tick
     decay = (cfg.gamma * cfg.lam) * keep

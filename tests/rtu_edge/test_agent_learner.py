@@ -253,6 +253,29 @@ def test_learning_moves_value_toward_td_target():
     assert float(v1_after) > float(v1)
 
 
+@pytest.mark.parametrize("entropy_coef,bound", [(10.0, "max"), (-10.0, "min")])
+def test_gaussian_log_std_stays_within_bounds(entropy_coef, bound):
+    """An entropy push (or pull) that would run the exploration noise away is stopped at the
+    bounds: unbounded, log std reached 77 on Pendulum-P in 20k steps."""
+    cfg = _agent("continuous")
+    ac = L.ACConfig(entropy_coef=entropy_coef, log_std_min=-2.0, log_std_max=0.5)
+    s = L.initial_state(cfg, seed=3)
+    gen = torch.Generator().manual_seed(0)
+    zero = torch.zeros(1)
+    with torch.no_grad():
+        for t in range(300):
+            obs = torch.randn(1, 3, generator=gen)
+            first = torch.ones(1) if t == 0 else zero
+            noise = torch.randn(1, cfg.noise_size, generator=gen)
+            new, *_ = L.ac_step(ac, cfg, s, obs, torch.randn(1, generator=gen), first, zero, noise)
+            s.update(new)
+    log_std = s["params.actor.log_std"]
+    assert (log_std >= -2.0).all() and (log_std <= 0.5).all()
+    # it was pushed all the way: the bound, not the step size, stopped it
+    edge = 0.5 if bound == "max" else -2.0
+    torch.testing.assert_close(log_std, torch.full_like(log_std, edge))
+
+
 def test_bad_config_errors_are_clear():
     with pytest.raises(ValueError, match="action_kind"):
         A.AgentConfig(obs_size=2, action_kind="bogus", action_dims=1, num_actions=2)
