@@ -52,6 +52,9 @@ class ACConfig:
     kappa_value: float = 2.0  # ObGD overshoot bound for the critic
     kappa_policy: float = 3.0  # ObGD overshoot bound for the actor
     entropy_coef: float = 0.01  # weight of the entropy step of the actor
+    # Scale the entropy step by |delta|, as in Elsayed et al.'s update, where the entropy
+    # gradient enters with sign(delta) and is then multiplied by delta.
+    entropy_td_scaled: bool = False
     obs_clip: float = 1e3  # raw observations are clipped to +-obs_clip before anything else
     norm_clip: float = 5.0  # normalised observations are clipped to +-norm_clip standard deviations
     stats_clip: float = (
@@ -251,7 +254,10 @@ def ac_step(
     ok = torch.isfinite(delta * z_v_l1 * z_pi_l1 * value).all()
     c_v = step_v * delta
     c_pi = step_pi * delta
-    c_h = step_pi * (cfg.entropy_coef * keep)
+    if cfg.entropy_td_scaled:
+        c_h = step_pi * cfg.entropy_coef * delta.abs()  # delta is 0 on the first tick
+    else:
+        c_h = step_pi * (cfg.entropy_coef * keep)
     for k, w in p.items():
         terms = []
         if k in z_v:
