@@ -276,6 +276,35 @@ def test_gaussian_log_std_stays_within_bounds(entropy_coef, bound):
     torch.testing.assert_close(log_std, torch.full_like(log_std, edge))
 
 
+@pytest.mark.parametrize("reward", [3.0, -3.0])  # delta > 0 and delta < 0
+def test_td_scaled_entropy_step_is_the_plain_one_times_abs_delta(reward):
+    """The entropy term is additive and ObGD's step size does not depend on it, so from the same
+    state the change it makes to log std, td-scaled, is the plain one times |delta|."""
+    cfg = _agent("continuous")
+    gen = torch.Generator().manual_seed(7)
+    zero = torch.zeros(1)
+    s = L.initial_state(cfg, seed=2)
+    with torch.no_grad():
+        for t in range(5):  # a few ticks so that traces and delta are not trivial
+            obs, noise = torch.randn(1, 3, generator=gen), torch.randn(1, 2, generator=gen)
+            first = torch.ones(1) if t == 0 else zero
+            new, *_ = L.ac_step(L.ACConfig(), cfg, s, obs, torch.tensor([0.7]), first, zero, noise)
+            s.update(new)
+    obs, noise = torch.randn(1, 3, generator=gen), torch.randn(1, 2, generator=gen)
+
+    def log_std_change(entropy_coef, td_scaled):
+        ac = L.ACConfig(entropy_coef=entropy_coef, entropy_td_scaled=td_scaled, log_std_max=5.0)
+        with torch.no_grad():
+            new, _, _, delta = L.ac_step(ac, cfg, s, obs, torch.tensor([reward]), zero, zero, noise)
+        return new["params.actor.log_std"] - s["params.actor.log_std"], float(delta)
+
+    base, delta = log_std_change(0.0, False)
+    plain, _ = log_std_change(0.5, False)
+    scaled, _ = log_std_change(0.5, True)
+    assert delta * reward > 0 and abs(delta) > 1e-3 and (plain - base).abs().min() > 1e-4
+    torch.testing.assert_close(scaled - base, (plain - base) * abs(delta), rtol=1e-4, atol=1e-7)
+
+
 def test_bad_config_errors_are_clear():
     with pytest.raises(ValueError, match="action_kind"):
         A.AgentConfig(obs_size=2, action_kind="bogus", action_dims=1, num_actions=2)
