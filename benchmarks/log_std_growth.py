@@ -2,9 +2,9 @@
 
     python benchmarks/log_std_growth.py [--env classic/Pendulum-P] [--steps 20000] [--seeds 2]
 
-Trains the default agent with the log-std bound lifted (log_std_max = 1e9), with the default
-entropy coefficient and with none, and with the bound in place; reports the learned log std at
-the end and `final_return`. Writes benchmarks/results/log_std_growth.json.
+Trains the default agent with the log-std bound lifted (log_std_max = 1e9) and in place, with
+the plain entropy step, the |delta|-scaled one (the default) and none; reports the learned log
+std at the end and `final_return`. Writes benchmarks/results/log_std_growth.json.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 SETTINGS = {
-    "unbounded, entropy 0.01": dict(entropy_coef=0.01, log_std_max=1e9),
-    "unbounded, entropy 0": dict(entropy_coef=0.0, log_std_max=1e9),
-    "bounded (default)": dict(),
+    "unbounded, plain entropy step": dict(entropy_td_scaled=False, log_std_max=1e9),
+    "unbounded, no entropy": dict(entropy_coef=0.0, log_std_max=1e9),
+    "unbounded, |delta|-scaled entropy": dict(log_std_max=1e9),
+    "bounded, plain entropy step": dict(entropy_td_scaled=False),
+    "bounded, |delta|-scaled (default)": dict(),
 }
 
 
@@ -67,7 +69,7 @@ def main() -> None:
         rows = list(pool.map(one_run, jobs))
     for r in rows:
         print(
-            f"{r['setting']:26s} seed {r['seed']}: log std {r['final_log_std']}, "
+            f"{r['setting']:34s} seed {r['seed']}: log std {r['final_log_std']}, "
             f"final_return {r['final_return']:.1f}"
         )
     result = {

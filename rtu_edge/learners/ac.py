@@ -54,7 +54,7 @@ class ACConfig:
     entropy_coef: float = 0.01  # weight of the entropy step of the actor
     # Scale the entropy step by |delta|, as in Elsayed et al.'s update, where the entropy
     # gradient enters with sign(delta) and is then multiplied by delta.
-    entropy_td_scaled: bool = False
+    entropy_td_scaled: bool = True
     obs_clip: float = 1e3  # raw observations are clipped to +-obs_clip before anything else
     norm_clip: float = 5.0  # normalised observations are clipped to +-norm_clip standard deviations
     stats_clip: float = (
