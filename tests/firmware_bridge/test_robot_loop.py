@@ -25,21 +25,38 @@ def bundle(tmp_path_factory):
     return root / "bundle"
 
 
-class SensorGlitches(gym.Wrapper):
-    """Every 50th observation is NaN, every 70th is absurd (1e9)."""
+class Tamper(gym.Wrapper):
+    """Rewrites what the environment returns: `tamper(n, obs, reward) -> (obs, reward)` on the
+    n-th step (from 1), as faulty sensors or a buggy reward signal would."""
 
-    def __init__(self, env):
+    def __init__(self, env, tamper):
         super().__init__(env)
         self.n = 0
+        self.tamper = tamper
 
     def step(self, action):
         obs, r, term, trunc, info = self.env.step(action)
         self.n += 1
-        if self.n % 50 == 0:
-            obs = np.full_like(obs, np.nan)
-        elif self.n % 70 == 0:
-            obs = np.full_like(obs, 1e9)
+        obs, r = self.tamper(self.n, obs, r)
         return obs, r, term, trunc, info
+
+
+def sensor_glitches(env):
+    """Every 50th observation is NaN, every 70th is absurd (1e9)."""
+
+    def tamper(n, obs, r):
+        if n % 50 == 0:
+            return np.full_like(obs, np.nan), r
+        if n % 70 == 0:
+            return np.full_like(obs, 1e9), r
+        return obs, r
+
+    return Tamper(env, tamper)
+
+
+def reward_burst(env):
+    """Steps 150..169 pay a finite but absurd reward (3e38, near float32's limit)."""
+    return Tamper(env, lambda n, obs, r: (obs, 3e38 if 150 <= n < 170 else r))
 
 
 def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
@@ -86,7 +103,7 @@ def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
         split_writes=True,
         reboot_after_steps=300,
     )
-    with _robot(tmp_path, faults=faults, wrap=SensorGlitches) as robot:
+    with _robot(tmp_path, faults=faults, wrap=sensor_glitches) as robot:
         s = _loop(bundle, tmp_path, steps=800, obs_timeout_s=0.3)
     c = s["counters"]
     assert s["ticks"] == 800
@@ -113,26 +130,11 @@ def test_frozen_run_does_not_write_checkpoints(bundle, tmp_path):
     assert not list((tmp_path / "ck").glob("ckpt-*"))
 
 
-class RewardBurst(gym.Wrapper):
-    """Steps 150..169 pay a finite but absurd reward (3e38, near float32's limit)."""
-
-    def __init__(self, env):
-        super().__init__(env)
-        self.n = 0
-
-    def step(self, action):
-        obs, r, term, trunc, info = self.env.step(action)
-        self.n += 1
-        if 150 <= self.n < 170:
-            r = 3e38
-        return obs, r, term, trunc, info
-
-
 def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path):
     """Fault: the learn graph's outputs go non-finite (here an absurd reward overflows the TD
     error). The loop counts bad updates, rolls back after `max_bad_updates` in a row, and keeps
     learning from the restored state; everything saved at the end is finite."""
-    with _robot(tmp_path, wrap=RewardBurst):
+    with _robot(tmp_path, wrap=reward_burst):
         s = _loop(bundle, tmp_path, steps=600, snapshot_every=50)
     c = s["counters"]
     assert c["bad_updates"] >= 10, c
