@@ -70,6 +70,11 @@ def _run(args: list[str], check_torch: bool = False) -> subprocess.CompletedProc
     )
 
 
+def _run_args(bundle, port, ckpt, *extra: str) -> list[str]:
+    """`rtu-edge run BUNDLE --port PORT --checkpoint-dir CKPT ...` as an argument list."""
+    return ["run", str(bundle), "--port", str(port), "--checkpoint-dir", str(ckpt), *extra]
+
+
 class _RunProcess:
     """`rtu-edge run` (learning, no step limit) in its own process, for signal tests.
 
@@ -78,8 +83,8 @@ class _RunProcess:
     """
 
     def __init__(self, bundle, port, ckpt, summary):
-        cmd = [sys.executable, "-m", "cli", "run", str(bundle), "--port", str(port)]
-        cmd += ["--checkpoint-dir", str(ckpt), "--summary-json", str(summary)]
+        cmd = [sys.executable, "-m", "cli"]
+        cmd += _run_args(bundle, port, ckpt, "--summary-json", str(summary))
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
@@ -121,18 +126,7 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
     ckpt = tmp_path / "ckpt"
     summary = tmp_path / "s1.json"
     r = _run(
-        [
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
-            "--steps",
-            "600",
-            "--checkpoint-dir",
-            str(ckpt),
-            "--summary-json",
-            str(summary),
-        ]
+        _run_args(bundle, sim_robot, str(ckpt), "--steps", "600", "--summary-json", str(summary))
     )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "TORCH_FREE" in r.stdout  # the robot path never imports torch
@@ -145,18 +139,15 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
 
     # a second run resumes from the newest checkpoint and keeps counting ticks
     r = _run(
-        [
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
+        _run_args(
+            bundle,
+            sim_robot,
+            str(ckpt),
             "--steps",
             "200",
-            "--checkpoint-dir",
-            str(ckpt),
             "--summary-json",
             str(tmp_path / "s2.json"),
-        ]
+        )
     )
     assert r.returncode == 0, r.stderr
     assert "resumed from ckpt-000000000600" in r.stderr
@@ -174,19 +165,16 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
 
     # frozen (act graph) run from the checkpoint, also torch-free
     r = _run(
-        [
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
+        _run_args(
+            bundle,
+            sim_robot,
+            str(ckpt),
             "--no-learn",
             "--steps",
             "300",
-            "--checkpoint-dir",
-            str(ckpt),
             "--summary-json",
             str(tmp_path / "s3.json"),
-        ]
+        )
     )
     assert r.returncode == 0, r.stderr
     assert "TORCH_FREE" in r.stdout
@@ -231,18 +219,7 @@ def test_checkpoints_of_another_bundle_are_refused(bundle, sim_robot, tmp_path):
     CheckpointStore(ckpt).save(
         5, {"x": __import__("numpy").zeros(1)}, {"bundle_learn_sha256": "0" * 64}
     )
-    r = _run(
-        [
-            "run",
-            str(bundle),
-            "--port",
-            str(sim_robot),
-            "--steps",
-            "10",
-            "--checkpoint-dir",
-            str(ckpt),
-        ]
-    )
+    r = _run(_run_args(bundle, sim_robot, str(ckpt), "--steps", "10"))
     assert r.returncode == 2
     assert "--fresh" in r.stderr
 
