@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from rtu_edge.config import DEFAULT_ENV, NetConfig  # torch-free: the one source of defaults
+
 app = typer.Typer(
     help="Recurrent Trace Units with exact RTRL: train on a workstation, keep learning on the robot.",
     no_args_is_help=True,
@@ -20,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEFAULT_ENV = "classic/CartPole-P"  # kept equal to rtu_edge.envs.DEFAULT_ENV (a test checks)
+_NET = NetConfig()
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -41,16 +43,28 @@ def train(
     env: Annotated[
         str, typer.Option(help="Environment id (`rtu-edge envs` lists them).")
     ] = DEFAULT_ENV,
-    cell: Annotated[str, typer.Option(help="rtu | rtu-nonlinear")] = "rtu",
-    algo: Annotated[str, typer.Option(help="Learner: ac (streaming actor-critic).")] = "ac",
-    steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
+    cell: Annotated[str, typer.Option(help="Cell (`rtu-edge cells` lists them).")] = _NET.cell,
+    algo: Annotated[str, typer.Option(help="Learner (`rtu-edge cells` lists them too).")] = "ac",
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Environment steps [default: 50000].")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    hidden_size: Annotated[int, typer.Option(help="RTU units n.")] = 32,
-    encoder_size: Annotated[int, typer.Option(help="Encoder width.")] = 32,
-    head_size: Annotated[int, typer.Option(help="Actor/critic hidden width.")] = 32,
+    hidden_size: Annotated[int, typer.Option(min=1, help="Cell units n.")] = _NET.hidden_size,
+    encoder_size: Annotated[int, typer.Option(min=1, help="Encoder width.")] = _NET.encoder_size,
+    head_size: Annotated[
+        int, typer.Option(min=1, help="Actor/critic hidden width.")
+    ] = _NET.head_size,
     layer_norm: Annotated[
         bool, typer.Option(help="LayerNorm before the encoder's and heads' tanh.")
-    ] = False,
+    ] = _NET.layer_norm,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override any hyperparameter: learner.lam=0.9, cell.activation=tanh, "
+            "net.sparsity=0.5 (repeatable; `rtu-edge cells` lists the options).",
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
     compile: Annotated[
         str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
@@ -61,31 +75,48 @@ def train(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train an RTU agent with exact RTRL on a gymnasium / MuJoCo / POPGym environment."""
+    """Train an agent (a cell with exact RTRL) on a gymnasium / MuJoCo / POPGym environment."""
     _need_train_extra()
-    from rtu_edge.train import TrainConfig, resume_config
+    from rtu_edge.cells import CELLS
+    from rtu_edge.config import OverrideError, TrainConfig, apply_overrides
+    from rtu_edge.learners import get_learner
+    from rtu_edge.run_dir import RunDirError, resume_config
     from rtu_edge.train import train as run_training
 
     try:
         if resume:  # the run's own options; only --steps may raise the total
             cfg = resume_config(out, steps)
         else:
-            cfg = TrainConfig(
-                out=str(out),
-                env=env,
+            if cell not in CELLS:
+                raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
+            net = NetConfig(
                 cell=cell,
-                algo=algo,
-                steps=50_000 if steps is None else steps,
-                seed=seed,
                 hidden_size=hidden_size,
                 encoder_size=encoder_size,
                 head_size=head_size,
                 layer_norm=layer_norm,
+            )
+            cfg = TrainConfig(
+                out=str(out),
+                env=env,
+                algo=algo,
+                steps=50_000 if steps is None else steps,
+                seed=seed,
                 overwrite=overwrite,
                 compile=compile,
+                net=net,
+                learner=get_learner(algo).Config(),
             )
+            apply_overrides(cfg, set_ or [], cell_factory=CELLS[cell])
         summary = run_training(cfg, progress=progress)
-    except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
+    except (
+        ValueError,
+        FileExistsError,
+        FileNotFoundError,
+        KeyError,
+        OverrideError,
+        RunDirError,
+    ) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail(
@@ -94,6 +125,29 @@ def train(
         )
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
+
+
+@app.command()
+def cells() -> None:
+    """List the cells and learners, with their options and defaults."""
+    _need_train_extra()
+    from dataclasses import fields
+
+    from rtu_edge.cells import CELLS
+    from rtu_edge.config import cell_options
+    from rtu_edge.learners import LEARNERS
+
+    typer.echo("cells (--cell; options with --set cell.<name>=<value>):")
+    for name, factory in CELLS.items():
+        doc = (factory.__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v!r}" for k, v in cell_options(factory).items())
+        typer.echo(f"  {name:<16} {doc}\n  {'':<16} options: {opts or '-'}")
+    typer.echo("learners (--algo; options with --set learner.<name>=<value>):")
+    for name, learner in LEARNERS.items():
+        opts = ", ".join(
+            f"{f.name}={getattr(learner.Config(), f.name)!r}" for f in fields(learner.Config)
+        )
+        typer.echo(f"  {name:<16} {learner.description}\n  {'':<16} options: {opts}")
 
 
 @app.command("export")
@@ -123,7 +177,7 @@ def export_cmd(
         export_run(cfg, log=typer.echo)
     except ParityError as e:
         _fail(str(e), code=3)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # RunDirError is a ValueError
         _fail(str(e))
 
 
@@ -174,7 +228,7 @@ def run(
         _fail(f"{type(e).__name__}: {e}", code=2)
     typer.echo(format_summary(summary))
     if summary_json:
-        from rtu_edge.atomic import atomic_write_json
+        from firmware_bridge.atomic import atomic_write_json
 
         atomic_write_json(summary_json, summary)
 
@@ -264,7 +318,7 @@ def demo(
 ) -> None:
     """The main job: train, export, start a simulated robot, learn on it, report what happened."""
     _need_train_extra()
-    from rtu_edge.demo import DemoConfig, run_demo
+    from cli_demo import DemoConfig, run_demo
 
     report = run_demo(
         DemoConfig(

@@ -1,16 +1,22 @@
 """`rtu-edge export`: turn a run directory into a robot bundle (docs/bundle.md).
 
-The learn graph is :func:`rtu_edge.learners.ac.ac_step` itself, traced by the dynamo exporter;
-the act graph is :func:`rtu_edge.learners.ac.act_step`. Export always ends with a parity check:
+The learn graph is the run's learner's ``learn_step`` itself, traced by the dynamo exporter; the
+act graph is its ``act_step``. Which tensors go in and out, and what each per-step input and
+output means, comes from what the learner declares (rtu_edge/learners/base.py); the manifest is
+written with the contract (firmware_bridge/contract.py) and checked against it before anything
+is written. Export always ends with a parity check:
 the exported graph is run in onnxruntime on a real trajectory, teacher-forced step by step
 against the torch function, and export fails loudly when they disagree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import logging
+import os
 import shutil
 import tempfile
 import time
@@ -24,17 +30,13 @@ import torch
 
 import rtu_edge
 from export.parity import ParityError, ParityReport, check_parity
-from rtu_edge import envs as envs_mod
+from firmware_bridge import contract as C
+from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
+from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
-from rtu_edge.atomic import atomic_write_bytes, atomic_write_json
-from rtu_edge.learners.ac import ACConfig, ac_step, act_step
-from rtu_edge.train import load_run
+from rtu_edge.learners import Learner
 
-FORMAT_VERSION = 1
-OPSET = 18
-STEP_INPUTS = ("obs", "reward", "first", "terminal", "noise")
-LEARN_OUTPUTS = ("action", "value", "td_error")
-ACT_OUTPUTS = ("action", "value", "carry.c1.next", "carry.c2.next")
+OPSET = C.OPSET
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 __all__ = ["ExportConfig", "export_run", "ParityError", "ParityReport"]
@@ -53,55 +55,81 @@ class ExportConfig:
     overwrite: bool = False  # replace an existing bundle directory
 
 
-# ---- the two step functions as modules with flat tensor signatures ----------------------
+# ---- a step function as a module with a flat tensor signature ----------------------------------
 
 
-class LearnGraph(torch.nn.Module):
-    """forward(*carried, obs, reward, first, terminal, noise) -> (*carried_next, action, value, td_error)."""
+class StepGraph(torch.nn.Module):
+    """forward(*state, *step_inputs) -> (*carried_next, *step_outputs), all by declared name.
 
-    def __init__(self, ac: ACConfig, agent: AgentConfig, carried: list[str]):
+    ``fn`` is a learner's learn_step or act_step; ``carried`` are the state tensors it writes
+    back (their outputs are named ``X.next`` by the contract's naming rule).
+    """
+
+    def __init__(self, fn, cfg, agent: AgentConfig, state_names, input_names, carried, outputs):
         super().__init__()
-        self.ac, self.agent, self.carried = ac, agent, carried
+        self.fn, self.cfg, self.agent = fn, cfg, agent
+        self.state_names, self.input_names = list(state_names), list(input_names)
+        self.carried, self.outputs = list(carried), list(outputs)
 
     def forward(self, *tensors: torch.Tensor):
-        n = len(self.carried)
-        state = dict(zip(self.carried, tensors[:n]))
-        obs, reward, first, terminal, noise = tensors[n:]
-        new, action, value, delta = ac_step(
-            self.ac, self.agent, state, obs, reward, first, terminal, noise
-        )
-        return (*(new[k] for k in self.carried), action, value, delta)
+        n = len(self.state_names)
+        state = dict(zip(self.state_names, tensors[:n]))
+        inputs = dict(zip(self.input_names, tensors[n:]))
+        new, out = self.fn(self.cfg, self.agent, state, inputs)
+        return (*(new[k] for k in self.carried), *(out[k] for k in self.outputs))
 
 
-class ActGraph(torch.nn.Module):
-    """forward(*inputs, obs, first) -> (action, value, c1_next, c2_next)."""
+@dataclass
+class GraphPlan:
+    """Everything about one graph that the learner declares: names in graph order."""
 
-    def __init__(self, ac: ACConfig, agent: AgentConfig, inputs: list[str]):
-        super().__init__()
-        self.ac, self.agent, self.inputs = ac, agent, inputs
-
-    def forward(self, *tensors: torch.Tensor):
-        n = len(self.inputs)
-        state = dict(zip(self.inputs, tensors[:n]))
-        obs, first = tensors[n:]
-        return act_step(self.agent, state, obs, first, self.ac)
+    state_names: list[str]  # inputs read from the state
+    carried: list[str]  # of those, the ones written back as X.next
+    step_inputs: tuple[C.StepInput, ...]
+    step_outputs: tuple[C.StepOutput, ...]
 
 
-def act_input_names(state: dict[str, torch.Tensor], agent: AgentConfig) -> list[str]:
-    """The carried tensors the act graph reads: parameters it uses, obs statistics, hidden state."""
-    names = [k for k in state if k.startswith("params.") and k != "params.actor.log_std"]
-    names += ["norm.obs_count", "norm.obs_mean", "norm.obs_m2", "carry.c1", "carry.c2"]
-    return names
-
-
-def step_example(agent: AgentConfig) -> dict[str, torch.Tensor]:
+def plan_graphs(learner: Learner, agent: AgentConfig, state: dict) -> dict[str, GraphPlan]:
+    act_names = learner.act_state_names(agent, state)
     return {
-        "obs": torch.zeros(1, agent.obs_size),
-        "reward": torch.zeros(1),
-        "first": torch.ones(1),
-        "terminal": torch.zeros(1),
-        "noise": torch.zeros(1, agent.noise_size),
+        "learn": GraphPlan(
+            list(state), list(state), learner.step_inputs(agent), learner.learn_outputs(agent)
+        ),
+        "act": GraphPlan(
+            act_names,
+            [k for k in act_names if k.startswith("carry.")],
+            learner.act_inputs(agent),
+            learner.act_outputs(agent),
+        ),
     }
+
+
+def export_graph(
+    learner: Learner, graph: str, cfg, agent: AgentConfig, state: dict[str, torch.Tensor]
+) -> onnx.ModelProto:
+    """The learner's `graph` ("learn" or "act") step as ONNX; dtype of `state`."""
+    plan = plan_graphs(learner, agent, state)[graph]
+    fn = learner.learn_step if graph == "learn" else learner.act_step
+    dtype = next(iter(state.values())).dtype
+    example = [
+        (torch.ones if s.source == "first" else torch.zeros)(s.shape, dtype=dtype)
+        for s in plan.step_inputs
+    ]
+    module = StepGraph(
+        fn,
+        cfg,
+        agent,
+        plan.state_names,
+        [s.name for s in plan.step_inputs],
+        plan.carried,
+        [o.name for o in plan.step_outputs],
+    )
+    return _to_onnx(
+        module,
+        tuple(state[k] for k in plan.state_names) + tuple(example),
+        plan.state_names + [s.name for s in plan.step_inputs],
+        [C.next_name(k) for k in plan.carried] + [o.name for o in plan.step_outputs],
+    )
 
 
 # ---- export helpers ------------------------------------------------------------------------
@@ -110,8 +138,7 @@ def step_example(agent: AgentConfig) -> dict[str, torch.Tensor]:
 def _to_onnx(
     module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]
 ) -> onnx.ModelProto:
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp, _quiet_exporter():
         path = Path(tmp) / "graph.onnx"
         torch.onnx.export(
             module,
@@ -133,33 +160,22 @@ def _to_onnx(
     return model
 
 
-def export_learn_graph(
-    ac: ACConfig, agent: AgentConfig, state: dict[str, torch.Tensor]
-) -> onnx.ModelProto:
-    """`ac_step` as an ONNX graph; carried tensors in `state` order, dtype of `state`."""
-    carried = list(state)
-    dtype = next(iter(state.values())).dtype
-    example = {k: v.to(dtype) for k, v in step_example(agent).items()}
-    return _to_onnx(
-        LearnGraph(ac, agent, carried),
-        tuple(state[k] for k in carried) + tuple(example[k] for k in STEP_INPUTS),
-        carried + list(STEP_INPUTS),
-        [f"{k}.next" for k in carried] + list(LEARN_OUTPUTS),
-    )
-
-
-def export_act_graph(
-    ac: ACConfig, agent: AgentConfig, state: dict[str, torch.Tensor]
-) -> onnx.ModelProto:
-    """`act_step` as an ONNX graph reading the tensors named by `act_input_names`."""
-    names = act_input_names(state, agent)
-    example = step_example(agent)
-    return _to_onnx(
-        ActGraph(ac, agent, names),
-        tuple(state[k] for k in names) + (example["obs"], example["first"]),
-        names + ["obs", "first"],
-        list(ACT_OUTPUTS),
-    )
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs and prints progress ("torchvision is not installed", "[torch.onnx]
+    Obtain model graph ... "); export prints what it did itself, so silence those."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "onnxscript", "torch")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings(), open(os.devnull, "w") as null:
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+                yield
+        finally:
+            for lg, lvl in zip(loggers, levels):
+                lg.setLevel(lvl)
 
 
 def check_standard_ops(model: onnx.ModelProto) -> None:
@@ -183,21 +199,18 @@ _DTYPES = {
 }
 
 
-def graph_io(model: onnx.ModelProto) -> tuple[list[dict], list[dict]]:
-    def describe(values) -> list[dict]:
+def graph_io(model: onnx.ModelProto) -> tuple[tuple[C.TensorSpec, ...], tuple[C.TensorSpec, ...]]:
+    """The graph's inputs and outputs as contract TensorSpecs (static shapes only)."""
+
+    def describe(values) -> tuple[C.TensorSpec, ...]:
         out = []
         for v in values:
             t = v.type.tensor_type
-            out.append(
-                {
-                    "name": v.name,
-                    "dtype": _DTYPES.get(t.elem_type, str(t.elem_type)),
-                    "shape": [
-                        d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim
-                    ],
-                }
-            )
-        return out
+            shape = tuple(d.dim_value for d in t.shape.dim)
+            if any(not d.HasField("dim_value") for d in t.shape.dim):
+                raise RuntimeError(f"exported graph has a symbolic dimension in {v.name!r}")
+            out.append(C.TensorSpec(v.name, _DTYPES.get(t.elem_type, str(t.elem_type)), shape))
+        return tuple(out)
 
     return describe(model.graph.input), describe(model.graph.output)
 
@@ -219,42 +232,40 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     """Export RUN_DIR to a bundle; returns the manifest. Raises ParityError on a parity failure."""
     if cfg.parity_steps < 200 and cfg.check_parity:
         raise ValueError("--parity-steps must be at least 200")
-    config, agent, ac, state = load_run(cfg.run_dir)
+    if cfg.max_delta is not None and not (np.isfinite(cfg.max_delta) and cfg.max_delta > 0):
+        raise ValueError(f"--max-delta must be a positive number, got {cfg.max_delta}")
+    run, state = rd.load_run(cfg.run_dir)
+    learner, agent = run.learner, run.agent
+    if not agent.cell.online:
+        raise ValueError(
+            f"cell {agent.net.cell!r} has no exact RTRL: it cannot learn on the robot, so it "
+            "exports an act bundle only (not supported by this version)"
+        )
+    bad = rd.non_finite(state)
+    if bad:
+        raise ValueError(f"{cfg.run_dir}: the checkpoint holds non-finite tensors {bad[:5]}")
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise FileExistsError(
-                f"{out} already holds files; choose another --out or pass --overwrite"
-            )
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; choose a directory for the bundle")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise FileExistsError(
+            f"{out} already holds files; choose another --out or pass --overwrite"
+        )
     torch.set_num_threads(1)
-    carried = list(state.keys())
+    plans = plan_graphs(learner, agent, state)
 
     t0 = time.perf_counter()
-    learn = export_learn_graph(ac, agent, state)
-    act_inputs = act_input_names(state, agent)
-    act = export_act_graph(ac, agent, state)
-    for m in (learn, act):
+    models = {g: export_graph(learner, g, run.train.learner, agent, state) for g in C.GRAPHS}
+    for m in models.values():
         check_standard_ops(m)
     log(
-        f"exported learn.onnx ({len(learn.graph.node)} nodes) and act.onnx ({len(act.graph.node)} nodes) "
-        f"in {time.perf_counter() - t0:.1f}s"
+        f"exported learn.onnx ({len(models['learn'].graph.node)} nodes) and act.onnx "
+        f"({len(models['act'].graph.node)} nodes) in {time.perf_counter() - t0:.1f}s"
     )
-
-    learn_bytes, act_bytes = learn.SerializeToString(), act.SerializeToString()
+    blobs = {g: m.SerializeToString() for g, m in models.items()}
     report = None
     if cfg.check_parity:
-        report = check_parity(
-            learn_bytes,
-            act_bytes,
-            config,
-            agent,
-            ac,
-            state,
-            carried,
-            act_inputs,
-            steps=cfg.parity_steps,
-            tol=cfg.parity_tol,
-        )
+        report = check_parity(run, state, blobs, plans, steps=cfg.parity_steps, tol=cfg.parity_tol)
         log(
             f"parity: {report.steps} teacher-forced steps, worst relative error {report.worst_rel:.2e} "
             f"({report.worst_name}), tolerance {cfg.parity_tol:.0e}"
@@ -264,61 +275,60 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     else:
         log("WARNING: parity check skipped (--no-parity); the bundle is unverified")
 
-    info = config.get("env_info") or asdict(envs_mod.env_info(config["train"]["env"]))
+    info = run.env_info
     state_np = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in state.items()}
-    files = {"learn.onnx": learn_bytes, "act.onnx": act_bytes, "state.npz": _npz_bytes(state_np)}
-    learn_in, learn_out = graph_io(learn)
-    act_in, act_out = graph_io(act)
+    files = {f"{g}.onnx": blobs[g] for g in C.GRAPHS} | {C.STATE_FILE: _npz_bytes(state_np)}
     n_act = agent.action_dims
-    max_delta = [float(cfg.max_delta)] * n_act if cfg.max_delta is not None else None
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rtu_edge_version": rtu_edge.__version__,
-        "env_id": config["train"]["env"],
-        "observation": {"size": agent.obs_size, "dtype": "float32", "clip": ac.obs_clip},
-        "action": {
-            "kind": agent.action_kind,
-            "dims": n_act,
-            "num_actions": agent.num_actions,
-            "low": list(info["action_low"]),
-            "high": list(info["action_high"]),
-            "safe": list(info["safe_action"]),
-            "max_delta": max_delta,
-        },
-        "noise": {
-            "distribution": "normal" if agent.action_kind == "continuous" else "gumbel",
-            "size": agent.noise_size,
-        },
-        "hyperparameters": {
-            "agent": agent.to_dict(),
-            "learner": ac.to_dict(),
-            "train": config["train"],
-        },
-        "protocol": {
-            "version": _protocol().PROTOCOL_VERSION,
-            "schema_hash": f"0x{_protocol().SCHEMA_HASH:08x}",
-        },
-        "graphs": {
-            "learn": {
-                "file": "learn.onnx",
-                "opset": OPSET,
-                "inputs": learn_in,
-                "outputs": learn_out,
-            },
-            "act": {"file": "act.onnx", "opset": OPSET, "inputs": act_in, "outputs": act_out},
-        },
-        "state": {"file": "state.npz", "names": carried},
-        "parity": asdict(report) if report is not None else None,
-        "files": {name: _sha256(data) for name, data in files.items()},
-    }
+    protocol = _protocol()
+    graphs = {}
+    for g, model in models.items():
+        inputs, outputs = graph_io(model)
+        graphs[g] = C.GraphSpec(
+            file=f"{g}.onnx",
+            opset=OPSET,
+            inputs=inputs,
+            outputs=outputs,
+            step_inputs=plans[g].step_inputs,
+            step_outputs=plans[g].step_outputs,
+        )
+    manifest = C.Manifest(
+        format_version=C.FORMAT_VERSION,
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        rtu_edge_version=rtu_edge.__version__,
+        env_id=run.train.env,
+        learner=learner.name,
+        cell=agent.net.cell,
+        observation_size=agent.obs_size,
+        observation_clip=float(getattr(run.train.learner, "obs_clip", 1e6)),
+        action=C.ActionSpec(
+            kind=agent.action_kind,
+            dims=n_act,
+            num_actions=agent.num_actions,
+            low=tuple(info["action_low"]),
+            high=tuple(info["action_high"]),
+            safe=tuple(info["safe_action"]),
+            max_delta=None if cfg.max_delta is None else (float(cfg.max_delta),) * n_act,
+        ),
+        noise=learner.noise(agent),
+        graphs=graphs,
+        state_file=C.STATE_FILE,
+        state_names=tuple(state),
+        files={name: _sha256(data) for name, data in files.items()},
+        protocol_version=protocol.PROTOCOL_VERSION,
+        schema_hash=protocol.SCHEMA_HASH,
+        hyperparameters={"train": asdict(run.train), "export": asdict(cfg)},
+        parity=asdict(report) if report is not None else None,
+    )
+    # What the robot will check, checked here first: a bundle that breaks the contract is a bug.
+    written = manifest.to_json()
+    C.Manifest.from_json(json.loads(json.dumps(written))).check_step_io()
     # Write into a sibling temp dir, then swap it in: a crash never leaves a half bundle.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         for name, data in files.items():
             atomic_write_bytes(staging / name, data)
-        atomic_write_json(staging / "manifest.json", manifest)
+        atomic_write_json(staging / C.MANIFEST, written)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -326,9 +336,10 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log(
-        f"bundle written to {out} (learn {len(learn_bytes) / 1024:.0f} KB, act {len(act_bytes) / 1024:.0f} KB)"
+        f"bundle written to {out} (learn {len(blobs['learn']) / 1024:.0f} KB, "
+        f"act {len(blobs['act']) / 1024:.0f} KB)"
     )
-    return json.loads((out / "manifest.json").read_text())
+    return json.loads((out / C.MANIFEST).read_text())
 
 
 def _protocol():

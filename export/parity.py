@@ -17,10 +17,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from firmware_bridge.contract import next_name, sample_noise
 from rtu_edge import envs as envs_mod
-from rtu_edge.agent import AgentConfig
-from rtu_edge.learners.ac import ACConfig, ac_step, act_step
-from rtu_edge.train import env_action
+from rtu_edge.train import action_spec, env_action
 
 
 @dataclass
@@ -57,73 +56,62 @@ def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0)) / scale
 
 
-def _noise(agent: AgentConfig, rng: np.random.Generator) -> np.ndarray:
-    if agent.action_kind == "continuous":
-        return rng.standard_normal((1, agent.noise_size)).astype(np.float32)
-    return rng.gumbel(size=(1, agent.noise_size)).astype(np.float32)
-
-
 def check_parity(
-    learn_bytes: bytes,
-    act_bytes: bytes,
-    config: dict,
-    agent: AgentConfig,
-    ac: ACConfig,
+    run,
     state: dict[str, torch.Tensor],
-    carried: list[str],
-    act_inputs: list[str],
+    blobs: dict[str, bytes],
+    plans: dict,
     steps: int = 256,
     tol: float = 1e-5,
     seed: int = 12345,
 ) -> ParityReport:
-    learn_sess, act_sess = _session(learn_bytes), _session(act_bytes)
-    info = envs_mod.env_info(config["train"]["env"])
-    env = envs_mod.make(config["train"]["env"], seed=seed)
+    """Run both graphs (`blobs`, laid out as `plans`: export.bundle.plan_graphs) next to the
+    learner's torch steps on a real trajectory of the run's environment."""
+    learner, agent, cfg = run.learner, run.agent, run.train.learner
+    fns = {"learn": learner.learn_step, "act": learner.act_step}
+    sessions = {g: _session(b) for g, b in blobs.items()}
+    out_names = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
+    info = envs_mod.env_info(run.train.env)
+    spec = action_spec(info)
+    noise_spec = learner.noise(agent)
+    env = envs_mod.make(run.train.env, seed=seed)
     rng = np.random.default_rng(seed)
     state = {k: v.clone() for k, v in state.items()}
     obs, _ = env.reset()
     reward, first, terminal, over = 0.0, 1.0, 0.0, False
     worst, worst_name, worst_step = 0.0, "", 0
-    learn_out_names = [o.name for o in learn_sess.get_outputs()]
-    act_out_names = [o.name for o in act_sess.get_outputs()]
+    action_name = next(o.name for o in plans["learn"].step_outputs if o.use == "action")
     with torch.inference_mode():
         for t in range(steps):
-            step_in = {
+            values = {
                 "obs": np.asarray(obs, dtype=np.float32).reshape(1, -1),
                 "reward": np.array([reward], np.float32),
                 "first": np.array([first], np.float32),
                 "terminal": np.array([terminal], np.float32),
-                "noise": _noise(agent, rng),
             }
-            feeds = {k: state[k].numpy() for k in carried} | step_in
-            ort_learn = dict(zip(learn_out_names, learn_sess.run(None, feeds)))
-            act_feeds = {k: state[k].numpy() for k in act_inputs}
-            act_feeds |= {"obs": step_in["obs"], "first": step_in["first"]}
-            ort_act = dict(zip(act_out_names, act_sess.run(None, act_feeds)))
-
-            tt = {k: torch.from_numpy(v) for k, v in step_in.items()}
-            new, action, value, delta = ac_step(
-                ac, agent, state, tt["obs"], tt["reward"], tt["first"], tt["terminal"], tt["noise"]
-            )
-            a_act, v_act, c1, c2 = act_step(agent, state, tt["obs"], tt["first"], ac)
-            ref = {f"{k}.next": new[k] for k in carried} | {
-                "action": action,
-                "value": value,
-                "td_error": delta,
-            }
-            ref_act = {"action": a_act, "value": v_act, "carry.c1.next": c1, "carry.c2.next": c2}
-            for prefix, got, want in (("learn:", ort_learn, ref), ("act:", ort_act, ref_act)):
+            if noise_spec is not None:
+                values["noise"] = sample_noise(noise_spec, rng)
+            learn_new = None
+            for g, plan in plans.items():
+                inputs = {s.name: values[s.source] for s in plan.step_inputs}
+                feeds = {k: state[k].numpy() for k in plan.state_names} | inputs
+                got = dict(zip(out_names[g], sessions[g].run(None, feeds)))
+                new, out = fns[g](
+                    cfg, agent, state, {k: torch.from_numpy(v) for k, v in inputs.items()}
+                )
+                want = {next_name(k): new[k] for k in plan.carried} | out
                 for name, r in want.items():
                     e = rel_error(got[name], r.numpy())
                     if e > worst:
-                        worst, worst_name, worst_step = e, prefix + name, t
-            state.update(new)
+                        worst, worst_name, worst_step = e, f"{g}:{name}", t
+                if g == "learn":
+                    learn_new, learn_out = new, out
+            state.update(learn_new)
             if over:
                 obs, _ = env.reset()
                 reward, first, terminal, over = 0.0, 1.0, 0.0, False
                 continue
-            a = env_action(agent, action, info.action_low, info.action_high)
-            obs, r, term, trunc, _ = env.step(a)
+            obs, r, term, trunc, _ = env.step(env_action(spec, learn_out[action_name]))
             reward, first, terminal, over = float(r), 0.0, float(term), bool(term or trunc)
     env.close()
     return ParityReport(steps, worst, worst_name, worst_step, tol, worst <= tol)

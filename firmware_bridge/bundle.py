@@ -1,17 +1,19 @@
-"""Load an exported bundle (docs/bundle.md, format version 1) on the robot.
+"""Load an exported bundle (docs/bundle.md; the contract is firmware_bridge/contract.py).
 
 Loading is running code, so nothing is parsed until it is known to be the exported bytes:
 
-1. ``manifest.json`` is read (it must be a regular file inside the bundle directory) and its
-   ``format_version`` checked.
+1. ``manifest.json`` is read (a regular file inside the bundle directory, size-capped, opened
+   non-blocking) and checked field by field against the contract (`Manifest.from_json`,
+   `Manifest.check_step_io`): a bad one is a `BundleError` naming the field, never a traceback.
 2. Every file in ``files`` must name a path inside the bundle directory (no ``..``, no absolute
    path, no symlink that resolves outside it) and is read into memory and hashed; a SHA-256
    mismatch refuses the bundle before any file is parsed. The graphs and the state are parsed
    from those same in-memory bytes, so the file cannot change between check and use.
 3. Each ONNX graph is scanned for external-data references (see below), then an
    onnxruntime session is built from the bytes and its inputs and outputs are compared with the
-   manifest (names, dtypes, shapes). ``state.npz`` is loaded with ``allow_pickle=False`` and
-   checked against the manifest and the graphs.
+   manifest (names, dtypes, shapes). ``state.npz`` is loaded with ``allow_pickle=False``
+   (entry sizes checked before decompressing) and checked against the manifest and the graphs;
+   a non-finite value refuses the bundle.
 
 External data. A bundle holds exactly the files the manifest uses (``learn.onnx``,
 ``act.onnx``, ``state.npz``); every tensor must live inside its .onnx file. Without the
@@ -30,56 +32,43 @@ import hashlib
 import io
 import json
 import os
-import re
 import stat
+import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import onnxruntime as ort
 
-from firmware_bridge.runtime import (
+from firmware_bridge.contract import (
+    FIX,
+    FORMAT_VERSION,
+    GRAPHS,
+    MANIFEST,
     NEXT_SUFFIX,
-    StepRunner,
-    make_session,
-    numpy_dtype,
+    ContractError,
+    Manifest,
+    TensorSpec,
 )
+from firmware_bridge.runtime import StepRunner, make_session, numpy_dtype
 
 __all__ = [
     "FORMAT_VERSION",
     "GRAPHS",
-    "STEP_INPUTS",
     "Bundle",
     "BundleError",
     "TensorSpec",
     "load_bundle",
 ]
 
-FORMAT_VERSION = 1  # the only bundle format this loader reads
-GRAPHS = ("learn", "act")  # graphs every format-1 bundle holds
-MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; refuse to slurp something absurd
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_DTYPES = frozenset(
-    "float32 float64 float16 int8 int16 int32 int64 uint8 uint16 uint32 uint64 bool".split()
-)
-# Per-step inputs a graph may read besides state tensors (docs/bundle.md).
-STEP_INPUTS = ("obs", "reward", "first", "terminal", "noise")
-_FIX = "Re-copy the bundle from the workstation or re-export it with `rtu-edge export`."
+MAX_FILE_BYTES = 1 << 30  # graphs and state of any agent that fits a robot computer
+MAX_STATE_ENTRY_BYTES = 1 << 30  # decompressed size of one state.npz entry
+_FIX = FIX
 
 
 class BundleError(Exception):
     """The bundle cannot be used; the message says which file or tensor and what to do."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output as the manifest declares it."""
-
-    name: str
-    dtype: str  # numpy dtype name, e.g. "float32"
-    shape: tuple[int, ...]
 
 
 class Bundle:
@@ -88,13 +77,13 @@ class Bundle:
     def __init__(
         self,
         path: Path,
-        manifest: dict,
+        manifest: Manifest,
         fingerprint: str,
         sessions: dict[str, ort.InferenceSession],
         state: dict[str, np.ndarray],
     ) -> None:
         self.path = path  # the bundle directory, resolved
-        self.manifest = manifest  # manifest.json as parsed
+        self.manifest = manifest  # manifest.json, typed and checked against the contract
         self.fingerprint = fingerprint  # SHA-256 of manifest.json: names this exact bundle
         self._sessions = sessions
         self._state = state
@@ -155,24 +144,27 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
     manifest_bytes = _read_inside(root, MANIFEST, max_bytes=MAX_MANIFEST_BYTES)
     try:
-        manifest = json.loads(manifest_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(manifest_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc}). {_FIX}") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{root / MANIFEST} must hold a JSON object. {_FIX}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise BundleError(
-            f"{root / MANIFEST} has format_version {version!r}; this rtu-edge reads format "
-            f"version {FORMAT_VERSION} only. Export the bundle with the rtu-edge version "
-            "installed on the robot, or install the matching rtu-edge here."
-        )
-    files, graphs, state_file, state_names = _check_manifest(root, manifest)
+    try:
+        manifest = Manifest.from_json(raw, str(root / MANIFEST))
+        manifest.check_step_io()
+    except ContractError as exc:
+        raise BundleError(str(exc)) from None
+    for name in manifest.files:
+        _resolve_inside(root, name)
+    files = manifest.files
+    graphs = {
+        g: (spec.file, list(spec.inputs), list(spec.outputs), spec.opset)
+        for g, spec in manifest.graphs.items()
+    }
+    state_file, state_names = manifest.state_file, list(manifest.state_names)
 
     # Containment and hashes of every file, before anything is parsed.
     data: dict[str, bytes] = {}
     for name, expected in files.items():
-        blob = _read_inside(root, name)
+        blob = _read_inside(root, name, max_bytes=MAX_FILE_BYTES)
         actual = hashlib.sha256(blob).hexdigest()
         if actual != expected:
             raise BundleError(
@@ -196,7 +188,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         sessions[graph] = session
 
     state = _load_state(data[state_file], state_file, state_names)
-    _check_state_against_graphs(state, state_file, graphs)
+    _check_state_against_graphs(state, state_file, graphs, manifest)
     fingerprint = hashlib.sha256(manifest_bytes).hexdigest()
     return Bundle(root, manifest, fingerprint, sessions, state)
 
@@ -228,10 +220,14 @@ def _resolve_inside(root: Path, name: object) -> Path:
     return real
 
 
-def _read_inside(root: Path, name: str, max_bytes: int | None = None) -> bytes:
-    """Read a regular file inside ``root`` without following a final symlink."""
+def _read_inside(root: Path, name: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a regular file inside ``root`` without following a final symlink.
+
+    Opened non-blocking (a FIFO in place of a file cannot hang the loader), refused unless it
+    is a regular file, and never read past ``max_bytes``.
+    """
     real = _resolve_inside(root, name)
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
         fd = os.open(real, flags)
     except FileNotFoundError:
@@ -242,92 +238,17 @@ def _read_inside(root: Path, name: str, max_bytes: int | None = None) -> bytes:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise BundleError(f"bundle {root}: {name} is not a regular file. {_FIX}")
-        if max_bytes is not None and info.st_size > max_bytes:
+        if info.st_size > max_bytes:
             raise BundleError(
                 f"bundle {root}: {name} is {info.st_size} bytes (limit {max_bytes}). {_FIX}"
             )
-        return f.read()
+        data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise BundleError(f"bundle {root}: {name} grew past {max_bytes} bytes while read")
+        return data
 
 
-# -- manifest ----------------------------------------------------------------------------
-
-
-def _check_manifest(root: Path, manifest: dict):
-    """Structure of the parts the loader uses; returns (files, graphs, state file, names)."""
-
-    def bad(msg: str) -> BundleError:
-        return BundleError(f"{root / MANIFEST}: {msg}. {_FIX}")
-
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise bad("'files' must map each bundle file to its SHA-256")
-    for name, digest in files.items():
-        _resolve_inside(root, name)
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            raise bad(f"files[{name!r}] must be a lowercase hex SHA-256, got {digest!r}")
-
-    graphs_in = manifest.get("graphs")
-    if not isinstance(graphs_in, dict) or sorted(graphs_in) != sorted(GRAPHS):
-        got = sorted(graphs_in) if isinstance(graphs_in, dict) else graphs_in
-        raise bad(f"'graphs' must describe exactly {list(GRAPHS)}, got {got!r}")
-    graphs = {}
-    for graph in GRAPHS:
-        entry = graphs_in[graph]
-        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
-            raise bad(f"graphs.{graph} must have a 'file'")
-        opset = entry.get("opset")
-        if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool)):
-            raise bad(f"graphs.{graph}.opset must be an integer, got {opset!r}")
-        specs = {}
-        for kind in ("inputs", "outputs"):
-            specs[kind] = _parse_specs(entry.get(kind), f"graphs.{graph}.{kind}", bad)
-        graphs[graph] = (entry["file"], specs["inputs"], specs["outputs"], opset)
-
-    state = manifest.get("state")
-    if not isinstance(state, dict) or not isinstance(state.get("file"), str):
-        raise bad("'state' must have a 'file'")
-    names = state.get("names")
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise bad("state.names must be a list of tensor names")
-    if len(set(names)) != len(names):
-        raise bad("state.names lists a name twice")
-
-    used = [g[0] for g in graphs.values()] + [state["file"]]
-    if len(set(used)) != len(used):
-        raise bad(f"graphs and state must use distinct files, got {used}")
-    unhashed = [f for f in used if f not in files]
-    if unhashed:
-        raise bad(f"{unhashed} are used but have no SHA-256 in 'files'")
-    unused = sorted(set(files) - set(used))
-    if unused:
-        raise bad(
-            f"'files' lists {unused}, which no graph or state uses; a format-1 bundle holds "
-            "only its graphs and state.npz (ONNX external data is not supported)"
-        )
-    return files, graphs, state["file"], names
-
-
-def _parse_specs(items, where: str, bad) -> list[TensorSpec]:
-    if not isinstance(items, list) or not items:
-        raise bad(f"{where} must be a non-empty list")
-    specs = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise bad(f"{where}: each entry must be an object with name, dtype, shape")
-        name, dtype, shape = item.get("name"), item.get("dtype"), item.get("shape")
-        if not isinstance(name, str) or not name:
-            raise bad(f"{where}: entry without a name: {item!r}")
-        if dtype not in _DTYPES:
-            raise bad(f"{where}: {name!r} has unsupported dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise bad(f"{where}: {name!r} shape must be a list of non-negative ints, got {shape!r}")
-        specs.append(TensorSpec(name, dtype, tuple(shape)))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise bad(f"{where} lists a name twice")
-    return specs
+# -- graphs against the manifest ----------------------------------------------------------
 
 
 def _check_io(graph: str, file: str, kind: str, declared: list[TensorSpec], actual) -> None:
@@ -373,11 +294,34 @@ def _check_io(graph: str, file: str, kind: str, declared: list[TensorSpec], actu
 
 
 def _load_state(blob: bytes, file: str, names: list[str]) -> dict[str, np.ndarray]:
+    """Parse state.npz without pickles, refusing oversized (zip-bomb) entries before
+    decompressing them and any non-finite value (a bundle must start from a sane state)."""
     try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            infos = zf.infolist()
+        if len(infos) > len(names) + 1:
+            raise BundleError(f"{file} holds {len(infos)} entries, the manifest names {len(names)}")
+        big = [i.filename for i in infos if i.file_size > MAX_STATE_ENTRY_BYTES]
+        if big:
+            raise BundleError(
+                f"{file}: entries {big[:3]} decompress to more than {MAX_STATE_ENTRY_BYTES} bytes"
+            )
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             state = {name: npz[name] for name in npz.files}
+    except BundleError as exc:
+        raise BundleError(f"{exc}. {_FIX}") from None
     except Exception as exc:  # zipfile/ValueError/...: any parse failure means a bad file
         raise BundleError(f"{file} is not a readable npz without pickles ({exc}). {_FIX}") from None
+    bad = [
+        k
+        for k, v in state.items()
+        if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()
+    ]
+    if bad:
+        raise BundleError(
+            f"{file} holds non-finite values (NaN or Inf) in {sorted(bad)[:5]}; a bundle must start "
+            f"from a finite state. {_FIX}"
+        )
     if sorted(state) != sorted(names):
         missing = sorted(set(names) - set(state))
         extra = sorted(set(state) - set(names))
@@ -388,10 +332,13 @@ def _load_state(blob: bytes, file: str, names: list[str]) -> dict[str, np.ndarra
     return state
 
 
-def _check_state_against_graphs(state: dict[str, np.ndarray], file: str, graphs) -> None:
+def _check_state_against_graphs(
+    state: dict[str, np.ndarray], file: str, graphs, manifest: Manifest
+) -> None:
     """Every carried input is in the state, with the graph's dtype and shape."""
     problems = []
     for graph, (_file, inputs, outputs, _opset) in graphs.items():
+        step_inputs = [s.name for s in manifest.graphs[graph].step_inputs]
         out = {s.name: s for s in outputs}
         for spec in inputs:
             nxt = out.get(spec.name + NEXT_SUFFIX)
@@ -403,10 +350,10 @@ def _check_state_against_graphs(state: dict[str, np.ndarray], file: str, graphs)
             if spec.name not in state:
                 if nxt is not None:
                     problems.append(f"{graph}: carried tensor {spec.name!r} is not in {file}")
-                elif spec.name not in STEP_INPUTS:
+                elif spec.name not in step_inputs:
                     problems.append(
-                        f"{graph}: input {spec.name!r} is neither in {file} nor a per-step "
-                        f"input {list(STEP_INPUTS)}"
+                        f"{graph}: input {spec.name!r} is neither in {file} nor a declared "
+                        f"per-step input {step_inputs}"
                     )
                 continue
             arr = state[spec.name]

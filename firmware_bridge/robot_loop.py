@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from firmware_bridge.atomic import atomic_write_json
 from firmware_bridge.bundle import Bundle, load_bundle
 from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
+from firmware_bridge.contract import NoiseSpec, sample_noise
 from firmware_bridge.host import (
     HandshakeError,
     LinkConfig,
@@ -35,7 +37,6 @@ from firmware_bridge.host import (
     SessionInterrupted,
 )
 from firmware_bridge.runtime import StepRunner
-from rtu_edge.atomic import atomic_write_json
 
 CHECKPOINT_FORMAT = 1
 
@@ -91,16 +92,23 @@ class LatencyRing:
 class UpdateGuard:
     """Runs the graph for one tick and, when it learns, checks the update (fault 22).
 
-    A step whose TD error or value is not finite is a bad update (the graph itself already
-    refused to move the parameters). After `max_bad` in a row, the runner is rolled back to the
+    A step whose declared "check" outputs (e.g. TD error, value) are not finite is a bad update
+    (the graph itself already refused to move the parameters). After `max_bad` in a row, the runner is rolled back to the
     last good snapshot, taken every `snapshot_every` good ticks. `counts` (the run's counters)
     gets "learn_steps", "bad_updates" and "rollbacks" added up.
     """
 
     def __init__(
-        self, runner: StepRunner, learn: bool, max_bad: int, snapshot_every: int, counts: dict
+        self,
+        runner: StepRunner,
+        learn: bool,
+        max_bad: int,
+        snapshot_every: int,
+        counts: dict,
+        checked: list[str],
     ):
         self.runner = runner
+        self.checked = checked  # outputs declared with use "check": must be finite
         self.learn = learn
         self.max_bad = max_bad
         self.snapshot_every = snapshot_every
@@ -113,7 +121,7 @@ class UpdateGuard:
         out = self.runner.step(**inputs)
         if not self.learn:
             return out, False
-        if np.isfinite(out["td_error"]).all() and np.isfinite(out["value"]).all():
+        if all(np.isfinite(out[k]).all() for k in self.checked):
             self.bad_in_row = 0
             self.counts["learn_steps"] += 1
             if tick % self.snapshot_every == 0:
@@ -129,17 +137,24 @@ class UpdateGuard:
         return out, True
 
 
+def _source_value(source: str, o, first: bool, noise: NoiseSpec | None, rng) -> np.ndarray:
+    """The value of a per-step input with this declared source (firmware_bridge.contract)."""
+    if source == "obs":
+        return o.obs.reshape(1, -1)
+    if source == "first":
+        return np.array([float(first)], np.float32)
+    if source == "reward":  # a first tick has no previous transition: its reward is ignored
+        return np.array([0.0 if first else o.reward], np.float32)
+    if source == "terminal":
+        return np.array([float(o.terminal)], np.float32)
+    if source == "noise":
+        return sample_noise(noise, rng)
+    raise RunError(f"the bundle declares an input source {source!r} this rtu-edge cannot fill")
+
+
 def default_checkpoint_dir(bundle_dir: str | Path) -> Path:
     b = Path(bundle_dir).resolve()
     return b.with_name(b.name + "-checkpoints")
-
-
-def _noise_fn(bundle: Bundle, rng: np.random.Generator):
-    spec = bundle.manifest["noise"]
-    shape = (1, int(spec["size"]))
-    if spec["distribution"] == "normal":
-        return lambda: rng.standard_normal(shape).astype(np.float32)
-    return lambda: rng.gumbel(size=shape).astype(np.float32)
 
 
 def _resume(cfg: RunConfig, bundle: Bundle, store: CheckpointStore, log) -> tuple[dict, dict]:
@@ -153,7 +168,8 @@ def _resume(cfg: RunConfig, bundle: Bundle, store: CheckpointStore, log) -> tupl
         log(f"no checkpoint in {store.directory}: starting from the bundle's state")
         return state, {}
     tensors, meta, path = found
-    learn_sha = bundle.manifest["files"]["learn.onnx"]
+    m = bundle.manifest
+    learn_sha = m.files[m.graphs["learn"].file]
     if meta.get("bundle_learn_sha256") != learn_sha:
         raise RunError(
             f"the checkpoints in {store.directory} were written by another bundle; "
@@ -177,6 +193,9 @@ def run(cfg: RunConfig, log=print) -> dict:
     bundle = load_bundle(cfg.bundle)
     m = bundle.manifest
     graph = "learn" if cfg.learn else "act"
+    spec = m.graphs[graph]  # what each per-step input is filled with, what each output is for
+    action_out = spec.output_with_use("action")[0].name
+    checked = [o.name for o in spec.output_with_use("check")]
     ckpt_dir = (
         Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else default_checkpoint_dir(cfg.bundle)
     )
@@ -187,23 +206,19 @@ def run(cfg: RunConfig, log=print) -> dict:
     graph_inputs = {i.name for i in session.get_inputs()}
     runner = StepRunner(session, {k: v for k, v in full_state.items() if k in graph_inputs})
     rng = np.random.default_rng(cfg.seed + int(counters.get("ticks", 0)))
-    noise = _noise_fn(bundle, rng)
 
-    act = m["action"]
-    obs_size = int(m["observation"]["size"])
+    act = m.action
     link_cfg = cfg.link or LinkConfig(port=cfg.port, baud=cfg.baud)
     conn = RobotConnection(
         link_cfg,
-        obs_size=obs_size,
-        action_size=int(act["dims"]),
-        schema_hash=int(m["protocol"]["schema_hash"], 16),
-        action_low=np.asarray(act["low"], np.float32),
-        action_high=np.asarray(act["high"], np.float32),
-        safe_action=np.asarray(act["safe"], np.float32),
-        max_delta=None
-        if act.get("max_delta") is None
-        else np.asarray(act["max_delta"], np.float32),
-        num_actions=int(act["num_actions"]) if act["kind"] == "discrete" else None,
+        obs_size=m.observation_size,
+        action_size=act.dims,
+        schema_hash=m.schema_hash,
+        action_low=np.asarray(act.low, np.float32),
+        action_high=np.asarray(act.high, np.float32),
+        safe_action=np.asarray(act.safe, np.float32),
+        max_delta=None if act.max_delta is None else np.asarray(act.max_delta, np.float32),
+        num_actions=act.num_actions if act.kind == "discrete" else None,
     )
 
     # Counters and statistics (flat memory: fixed rings and bounded deques only)
@@ -230,7 +245,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     returns: deque[float] = deque(maxlen=100_000)
     recent: deque[float] = deque(maxlen=10)
     ep_return, force_first = 0.0, True
-    guard = UpdateGuard(runner, cfg.learn, cfg.max_bad_updates, cfg.snapshot_every, c)
+    guard = UpdateGuard(runner, cfg.learn, cfg.max_bad_updates, cfg.snapshot_every, c, checked)
 
     # Ctrl-C and SIGTERM end the loop at the next tick boundary (never mid-step), also when
     # the parent started us with SIGINT ignored (background jobs, service managers).
@@ -248,7 +263,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         meta = {
             "format": CHECKPOINT_FORMAT,
             "tick": c["ticks_before"] + c["ticks"],
-            "bundle_learn_sha256": m["files"]["learn.onnx"],
+            "bundle_learn_sha256": m.files[m.graphs["learn"].file],
             "counters": {"ticks": c["ticks_before"] + c["ticks"]},
             "reason": reason,
         }
@@ -294,28 +309,22 @@ def run(cfg: RunConfig, log=print) -> dict:
                 t0 = time.perf_counter()
                 if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
                     c["non_finite_obs"] += 1
-                    conn.act(np.asarray(act["safe"], np.float32), o.seq)
+                    conn.act(np.asarray(act.safe, np.float32), o.seq)
                     force_first = True  # the next good sample starts a fresh chain (state reset)
                     continue
                 first = o.first or force_first
                 force_first = False
                 inputs = {
-                    "obs": o.obs.reshape(1, -1),
-                    "first": np.array([float(first)], np.float32),
+                    s.name: _source_value(s.source, o, first, m.noise, rng)
+                    for s in spec.step_inputs
                 }
-                if cfg.learn:
-                    inputs |= {
-                        "reward": np.array([0.0 if first else o.reward], np.float32),
-                        "terminal": np.array([float(o.terminal)], np.float32),
-                        "noise": noise(),
-                    }
                 tg = time.perf_counter()
                 out, rolled_back = guard.step(inputs, c["ticks"])
                 graph_lat.add(time.perf_counter() - tg)
                 if rolled_back:
                     force_first = True
                     log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
-                conn.act(out["action"][0], o.seq)
+                conn.act(out[action_out][0], o.seq)
             except HandshakeError:
                 raise  # firmware and bundle disagree: retrying cannot help
             except LinkError as e:

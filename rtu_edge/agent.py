@@ -1,16 +1,16 @@
-"""The agent: observation encoder -> RTU -> actor head and critic head.
+"""The agent: observation encoder -> cell -> heads (actor and critic, or one value head).
 
 Everything here is a pure function of a flat ``dict[str, Tensor]`` of parameters, with the
 backward pass of the small dense layers written by hand. That is deliberate: the learn step
 that uses these functions must export to a plain ONNX graph, and autograd does not export.
-``tests/rtu_edge/test_agent.py`` checks every hand-written gradient against autograd.
+``tests/rtu_edge/test_agent_learner.py`` checks every hand-written gradient against autograd.
 
 Shapes: batch is always 1 on the learn path (streaming RL). Weights are stored in
 (in, out) layout and applied as ``x @ W`` (see docs/onnx-runtime facts: the transposed layout
 costs 10-100x in onnxruntime).
 
     obs_norm (1, obs) -> enc:    h0 = tanh(obs_norm @ enc.w + enc.b)          (1, E)
-    h0                -> rtu:    y  = RTU step with RTRL traces               (1, 2n)
+    h0                -> cell:   y  = cell step with RTRL traces (`--cell`)   (1, cell out)
     y                 -> critic: v  = tanh(y @ critic.w1 + critic.b1) @ critic.w2 + critic.b2
     y                 -> actor:  o  = tanh(y @ actor.w1 + actor.b1) @ actor.w2 + actor.b2
         continuous: o is the Gaussian mean, ``actor.log_std`` a state-independent log std
@@ -22,44 +22,44 @@ without affine parameters, as in the streaming-RL recipe).
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
 
-from rtu_edge.cells import CELLS, rtu_math
+from rtu_edge.cells import CELLS, Cell, make_cell
+from rtu_edge.config import NetConfig
 
 Params = dict[str, Tensor]
 
 
 @dataclass
 class AgentConfig:
-    """Sizes and choices of the network. Saved with every run, checkpoint and bundle."""
+    """The environment's sizes and the chosen network. Saved with every run and bundle."""
 
     obs_size: int  # length of the flat observation vector
     action_kind: str  # "discrete" (categorical over num_actions) or "continuous" (Gaussian)
     action_dims: int  # continuous: action vector length; discrete: 1
     num_actions: int  # discrete: number of actions; continuous: 0
-    encoder_size: int = 64  # width of the tanh encoder below the cell (the paper uses 64)
-    hidden_size: int = 32  # RTU units n; the cell outputs 2n features
-    head_size: int = 64  # width of the single hidden layer of each head
-    cell: str = "rtu"  # key of rtu_edge.cells.CELLS: "rtu" (linear) or "rtu-nonlinear"
-    activation: str = "relu"  # RTU activation f; the authors' control agents use ReLU
-    sparsity: float = 0.9  # fraction of zeroed input weights per unit (sparse init, Elsayed 2024)
-    layer_norm: bool = False  # LayerNorm (no affine) before each tanh: encoder and head layers
+    net: NetConfig = field(default_factory=NetConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.net, dict):
+            self.net = NetConfig(**self.net)
         if self.action_kind not in ("discrete", "continuous"):
             raise ValueError(
                 f"action_kind must be 'discrete' or 'continuous', got {self.action_kind!r}"
             )
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; choose one of {sorted(CELLS)}")
-
-    @property
-    def nonlinear(self) -> bool:
-        return bool(CELLS[self.cell]["nonlinear"])
+        if self.net.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.net.cell!r}; choose one of {sorted(CELLS)}")
+        n = self.net
+        # Built once here (not in the step functions, which torch.compile traces).
+        self._cell = _cached_cell(
+            n.cell, n.encoder_size, n.hidden_size, json.dumps(n.cell_options, sort_keys=True)
+        )
 
     @property
     def policy_outputs(self) -> int:
@@ -71,23 +71,44 @@ class AgentConfig:
         """Exploration noise per step: one Gumbel per logit, or one normal per action dim."""
         return self.policy_outputs
 
+    @property
+    def cell(self) -> Cell:
+        """The cell module (its own parameters unused: the step functions pass theirs)."""
+        return self._cell
+
+    def new_cell(self, generator: torch.Generator | None = None) -> Cell:
+        """A freshly initialised cell (drawing from `generator`)."""
+        n = self.net
+        return make_cell(
+            n.cell, n.encoder_size, n.hidden_size, generator=generator, **n.cell_options
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_cell(name: str, input_size: int, hidden_size: int, options_json: str) -> Cell:
+    gen = torch.Generator().manual_seed(0)
+    return make_cell(name, input_size, hidden_size, generator=gen, **json.loads(options_json))
+
+
 # Which parameters each learner head updates. The encoder and the cell are shared.
-TRUNK = ("enc.w", "enc.b", "rtu.nu_log", "rtu.theta_log", "rtu.w1", "rtu.w2")
 CRITIC_HEAD = ("critic.w1", "critic.b1", "critic.w2", "critic.b2")
 ACTOR_HEAD = ("actor.w1", "actor.b1", "actor.w2", "actor.b2")
 
 
+def trunk_param_names(cfg: AgentConfig) -> tuple[str, ...]:
+    return ("enc.w", "enc.b") + tuple(f"cell.{k}" for k in cfg.cell.param_names)
+
+
 def critic_param_names(cfg: AgentConfig) -> tuple[str, ...]:
-    return TRUNK + CRITIC_HEAD
+    return trunk_param_names(cfg) + CRITIC_HEAD
 
 
 def actor_param_names(cfg: AgentConfig) -> tuple[str, ...]:
     extra = ("actor.log_std",) if cfg.action_kind == "continuous" else ()
-    return TRUNK + ACTOR_HEAD + extra
+    return trunk_param_names(cfg) + ACTOR_HEAD + extra
 
 
 def sparse_init(fan_in: int, fan_out: int, sparsity: float, generator: torch.Generator) -> Tensor:
@@ -103,34 +124,36 @@ def sparse_init(fan_in: int, fan_out: int, sparsity: float, generator: torch.Gen
     return w
 
 
-def init_params(cfg: AgentConfig, seed: int = 0) -> Params:
-    """Fresh parameters, float32, (in, out) layout."""
+def init_params(
+    cfg: AgentConfig, seed: int = 0, heads: tuple[str, ...] = ("critic", "actor")
+) -> Params:
+    """Fresh parameters, float32, (in, out) layout: encoder, cell, then the named heads.
+
+    Draw order (the cell first, then encoder and heads) fixes what a seed produces.
+    """
     g = torch.Generator().manual_seed(seed)
-    n2 = 2 * cfg.hidden_size
-    cell = rtu_math.init_params(cfg.encoder_size, cfg.hidden_size, generator=g)
+    net = cfg.net
+    cell = cfg.new_cell(generator=g).param_dict()
+    y = cfg.cell.output_size
     p: Params = {
-        "enc.w": sparse_init(cfg.obs_size, cfg.encoder_size, cfg.sparsity, g),
-        "enc.b": torch.zeros(cfg.encoder_size),
-        "rtu.nu_log": cell.nu_log,
-        "rtu.theta_log": cell.theta_log,
-        "rtu.w1": cell.w1,
-        "rtu.w2": cell.w2,
-        "critic.w1": sparse_init(n2, cfg.head_size, cfg.sparsity, g),
-        "critic.b1": torch.zeros(cfg.head_size),
-        "critic.w2": sparse_init(cfg.head_size, 1, cfg.sparsity, g),
-        "critic.b2": torch.zeros(1),
-        "actor.w1": sparse_init(n2, cfg.head_size, cfg.sparsity, g),
-        "actor.b1": torch.zeros(cfg.head_size),
-        "actor.w2": sparse_init(cfg.head_size, cfg.policy_outputs, cfg.sparsity, g),
-        "actor.b2": torch.zeros(cfg.policy_outputs),
+        "enc.w": sparse_init(cfg.obs_size, net.encoder_size, net.sparsity, g),
+        "enc.b": torch.zeros(net.encoder_size),
     }
-    if cfg.action_kind == "continuous":
+    p.update({f"cell.{k}": v for k, v in cell.items()})
+    widths = {"critic": 1, "actor": cfg.policy_outputs}
+    for name in heads:
+        p[f"{name}.w1"] = sparse_init(y, net.head_size, net.sparsity, g)
+        p[f"{name}.b1"] = torch.zeros(net.head_size)
+        p[f"{name}.w2"] = sparse_init(net.head_size, widths[name], net.sparsity, g)
+        p[f"{name}.b2"] = torch.zeros(widths[name])
+    if "actor" in heads and cfg.action_kind == "continuous":
         p["actor.log_std"] = torch.zeros(cfg.action_dims)
     return {k: v.contiguous() for k, v in p.items()}
 
 
-def cell_params(p: Params) -> rtu_math.RTUParams:
-    return rtu_math.RTUParams(p["rtu.nu_log"], p["rtu.theta_log"], p["rtu.w1"], p["rtu.w2"])
+def cell_params(p: Params) -> Params:
+    """The cell's parameters out of the agent's, keyed by the cell's own names."""
+    return {k[len("cell.") :]: v for k, v in p.items() if k.startswith("cell.")}
 
 
 # ---- dense layers with hand-written backward ------------------------------------------
@@ -260,18 +283,12 @@ def greedy_action(cfg: AgentConfig, out: Tensor) -> Tensor:
 
 
 def trunk_backward(
-    cfg: AgentConfig,
-    p: Params,
-    g_y: Tensor,
-    x: Tensor,
-    h0: Hidden,
-    state: rtu_math.RTUState,
-    traces,
+    cfg: AgentConfig, p: Params, g_y: Tensor, x: Tensor, h0: Hidden, state, traces
 ) -> Params:
     """Gradients of sum(g_y * y_t) w.r.t. the cell (exact RTRL) and the encoder (one step)."""
     cp = cell_params(p)
-    cell_g = rtu_math.grads(cp, g_y, state, traces, cfg.nonlinear, cfg.activation)
-    g_h0 = rtu_math.input_grad(cp, g_y, state, cfg.nonlinear, cfg.activation)
-    grads = {f"rtu.{k}": v for k, v in cell_g.items()}
+    cell = cfg.cell
+    grads = {f"cell.{k}": v for k, v in cell.rtrl_grads(g_y, state, traces, cp).items()}
+    g_h0 = cell.input_grad(g_y, state, traces, cp)
     grads.update(encode_backward(p, x, h0, g_h0))
     return grads

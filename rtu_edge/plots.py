@@ -8,7 +8,7 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from rtu_edge.atomic import atomic_write_bytes
+from firmware_bridge.atomic import atomic_write_bytes
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

@@ -1,182 +1,101 @@
-"""`rtu-edge train`: run the streaming learner on a gymnasium environment and save a run directory.
+"""`rtu-edge train`: run a streaming learner on a gymnasium environment and save a run directory.
 
-RUN_DIR/
-  config.json            the TrainConfig, AgentConfig and ACConfig (everything export needs)
-  metrics.csv            one row per finished episode: step, episode, return, length, steps/s, wall time
-  checkpoint.safetensors every carried tensor of the learn step (params, traces, normalisers, state)
-  summary.json           final_return, steps_per_second, recurrent_params, ...
-  learning_curve.svg     episode returns over steps
-
-The loop feeds the environment to :func:`rtu_edge.learners.ac.ac_step` exactly as the robot
-does over the serial link: one call per observation, with `first` / `terminal` flags, and one
-extra call on the final observation of every episode (its action is discarded).
+The run directory's layout is in `rtu_edge.run_dir`. The loop feeds the environment to the
+learner's learn step (`rtu_edge.learners.LEARNERS[algo]`) exactly as the robot does over the
+serial link: one call per observation, inputs filled by their declared source (`first` /
+`terminal` flags, reward, noise), and one extra call on the final observation of every episode
+(its action is discarded).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import io
-import json
 import math
 import signal
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
+from firmware_bridge.contract import ActionSpec, NoiseSpec
 from rtu_edge import envs as envs_mod
+from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
-from rtu_edge.atomic import atomic_write_bytes, atomic_write_json
-from rtu_edge.cells import CELLS, recurrent_param_count
-from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
+from rtu_edge.cells import CELLS
+from rtu_edge.config import TrainConfig
+from rtu_edge.learners import Learner, get_learner
 from rtu_edge.plots import write_learning_curve_svg
 
-ALGOS = ("ac",)  # later: "td", "ppo"
-METRICS_HEADER = [
-    "step",
-    "episode",
-    "episode_return",
-    "episode_length",
-    "steps_per_second",
-    "wall_time_s",
-]
-CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    """One training run. Saved as config.json in the run directory."""
-
-    out: str  # run directory (created; an existing non-empty one needs overwrite=True)
-    env: str = envs_mod.DEFAULT_ENV  # environment id, `rtu-edge envs` lists them
-    cell: str = "rtu"  # "rtu" (linear RTU) or "rtu-nonlinear"
-    algo: str = "ac"  # learner: streaming AC(lambda)
-    steps: int = 50_000  # environment steps
-    seed: int = 0  # seeds the parameters, the exploration noise and the environment
-    hidden_size: int = 32  # RTU units n
-    encoder_size: int = 32  # encoder width
-    head_size: int = 32  # width of the actor and critic hidden layers
-    activation: str = "relu"  # RTU activation
-    layer_norm: bool = False  # LayerNorm before the encoder's and heads' tanh (streaming-RL recipe)
-    checkpoint_every: int = 20_000  # steps between checkpoints, so a crash loses little
-    overwrite: bool = False  # allow writing into a non-empty run directory
-    resume: bool = False  # continue the run in `out` from its last checkpoint (see resume_config)
-    # torch.compile the learn step: ~4.7x faster per step on the demo agent, but compiling
-    # takes ~25 s (needs a C++ compiler), so it pays off only for runs of ~50k steps or more.
-    # "auto" compiles when steps >= 100k; if compilation fails, training runs eagerly.
-    compile: str = "auto"  # "auto" | "yes" | "no"
-    ac: ACConfig = field(default_factory=ACConfig)
+METRICS_HEADER = rd.METRICS_HEADER
+CHECKPOINT = rd.CHECKPOINT
+load_run = rd.load_run
+resume_config = rd.resume_config
 
 
 def agent_config_for(cfg: TrainConfig) -> AgentConfig:
-    info = envs_mod.env_info(cfg.env)
-    return AgentConfig(
-        obs_size=info.obs_size,
-        action_kind=info.action_kind,
-        action_dims=info.action_dims,
+    return rd.agent_config(cfg.net, asdict(envs_mod.env_info(cfg.env)))
+
+
+def action_spec(info: envs_mod.EnvInfo) -> ActionSpec:
+    """The environment's actuator in the contract's terms (the same rule the robot applies)."""
+    return ActionSpec(
+        kind=info.action_kind,
+        dims=info.action_dims,
         num_actions=info.num_actions,
-        encoder_size=cfg.encoder_size,
-        hidden_size=cfg.hidden_size,
-        head_size=cfg.head_size,
-        cell=cfg.cell,
-        activation=cfg.activation,
-        layer_norm=cfg.layer_norm,
+        low=tuple(info.action_low),
+        high=tuple(info.action_high),
+        safe=tuple(info.safe_action),
     )
 
 
-def save_checkpoint(
-    run_dir: Path,
-    state: dict[str, torch.Tensor],
-    progress: dict[str, int] | None = None,
-    rng: torch.Generator | None = None,
-) -> None:
-    """All carried tensors (bundle names), plus step counters and the noise RNG as metadata."""
-    from safetensors.torch import save
-
-    meta = {k: str(v) for k, v in (progress or {}).items()}
-    if rng is not None:
-        meta["noise_rng"] = bytes(rng.get_state().tolist()).hex()
-    data = save({k: v.contiguous() for k, v in state.items()}, metadata=meta)
-    atomic_write_bytes(run_dir / CHECKPOINT, data)
-
-
-def resume_config(run_dir: str | Path, steps: int | None = None) -> TrainConfig:
-    """The config of an interrupted run, to continue it (optionally to a new total of steps)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: nothing to resume in {run_dir}")
-    saved = dict(json.loads(path.read_text())["train"])
-    saved["ac"] = ACConfig(**saved["ac"])
-    saved.update(resume=True, overwrite=False)
-    if steps is not None:
-        saved["steps"] = steps
-    return TrainConfig(**saved)
-
-
-def _read_progress(run_dir: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(run_dir / CHECKPOINT), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def load_run(run_dir: str | Path) -> tuple[dict, AgentConfig, ACConfig, dict[str, torch.Tensor]]:
-    """Read a run directory back: (config dict, agent config, learner config, state tensors)."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT
-    for p in (cfg_path, ckpt_path):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"{p} is missing: is {run_dir} a directory written by `rtu-edge train`?"
-            )
-    config = json.loads(cfg_path.read_text())
-    agent = AgentConfig(**config["agent"])
-    ac = ACConfig(**config["train"]["ac"])
-    return config, agent, ac, load_file(str(ckpt_path))
-
-
-def _noise(agent: AgentConfig, gen: torch.Generator) -> torch.Tensor:
-    if agent.action_kind == "continuous":
-        return torch.randn(1, agent.noise_size, generator=gen)
-    u = torch.rand(1, agent.noise_size, generator=gen).clamp_(1e-10, 1 - 1e-7)
-    return -torch.log(-torch.log(u))  # standard Gumbel
-
-
-def env_action(agent: AgentConfig, action: torch.Tensor, low, high):
+def env_action(spec: ActionSpec, action: torch.Tensor):
     """The learner's action as the environment takes it: an index, or a clipped float32 vector."""
-    if agent.action_kind == "discrete":
-        return int(min(max(round(float(action[0, 0])), 0), agent.num_actions - 1))
-    return np.clip(action[0].numpy().astype(np.float32), low, high)
+    a = spec.to_actuator(action.detach().cpu().numpy())
+    return int(a[0]) if spec.kind == "discrete" else a
+
+
+def sample_noise(spec: NoiseSpec | None, gen: torch.Generator) -> torch.Tensor | None:
+    """Training's exploration noise (torch RNG, so a seed replays): normal or standard Gumbel."""
+    if spec is None:
+        return None
+    if spec.distribution == "normal":
+        return torch.randn(1, spec.size, generator=gen)
+    u = torch.rand(1, spec.size, generator=gen).clamp_(1e-10, 1 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def step_example(learner: Learner, agent: AgentConfig, dtype=torch.float32) -> dict:
+    """Zero-valued per-step inputs of the learn step (first = 1), by declared name."""
+    out = {}
+    for s in learner.step_inputs(agent):
+        out[s.name] = (torch.ones if s.source == "first" else torch.zeros)(s.shape, dtype=dtype)
+    return out
 
 
 def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Tensor], log=print):
-    """`ac_step` bound to the configs: eager, or torch.compile'd (same function, same numbers
-    up to float rounding; tests/rtu_edge/test_train.py compares them)."""
-    eager = functools.partial(ac_step, cfg.ac, agent)
+    """The learner's learn step bound to the configs: eager, or torch.compile'd (same function,
+    same numbers up to float rounding; tests/rtu_edge/test_train.py compares them)."""
+    learner = get_learner(cfg.algo)
+
+    def eager(s, inputs):
+        return learner.learn_step(cfg.learner, agent, s, inputs)
+
     if cfg.compile not in ("auto", "yes", "no"):
         raise ValueError(f"compile must be 'auto', 'yes' or 'no', got {cfg.compile!r}")
     if cfg.compile == "no" or (cfg.compile == "auto" and cfg.steps < 100_000):
         return eager
     compiled = torch.compile(eager, dynamic=False, fullgraph=True)
-    example = (
-        torch.zeros(1, agent.obs_size),
-        torch.zeros(1),
-        torch.ones(1),
-        torch.zeros(1),
-        torch.zeros(1, agent.noise_size),
-    )
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
-            compiled({k: v.clone() for k, v in state.items()}, *example)  # compile now
+            compiled({k: v.clone() for k, v in state.items()}, step_example(learner, agent))
     except Exception as e:  # no C++ compiler, unsupported platform, ...
         log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
         return eager
@@ -206,24 +125,44 @@ def _signals_interrupt():
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train one agent; returns the summary (also written to summary.json)."""
-    if cfg.cell not in CELLS:
-        raise ValueError(f"unknown cell {cfg.cell!r}; choose one of {sorted(CELLS)}")
-    if cfg.algo not in ALGOS:
-        raise ValueError(f"unknown algo {cfg.algo!r}; choose one of {list(ALGOS)}")
+    """Train one agent; returns the summary (also written to summary.json).
+
+    One learn-step call per observation, inputs filled by their declared source exactly as the
+    robot loop fills them, and one extra call on the final observation of every episode (its
+    action is discarded).
+    """
+    learner = get_learner(cfg.algo)
+    if cfg.learner is None:
+        cfg.learner = learner.Config()
+    if not isinstance(cfg.learner, learner.Config):
+        raise ValueError(
+            f"the learner config must be a {learner.Config.__name__} for --algo {cfg.algo}"
+        )
+    if cfg.net.cell not in CELLS:
+        raise ValueError(f"unknown cell {cfg.net.cell!r}; choose one of {sorted(CELLS)}")
     if cfg.steps <= 0:
         raise ValueError("--steps must be positive")
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file; choose a directory for the run")
     torch.set_num_threads(1)
     info = envs_mod.env_info(cfg.env)
     agent = agent_config_for(cfg)
+    cell = agent.cell
+    if not cell.online:
+        raise ValueError(
+            f"cell {cfg.net.cell!r} has no exact RTRL, so the streaming learner {cfg.algo!r} "
+            "cannot train it"
+        )
+    spec = action_spec(info)
+    noise_spec = learner.noise(agent)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start_step, start_episode = 0, 0
     if cfg.resume:
-        _, saved_agent, _, state = load_run(run_dir)
-        if saved_agent != agent:
-            raise ValueError(f"{run_dir} holds a different agent ({saved_agent}); cannot resume")
-        progress_meta = _read_progress(run_dir)
+        run, state = load_run(run_dir)
+        if run.agent != agent:
+            raise ValueError(f"{run_dir} holds a different agent ({run.agent}); cannot resume")
+        progress_meta = rd.read_progress(run_dir)
         start_step = int(progress_meta.get("step", 0))
         start_episode = int(progress_meta.get("episode", 0))
         if "noise_rng" in progress_meta:
@@ -232,7 +171,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if start_step >= cfg.steps:
             raise ValueError(f"{run_dir} already reached step {start_step}; pass a larger --steps")
         # metrics rows after the checkpoint belong to the lost part of the run: drop them
-        metrics = run_dir / "metrics.csv"
+        metrics = run_dir / rd.METRICS
         rows = list(csv.reader(io.StringIO(metrics.read_text()))) if metrics.exists() else []
         kept = [r for r in rows[1:] if r and int(r[0]) <= start_step]
         text = io.StringIO()
@@ -247,23 +186,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 "or continue it with --resume"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = initial_state(agent, cfg.seed)
+        state = learner.initial_state(agent, cfg.learner, cfg.seed)
         kept = []
-        metrics_f = open(run_dir / "metrics.csv", "w", newline="")
+        metrics_f = open(run_dir / rd.METRICS, "w", newline="")
         writer = csv.writer(metrics_f)
         writer.writerow(METRICS_HEADER)
-    atomic_write_json(
-        run_dir / "config.json",
-        {"train": asdict(cfg), "agent": agent.to_dict(), "env_info": asdict(info)},
-    )
+    rd.write_config(run_dir, cfg, asdict(info))
     # a resumed run starts a fresh episode, with its own environment seed
     env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * start_episode)
-    low = np.asarray(info.action_low, dtype=np.float32)
-    high = np.asarray(info.action_high, dtype=np.float32)
     returns: list[tuple[int, float]] = [(int(r[0]), float(r[2])) for r in kept]
     recent: deque[float] = deque((r for _, r in returns[-20:]), maxlen=20)
+    sources = {s.name: s.source for s in learner.step_inputs(agent)}
+    action_name = next(o.name for o in learner.learn_outputs(agent) if o.use == "action")
+    checked = [o.name for o in learner.learn_outputs(agent) if o.use == "check"]
 
-    step_fn = make_step_fn(cfg, agent, state)
     bar = None
     if progress:
         from rich.progress import (
@@ -275,7 +211,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         )
 
         bar = Progress(
-            TextColumn(f"train {cfg.env} {cfg.cell}"),
+            TextColumn(f"train {cfg.env} {cfg.net.cell} {cfg.algo}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[sps]:>7.0f} steps/s  recent return {task.fields[ret]}"),
@@ -289,20 +225,35 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     ep_return, ep_len, episode = 0.0, 0, start_episode
     step = start_step
     t0 = time.perf_counter()
-    bad_updates = 0
+    bad_updates = skipped_checkpoints = 0
+    log = bar.console.print if bar is not None else print
+
+    def checkpoint() -> None:
+        nonlocal skipped_checkpoints
+        try:
+            rd.save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
+        except rd.RunDirError as e:
+            skipped_checkpoints += 1
+            log(f"WARNING: {e}")
+
     try:
         with torch.inference_mode(), _signals_interrupt():
+            # compiling can take tens of seconds: an interrupt here also saves the checkpoint
+            step_fn = make_step_fn(cfg, agent, state, log=log)
             while step < cfg.steps:
-                new, action, _, delta = step_fn(
-                    state,
-                    torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1),
-                    torch.tensor([reward], dtype=torch.float32),
-                    torch.tensor([first]),
-                    torch.tensor([terminal]),
-                    _noise(agent, gen),
-                )
+                values = {
+                    "obs": torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1),
+                    "reward": torch.tensor([reward], dtype=torch.float32),
+                    "first": torch.tensor([first]),
+                    "terminal": torch.tensor([terminal]),
+                }
+                inputs = {
+                    name: sample_noise(noise_spec, gen) if src == "noise" else values[src]
+                    for name, src in sources.items()
+                }
+                new, out = step_fn(state, inputs)
                 state.update(new)
-                if not math.isfinite(float(delta)):
+                if not all(math.isfinite(float(out[k].reshape(-1)[0])) for k in checked):
                     bad_updates += 1
                 if episode_over:  # the tick on the final observation: learn, then reset
                     episode += 1
@@ -323,14 +274,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
                     ep_return, ep_len = 0.0, 0
                     continue
-                obs, r, term, trunc, _ = env.step(env_action(agent, action, low, high))
+                obs, r, term, trunc, _ = env.step(env_action(spec, out[action_name]))
                 reward, first, terminal = float(r), 0.0, float(term)
                 episode_over = term or trunc
                 ep_return += reward
                 ep_len += 1
                 step += 1
                 if step % cfg.checkpoint_every == 0:
-                    save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
+                    checkpoint()
                     metrics_f.flush()
                 if bar is not None and step % 200 == 0:
                     sps = (step - start_step) / (time.perf_counter() - t0)
@@ -338,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     bar.update(task, completed=step, sps=sps, ret=ret)
     except KeyboardInterrupt:
         # keep everything learned so far; `rtu-edge train --out RUN --resume` continues
-        save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
+        checkpoint()
         raise
     finally:
         if bar is not None:
@@ -346,12 +297,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         metrics_f.close()
         env.close()
     elapsed = time.perf_counter() - t0
-    save_checkpoint(run_dir, state, {"step": step, "episode": episode}, gen)
+    checkpoint()
 
     tail = [r for s, r in returns if s >= 0.9 * cfg.steps] or [r for _, r in returns[-1:]]
     summary = {
         "env": cfg.env,
-        "cell": cfg.cell,
+        "cell": cfg.net.cell,
         "algo": cfg.algo,
         "steps": cfg.steps,
         "episodes": episode,
@@ -360,13 +311,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         if returns
         else None,
         "steps_per_second": (cfg.steps - start_step) / elapsed,
-        "recurrent_params": recurrent_param_count(agent.encoder_size, agent.hidden_size),
+        "recurrent_params": cell.recurrent_param_count(),
         "non_finite_updates": bad_updates,
+        "skipped_checkpoints": skipped_checkpoints,
         "wall_time_s": elapsed,
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run_dir / rd.SUMMARY, summary)
     if returns:
         write_learning_curve_svg(
-            run_dir / "learning_curve.svg", returns, title=f"{cfg.env} {cfg.cell} seed {cfg.seed}"
+            run_dir / "learning_curve.svg",
+            returns,
+            title=f"{cfg.env} {cfg.net.cell} {cfg.algo} seed {cfg.seed}",
         )
     return summary

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from export.bundle import ExportConfig, export_run
+from rtu_edge.config import NetConfig
 from rtu_edge.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    train(TrainConfig(out=str(root / "run"), steps=800, hidden_size=8), progress=False)
+    train(
+        TrainConfig(out=str(root / "run"), steps=800, net=NetConfig(hidden_size=8)), progress=False
+    )
     export_run(
         ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
         log=lambda m: None,

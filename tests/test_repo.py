@@ -147,5 +147,5 @@ def test_cli_train_resume(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((out / "summary.json").read_text())["steps"] == 400
     assert (
-        json.loads((out / "config.json").read_text())["train"]["hidden_size"] == 4
+        json.loads((out / "config.json").read_text())["train"]["net"]["hidden_size"] == 4
     )  # its own options

@@ -1,10 +1,17 @@
-"""Recurrent cells trained by exact RTRL.
+"""The recurrent cells: `CELLS` maps every `--cell` name to a factory.
 
-`CELLS` maps a cell name to its constructor options; it is an open registry that later
-cells (online-lru, gru, ...) extend.
+A factory is ``(input_size, hidden_size, generator=None, **options) -> Cell`` (see
+`rtu_edge.cells.base`). Its keyword defaults are the one source of each option's default;
+`rtu-edge train --set cell.<option>=<value>` overrides them. Adding a cell: one file of math
+plus its module, and one line here.
 """
 
-from rtu_edge.cells.rtu import RTU, recurrent_param_count
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rtu_edge.cells.base import Cell, state_from_dict, state_to_dict
+from rtu_edge.cells.rtu import RTU, linear_rtu, nonlinear_rtu, recurrent_param_count
 from rtu_edge.cells.rtu_math import (
     ACTIVATIONS,
     LinearTraces,
@@ -14,19 +21,34 @@ from rtu_edge.cells.rtu_math import (
     Traces,
 )
 
-CELLS: dict[str, dict] = {
-    "rtu": {"nonlinear": False},  # linear recurrence, y = f(h); lean complex traces
-    "rtu-nonlinear": {"nonlinear": True},  # c = f(a) feeds back; per-component traces
+CELLS: dict[str, Callable[..., Cell]] = {
+    "rtu": linear_rtu,  # linear recurrence, y = f(h); lean complex traces
+    "rtu-nonlinear": nonlinear_rtu,  # c = f(a) feeds back; per-component traces
 }
+
+
+def make_cell(name: str, input_size: int, hidden_size: int, **options) -> Cell:
+    """Build cell ``name``; an unknown name or option is a ValueError that lists the choices."""
+    if name not in CELLS:
+        raise ValueError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}")
+    try:
+        return CELLS[name](input_size, hidden_size, **options)
+    except TypeError as e:  # an option the factory does not take
+        raise ValueError(f"cell {name!r}: {e}") from None
+
 
 __all__ = [
     "ACTIVATIONS",
     "CELLS",
     "RTU",
+    "Cell",
     "LinearTraces",
     "NonlinearTraces",
     "RTUParams",
     "RTUState",
     "Traces",
+    "make_cell",
     "recurrent_param_count",
+    "state_from_dict",
+    "state_to_dict",
 ]

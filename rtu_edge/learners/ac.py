@@ -36,8 +36,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from firmware_bridge.contract import NoiseSpec, StepInput, StepOutput
 from rtu_edge import agent as A
-from rtu_edge.cells import rtu_math
+from rtu_edge.cells import state_from_dict, state_to_dict
+from rtu_edge.learners.base import Learner
 
 State = dict[str, Tensor]
 
@@ -75,14 +77,9 @@ class ACConfig:
 # ---- state layout ------------------------------------------------------------------------
 
 
-def trace_names(agent: A.AgentConfig) -> tuple[str, ...]:
-    cls = rtu_math.NonlinearTraces if agent.nonlinear else rtu_math.LinearTraces
-    return tuple(cls._fields)
-
-
-def initial_state(agent: A.AgentConfig, seed: int = 0) -> State:
+def initial_state(agent: A.AgentConfig, cfg: ACConfig | None = None, seed: int = 0) -> State:
     """Every tensor the learn step carries from tick to tick, by its bundle name."""
-    params = A.init_params(agent, seed)
+    params = A.init_params(agent, seed, heads=("critic", "actor"))
     s: State = {f"params.{k}": v for k, v in params.items()}
     for k in A.critic_param_names(agent):
         s[f"elig_v.{k}"] = torch.zeros_like(params[k])
@@ -100,11 +97,9 @@ def initial_state(agent: A.AgentConfig, seed: int = 0) -> State:
             "norm.ret_m2": torch.zeros(1),
         }
     )
-    st = rtu_math.initial_state(agent.hidden_size, 1)
-    s["carry.c1"], s["carry.c2"] = st.c1, st.c2
-    traces = rtu_math.initial_traces(agent.encoder_size, agent.hidden_size, 1, agent.nonlinear)
-    for name, t in zip(traces._fields, traces):
-        s[f"carry.{name}"] = t
+    cell = agent.cell
+    s.update(state_to_dict("carry", cell.initial_state(1)))
+    s.update(state_to_dict("trace", cell.initial_traces(1)))
     s["carry.v_prev"] = torch.zeros(1)
     return {k: v.contiguous() for k, v in s.items()}
 
@@ -204,18 +199,16 @@ def ac_step(
     r, upd = scale_reward(cfg, s, reward, keep)
     new.update(upd)
 
-    # 2. forward: encoder, RTU with RTRL traces (reset by the `first` mask inside), heads
-    h0 = A.encode(p, x, agent.layer_norm)
-    names = trace_names(agent)
-    traces_cls = rtu_math.NonlinearTraces if agent.nonlinear else rtu_math.LinearTraces
-    traces = traces_cls(*(s[f"carry.{n}"] for n in names))
-    state = rtu_math.RTUState(s["carry.c1"], s["carry.c2"])
-    y, state, traces = rtu_math.step(
-        A.cell_params(p), h0.h, state, traces, first, agent.nonlinear, agent.activation
-    )
-    value_out, v_hid = A.head(p, "critic", y, agent.layer_norm)
+    # 2. forward: encoder, cell with RTRL traces (reset by the `first` mask inside), heads
+    ln = agent.net.layer_norm
+    cell = agent.cell
+    h0 = A.encode(p, x, ln)
+    state = state_from_dict(cell.State, "carry", s)
+    traces = state_from_dict(cell.Traces, "trace", s)
+    y, state, traces = cell.rtrl_step(h0.h, state, traces, first, A.cell_params(p))
+    value_out, v_hid = A.head(p, "critic", y, ln)
     value = value_out.reshape(1)
-    pi_out, pi_hid = A.head(p, "actor", y, agent.layer_norm)
+    pi_out, pi_hid = A.head(p, "actor", y, ln)
     sample = A.sample_policy(agent, p, pi_out, noise)
 
     # 3. TD error of the previous transition (masked out on the first tick)
@@ -282,40 +275,108 @@ def ac_step(
     for k in act_names:
         new[f"elig_pi.{k}"] = decay * z_pi[k] + g_pi[k]
 
-    new["carry.c1"], new["carry.c2"] = state.c1, state.c2
-    for n, t in zip(names, traces):
-        new[f"carry.{n}"] = t
+    new.update(state_to_dict("carry", state))
+    new.update(state_to_dict("trace", traces))
     new["carry.v_prev"] = value * 1.0
     return new, sample.action, value, delta
 
 
+def learn_step(
+    cfg: ACConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
+) -> tuple[State, dict[str, Tensor]]:
+    """`ac_step` with the declared inputs and outputs by name (what export and train call)."""
+    new, action, value, delta = ac_step(
+        cfg,
+        agent,
+        s,
+        inputs["obs"],
+        inputs["reward"],
+        inputs["first"],
+        inputs["terminal"],
+        inputs["noise"],
+    )
+    return new, {"action": action, "value": value, "td_error": delta}
+
+
 def act_step(
-    agent: A.AgentConfig,
-    s: State,
-    obs: Tensor,
-    first: Tensor,
-    cfg: ACConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One control tick without learning: greedy action, value, new hidden state (c1, c2).
+    cfg: ACConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
+) -> tuple[State, dict[str, Tensor]]:
+    """One control tick without learning: greedy action, value and the new cell state.
 
     Uses the normaliser statistics as they are (no update) and no RTRL traces.
     """
     p = params_of(s)
-    obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
+    obs = torch.clamp(inputs["obs"], -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
     x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
-    h0 = A.encode(p, x, agent.layer_norm).h
-    keep = (1.0 - first).unsqueeze(-1)
-    c1, c2 = s["carry.c1"] * keep, s["carry.c2"] * keep
-    y, state = rtu_math.sequence(
-        A.cell_params(p),
-        h0.unsqueeze(0),
-        rtu_math.RTUState(c1, c2),
-        agent.nonlinear,
-        agent.activation,
+    ln = agent.net.layer_norm
+    cell = agent.cell
+    h0 = A.encode(p, x, ln).h
+    state = state_from_dict(cell.State, "carry", s)
+    y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p))
+    value_out, _ = A.head(p, "critic", y, ln)
+    pi_out, _ = A.head(p, "actor", y, ln)
+    outputs = {"action": A.greedy_action(agent, pi_out), "value": value_out.reshape(1)}
+    return state_to_dict("carry", state), outputs
+
+
+# ---- what the learner declares (export and the robot loop are driven by this) ------------------
+
+
+def step_inputs(agent: A.AgentConfig) -> tuple[StepInput, ...]:
+    return (
+        StepInput("obs", "obs", (1, agent.obs_size), "raw observation S_t"),
+        StepInput("reward", "reward", (1,), "R_t, reward of the transition into S_t"),
+        StepInput("first", "first", (1,), "S_t starts an episode: reset, no TD update"),
+        StepInput("terminal", "terminal", (1,), "S_t is terminal: v(S_t) = 0"),
+        StepInput("noise", "noise", (1, agent.noise_size), "exploration noise for A_t"),
     )
-    y = y[0]
-    value_out, _ = A.head(p, "critic", y, agent.layer_norm)
-    pi_out, _ = A.head(p, "actor", y, agent.layer_norm)
-    return A.greedy_action(agent, pi_out), value_out.reshape(1), state.c1, state.c2
+
+
+def learn_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
+    return (
+        StepOutput("action", "action", (1, agent.action_dims), "A_t (discrete: index as float)"),
+        StepOutput("value", "check", (1,), "v(S_t)"),
+        StepOutput("td_error", "check", (1,), "TD error of the previous transition"),
+    )
+
+
+def act_inputs(agent: A.AgentConfig) -> tuple[StepInput, ...]:
+    return step_inputs(agent)[0:1] + step_inputs(agent)[2:3]  # obs, first
+
+
+def act_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
+    return (
+        StepOutput("action", "action", (1, agent.action_dims), "greedy action"),
+        StepOutput("value", "report", (1,), "v(S_t)"),
+    )
+
+
+def act_state_names(agent: A.AgentConfig, s: State) -> list[str]:
+    """The tensors the act graph reads: the parameters it uses, obs statistics, cell state."""
+    names = [k for k in s if k.startswith("params.") and k != "params.actor.log_std"]
+    names += ["norm.obs_count", "norm.obs_mean", "norm.obs_m2"]
+    names += [f"carry.{k}" for k in agent.cell.State._fields]
+    return names
+
+
+def noise(agent: A.AgentConfig) -> NoiseSpec:
+    return NoiseSpec("normal" if agent.action_kind == "continuous" else "gumbel", agent.noise_size)
+
+
+LEARNER = Learner(
+    name="ac",
+    description="streaming actor-critic AC(lambda) with ObGD (Elsayed et al. 2024)",
+    Config=ACConfig,
+    heads=("critic", "actor"),
+    initial_state=initial_state,
+    learn_step=learn_step,
+    act_step=act_step,
+    step_inputs=step_inputs,
+    learn_outputs=learn_outputs,
+    act_inputs=act_inputs,
+    act_outputs=act_outputs,
+    act_state_names=act_state_names,
+    noise=noise,
+)

@@ -10,15 +10,9 @@ import onnx
 import pytest
 import torch
 
-from export.bundle import (
-    ExportConfig,
-    act_input_names,
-    check_standard_ops,
-    export_act_graph,
-    export_learn_graph,
-    export_run,
-)
+from export.bundle import ExportConfig, check_standard_ops, export_graph, export_run, plan_graphs
 from export.parity import ParityError, check_parity
+from rtu_edge.config import NetConfig
 from rtu_edge.learners.ac import ACConfig
 from rtu_edge.train import TrainConfig, load_run, train
 
@@ -35,9 +29,8 @@ def runs(tmp_path_factory):
         ("cheetah", "mujoco/HalfCheetah-P", "rtu", False),
         ("pendulum-ln", "classic/Pendulum-P", "rtu", True),
     ):
-        cfg = TrainConfig(
-            out=str(root / name), env=env, cell=cell, steps=600, hidden_size=8, layer_norm=ln
-        )
+        net = NetConfig(cell=cell, hidden_size=8, layer_norm=ln)
+        cfg = TrainConfig(out=str(root / name), env=env, steps=600, net=net)
         train(cfg, progress=False)
         out[name] = root / name
     return out
@@ -49,7 +42,7 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
     manifest = export_run(
         ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
     )
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == 2
     assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= 1e-5
     assert manifest["parity"]["steps"] >= 200
     for file, sha in manifest["files"].items():
@@ -77,21 +70,15 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
 
 def test_parity_check_catches_a_graph_that_differs(runs):
     """Export the learn step with another discount: the check must see it."""
-    config, agent, ac, state = load_run(runs["cartpole"])
+    run, state = load_run(runs["cartpole"])
+    ac = run.train.learner
     wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
-    bad = export_learn_graph(wrong, agent, state)
-    act = export_act_graph(ac, agent, state)
-    report = check_parity(
-        bad.SerializeToString(),
-        act.SerializeToString(),
-        config,
-        agent,
-        ac,
-        state,
-        list(state),
-        act_input_names(state, agent),
-        steps=200,
-    )
+    blobs = {
+        "learn": export_graph(run.learner, "learn", wrong, run.agent, state).SerializeToString(),
+        "act": export_graph(run.learner, "act", ac, run.agent, state).SerializeToString(),
+    }
+    plans = plan_graphs(run.learner, run.agent, state)
+    report = check_parity(run, state, blobs, plans, steps=200)
     assert not report.ok
     assert report.worst_rel > 1e-3
     with pytest.raises(ParityError, match="NOT written"):
@@ -105,7 +92,7 @@ def test_export_refuses_existing_bundle_and_missing_run(runs, tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_run(ExportConfig(run_dir=str(runs["cartpole"]), out=str(out)), log=lambda m: None)
     assert (out / "keep.txt").read_text() == "user data"
-    with pytest.raises(FileNotFoundError, match="rtu-edge train"):
+    with pytest.raises(ValueError, match="rtu-edge train"):
         export_run(
             ExportConfig(run_dir=str(tmp_path / "nope"), out=str(tmp_path / "c")),
             log=lambda m: None,
@@ -121,11 +108,12 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
 
     from rtu_edge.learners.ac import ac_step
 
-    config, agent, ac, state = load_run(runs["cartpole"])
+    run, state = load_run(runs["cartpole"])
+    agent, ac = run.agent, run.train.learner
     state = {k: v.double() for k, v in state.items()}
     carried = list(state)
     step_names = ["obs", "reward", "first", "terminal", "noise"]
-    model = export_learn_graph(ac, agent, state)
+    model = export_graph(run.learner, "learn", ac, agent, state)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import firmware_bridge.bundle as bundle_mod
+from firmware_bridge import contract as C
 from firmware_bridge.bundle import BundleError, load_bundle
 from firmware_bridge.runtime import make_session, reference_step, session_options
 
@@ -147,8 +148,66 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _io(values) -> tuple[C.TensorSpec, ...]:
+    return tuple(C.TensorSpec(d["name"], d["dtype"], tuple(d["shape"])) for d in _specs(values))
+
+
+SOURCES = {
+    "obs": "obs",
+    "reward": "reward",
+    "first": "first",
+    "terminal": "terminal",
+    "noise": "noise",
+}
+USES = {
+    "learn": {"action": "action", "value": "check", "td_error": "check"},
+    "act": {"action": "action", "value": "report"},
+}
+
+
+def tiny_manifest(learn, act, state_names, blobs) -> C.Manifest:
+    """The manifest `rtu-edge export` would write for these graphs, built with the contract."""
+    graphs = {}
+    for g, m in (("learn", learn), ("act", act)):
+        inputs, outputs = _io(m.graph.input), _io(m.graph.output)
+        graphs[g] = C.GraphSpec(
+            file=f"{g}.onnx",
+            opset=18,
+            inputs=inputs,
+            outputs=outputs,
+            step_inputs=tuple(
+                C.StepInput(i.name, SOURCES[i.name], i.shape, "")
+                for i in inputs
+                if i.name in SOURCES
+            ),
+            step_outputs=tuple(
+                C.StepOutput(o.name, USES[g][o.name], o.shape, "")
+                for o in outputs
+                if o.name in USES[g]
+            ),
+        )
+    return C.Manifest(
+        format_version=C.FORMAT_VERSION,
+        created_utc="2026-11-25T10:00:00Z",
+        rtu_edge_version="0.1.0",
+        env_id="test/Tiny",
+        learner="ac",
+        cell="rtu",
+        observation_size=OBS,
+        observation_clip=1e6,
+        action=C.ActionSpec("continuous", 1, 0, (-1.0,), (1.0,), (0.0,)),
+        noise=C.NoiseSpec("normal", OBS),
+        graphs=graphs,
+        state_file="state.npz",
+        state_names=tuple(state_names),
+        files={name: _sha(data) for name, data in blobs.items()},
+        protocol_version=1,
+        schema_hash=0x1234ABCD,
+    )
+
+
 def write_bundle(directory: Path, learn=None, act=None, state=None) -> Path:
-    """A complete format-1 bundle built like `rtu-edge export` would write it."""
+    """A complete bundle built like `rtu-edge export` writes it (manifest via the contract)."""
     directory.mkdir(parents=True, exist_ok=True)
     learn = learn or learn_model()
     act = act or act_model()
@@ -159,28 +218,7 @@ def write_bundle(directory: Path, learn=None, act=None, state=None) -> Path:
     blobs["state.npz"] = buf.getvalue()
     for name, data in blobs.items():
         (directory / name).write_bytes(data)
-    manifest = {
-        "format_version": 1,
-        "created_utc": "2026-11-25T10:00:00Z",
-        "rtu_edge_version": "0.1.0",
-        "env_id": "test/Tiny",
-        "observation": {"size": OBS, "dtype": "float32", "clip": 1e6},
-        "action": {"kind": "continuous", "dims": 1, "low": [-1], "high": [1], "safe": [0]},
-        "noise": {"distribution": "normal", "size": OBS},
-        "hyperparameters": {},
-        "protocol": {"version": 1, "schema_hash": "0x1234abcd"},
-        "graphs": {
-            g: {
-                "file": f"{g}.onnx",
-                "opset": 18,
-                "inputs": _specs(m.graph.input),
-                "outputs": _specs(m.graph.output),
-            }
-            for g, m in (("learn", learn), ("act", act))
-        },
-        "state": {"file": "state.npz", "names": list(state)},
-        "files": {name: _sha(data) for name, data in blobs.items()},
-    }
+    manifest = tiny_manifest(learn, act, list(state), blobs).to_json()
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return directory
 
@@ -203,7 +241,7 @@ def bundle_dir(tmp_path):
 def test_valid_bundle_loads_and_runs(bundle_dir):
     b = load_bundle(bundle_dir)
     assert b.path == bundle_dir.resolve()
-    assert b.manifest["env_id"] == "test/Tiny"
+    assert b.manifest.env_id == "test/Tiny"
     assert b.fingerprint == _sha((bundle_dir / "manifest.json").read_bytes())
     assert b.carried_names("learn") == list(STATE)
     assert b.carried_names("act") == ["carry.c1", "carry.c2"]
@@ -433,9 +471,15 @@ def _edit_spec(graph, kind, target, changes):
 @pytest.mark.parametrize(
     "graph,kind,name,changes,pattern",
     [
-        ("learn", "inputs", "obs", {"name": "observation"}, r"lists inputs \['observation'\]"),
-        ("act", "outputs", "value", {"name": "v"}, r"graph has outputs \['value'\]"),
-        ("learn", "inputs", "reward", {"dtype": "float64"}, r"'reward' is tensor\(float\)"),
+        (
+            "learn",
+            "inputs",
+            "params.enc.w",
+            {"shape": [OBS, 7]},
+            r"'params.enc.w' has shape \[2, 3\]",
+        ),
+        ("act", "outputs", "value", {"dtype": "float64"}, r"output 'value' is tensor\(float\)"),
+        ("learn", "inputs", "norm.obs_mean", {"dtype": "float64"}, r"'norm.obs_mean' is tensor"),
         ("act", "inputs", "carry.c1", {"shape": [N]}, r"'carry.c1' has shape \[1, 3\].*rank 2"),
         ("learn", "outputs", "params.enc.w.next", {"shape": [N, OBS]}, r"\[2, 3\] in the graph"),
     ],
@@ -447,11 +491,22 @@ def test_manifest_io_mismatch_rejected_at_load(bundle_dir, graph, kind, name, ch
     assert f"graph '{graph}' ({graph}.onnx) does not match manifest.json" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "graph,kind,name,new",
+    [("learn", "inputs", "params.enc.w", "params.w"), ("act", "outputs", "carry.c2.next", "c2")],
+)
+def test_manifest_naming_a_tensor_twice_differently_is_refused(bundle_dir, graph, kind, name, new):
+    """A renamed tensor breaks the contract's naming rule before any graph is compared."""
+    _edit_manifest(bundle_dir, _edit_spec(graph, kind, name, {"name": new}))
+    with pytest.raises(BundleError, match=rf"graphs.{graph}.step_.*{new}"):
+        load_bundle(bundle_dir)
+
+
 def test_graph_input_neither_state_nor_step_input(tmp_path):
     model = act_model()
     model.graph.input.append(_vi("mystery", [1]))
     write_bundle(tmp_path / "b", act=model)
-    with pytest.raises(BundleError, match="'mystery' is neither in state.npz nor a per-step"):
+    with pytest.raises(BundleError, match=r"graph's inputs not held in the state are.*'mystery'"):
         load_bundle(tmp_path / "b")
 
 
@@ -488,10 +543,17 @@ def test_opset_mismatch(bundle_dir):
 # -- manifest itself ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [1, 3, 0])
 def test_unknown_format_version(bundle_dir, no_parsing, version):
     _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match=rf"format_version {version!r}; this rtu-edge reads"):
+        load_bundle(bundle_dir)
+
+
+@pytest.mark.parametrize("version", ["2", None, True, 2.0])
+def test_format_version_of_the_wrong_type(bundle_dir, no_parsing, version):
+    _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))
+    with pytest.raises(BundleError, match="format_version must be an integer"):
         load_bundle(bundle_dir)
 
 

@@ -11,13 +11,16 @@ from firmware_bridge.host import HandshakeError
 from firmware_bridge.robot_loop import RunConfig, run
 from firmware_bridge.sim_robot import SimFaults, SimRobot
 from rtu_edge import envs
+from rtu_edge.config import NetConfig
 from rtu_edge.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
-    train(TrainConfig(out=str(root / "run"), steps=500, hidden_size=8), progress=False)
+    train(
+        TrainConfig(out=str(root / "run"), steps=500, net=NetConfig(hidden_size=8)), progress=False
+    )
     export_run(
         ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
         log=lambda m: None,

@@ -9,6 +9,7 @@ import torch
 
 from rtu_edge import agent as A
 from rtu_edge.cells import rtu_math
+from rtu_edge.config import NetConfig
 from rtu_edge.learners import ac as L
 
 
@@ -18,12 +19,14 @@ def _agent(kind: str, cell: str = "rtu", obs: int = 3, layer_norm: bool = False)
         action_kind=kind,
         action_dims=2 if kind == "continuous" else 1,
         num_actions=3 if kind == "discrete" else 0,
-        encoder_size=5,
-        hidden_size=4,
-        head_size=6,
-        cell=cell,
-        sparsity=0.0,
-        layer_norm=layer_norm,
+        net=NetConfig(
+            encoder_size=5,
+            hidden_size=4,
+            head_size=6,
+            cell=cell,
+            sparsity=0.0,
+            layer_norm=layer_norm,
+        ),
     )
 
 
@@ -36,7 +39,7 @@ def _double(p: dict) -> dict:
 def test_head_backward_matches_autograd(name, layer_norm):
     cfg = _agent("discrete")
     p = _double(A.init_params(cfg, seed=1))
-    y = torch.randn(1, 2 * cfg.hidden_size, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(1, 2 * cfg.net.hidden_size, dtype=torch.float64, requires_grad=True)
     out, hid = A.head(p, name, y, layer_norm)
     g_out = torch.randn_like(out)
     grads, g_y = A.head_backward(p, name, y, hid, g_out)
@@ -160,11 +163,11 @@ def test_critic_eligibility_equals_bptt_sum_of_value_gradients(cell, kind, layer
     p = _double(L.params_of(_double_state(L.initial_state(cfg, seed=4))))
     h0 = torch.cat([A.encode(p, x, layer_norm).h.detach() for x in xs]).unsqueeze(1)  # (T,1,E)
     ys, _ = rtu_math.sequence(
-        A.cell_params(p),
+        rtu_math.RTUParams(**A.cell_params(p)),
         h0,
-        rtu_math.initial_state(cfg.hidden_size, 1, torch.float64),
-        cfg.nonlinear,
-        cfg.activation,
+        rtu_math.initial_state(cfg.net.hidden_size, 1, torch.float64),
+        cfg.cell.nonlinear,
+        cfg.cell.activation,
     )
     v_sum = sum(A.head(p, "critic", ys[t], layer_norm)[0].sum() for t in range(T))
     keys = [k for k in A.critic_param_names(cfg) if not k.startswith("enc.")]
@@ -309,4 +312,10 @@ def test_bad_config_errors_are_clear():
     with pytest.raises(ValueError, match="action_kind"):
         A.AgentConfig(obs_size=2, action_kind="bogus", action_dims=1, num_actions=2)
     with pytest.raises(ValueError, match="unknown cell"):
-        A.AgentConfig(obs_size=2, action_kind="discrete", action_dims=1, num_actions=2, cell="lstm")
+        A.AgentConfig(
+            obs_size=2,
+            action_kind="discrete",
+            action_dims=1,
+            num_actions=2,
+            net=NetConfig(cell="lstm"),
+        )

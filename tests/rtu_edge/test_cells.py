@@ -305,9 +305,8 @@ def test_trace_memory():
 
 
 def test_registry_and_param_count():
-    assert CELLS["rtu"] == {"nonlinear": False}
-    assert CELLS["rtu-nonlinear"] == {"nonlinear": True}
-    cell = RTU(64, 192, **CELLS["rtu-nonlinear"])
+    assert not CELLS["rtu"](3, 4).nonlinear
+    cell = CELLS["rtu-nonlinear"](64, 192)
     assert cell.nonlinear
     total = sum(p.numel() for p in cell.parameters())
     assert total == recurrent_param_count(64, 192) == 24_960

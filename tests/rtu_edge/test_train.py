@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from rtu_edge.config import NetConfig
 from rtu_edge.train import TrainConfig, load_run, train
 
 
@@ -22,12 +23,14 @@ from rtu_edge.train import TrainConfig, load_run, train
 def test_train_smoke_on_each_family(tmp_path, env, cell):
     out = tmp_path / "run"
     summary = train(
-        TrainConfig(out=str(out), env=env, cell=cell, steps=250, hidden_size=4), progress=False
+        TrainConfig(out=str(out), env=env, steps=250, net=NetConfig(cell=cell, hidden_size=4)),
+        progress=False,
     )
     assert summary["non_finite_updates"] == 0
     assert summary["steps_per_second"] > 0
-    config, agent, ac, state = load_run(out)
-    assert config["train"]["env"] == env and agent.cell == cell
+    run, state = load_run(out)
+    agent = run.agent
+    assert run.train.env == env and agent.net.cell == cell
     assert all(bool(v.isfinite().all()) for v in state.values())
     # parameters moved away from their initial values: the learner updated them
     from rtu_edge.learners.ac import initial_state
@@ -42,7 +45,10 @@ def test_train_smoke_on_each_family(tmp_path, env, cell):
 
 def test_train_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown cell"):
-        train(TrainConfig(out=str(tmp_path / "a"), cell="lstm", steps=10), progress=False)
+        train(
+            TrainConfig(out=str(tmp_path / "a"), net=NetConfig(cell="lstm"), steps=10),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="unknown algo"):
         train(TrainConfig(out=str(tmp_path / "b"), algo="ppo", steps=10), progress=False)
     with pytest.raises(ValueError, match="steps"):
@@ -50,13 +56,14 @@ def test_train_rejects_bad_arguments(tmp_path):
 
 
 def test_same_seed_same_run(tmp_path):
-    a = train(TrainConfig(out=str(tmp_path / "a"), steps=400, hidden_size=4), progress=False)
-    b = train(TrainConfig(out=str(tmp_path / "b"), steps=400, hidden_size=4), progress=False)
+    net = NetConfig(hidden_size=4)
+    a = train(TrainConfig(out=str(tmp_path / "a"), steps=400, net=net), progress=False)
+    b = train(TrainConfig(out=str(tmp_path / "b"), steps=400, net=net), progress=False)
     assert (tmp_path / "a" / "metrics.csv").read_text().split("\n")[1:][:5] and a["episodes"] == b[
         "episodes"
     ]
-    _, _, _, sa = load_run(tmp_path / "a")
-    _, _, _, sb = load_run(tmp_path / "b")
+    _, sa = load_run(tmp_path / "a")
+    _, sb = load_run(tmp_path / "b")
     for k in sa:
         assert (sa[k] == sb[k]).all(), k
 
@@ -66,12 +73,13 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     from rtu_edge.train import resume_config
 
     out = tmp_path / "run"
-    train(TrainConfig(out=str(out), steps=300, hidden_size=4, checkpoint_every=100), progress=False)
-    _, _, _, before = load_run(out)
+    cfg = TrainConfig(out=str(out), steps=300, net=NetConfig(hidden_size=4), checkpoint_every=100)
+    train(cfg, progress=False)
+    _, before = load_run(out)
     rows_before = (out / "metrics.csv").read_text().splitlines()
     summary = train(resume_config(out, steps=700), progress=False)
     assert summary["steps"] == 700
-    _, _, _, after = load_run(out)
+    _, after = load_run(out)
     assert any(not (after[k] == before[k]).all() for k in before if k.startswith("params."))
     rows_after = (out / "metrics.csv").read_text().splitlines()
     assert rows_after[: len(rows_before)] == rows_before  # history kept
@@ -84,7 +92,7 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
 def test_resume_needs_a_run(tmp_path):
     from rtu_edge.train import resume_config
 
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+    with pytest.raises(ValueError, match="rtu-edge train"):
         resume_config(tmp_path / "nope")
 
 
@@ -143,29 +151,32 @@ def test_compiled_learn_step_matches_eager(tmp_path):
     """torch.compile of the learn step (used for long runs) computes the same step."""
     import torch
 
-    from rtu_edge.learners.ac import initial_state
+    from rtu_edge.learners.ac import ACConfig, initial_state
     from rtu_edge.train import agent_config_for, make_step_fn
 
-    cfg = TrainConfig(out=str(tmp_path), hidden_size=4, compile="yes")
+    cfg = TrainConfig(out=str(tmp_path), net=NetConfig(hidden_size=4), compile="yes")
+    cfg.learner = ACConfig()
     agent = agent_config_for(cfg)
     state = initial_state(agent)
     messages = []
     compiled = make_step_fn(cfg, agent, state, log=messages.append)
-    eager = make_step_fn(TrainConfig(out=str(tmp_path), hidden_size=4, compile="no"), agent, state)
+    eager_cfg = TrainConfig(out=str(tmp_path), net=NetConfig(hidden_size=4), compile="no")
+    eager_cfg.learner = cfg.learner
+    eager = make_step_fn(eager_cfg, agent, state)
     assert compiled is not eager and "compiled" in messages[0], messages
     gen = torch.Generator().manual_seed(0)
     a, b = dict(state), dict(state)
     with torch.inference_mode():
         for t in range(50):
-            x = (
-                torch.randn(1, agent.obs_size, generator=gen),
-                torch.ones(1),
-                torch.tensor([1.0 if t == 0 else 0.0]),
-                torch.zeros(1),
-                torch.randn(1, agent.noise_size, generator=gen),
-            )
-            na, *oa = compiled(a, *x)
-            nb, *ob = eager(b, *x)
+            x = {
+                "obs": torch.randn(1, agent.obs_size, generator=gen),
+                "reward": torch.ones(1),
+                "first": torch.tensor([1.0 if t == 0 else 0.0]),
+                "terminal": torch.zeros(1),
+                "noise": torch.randn(1, agent.noise_size, generator=gen),
+            }
+            na, _ = compiled(a, x)
+            nb, _ = eager(b, x)
             a.update(na)
             b.update(nb)
     for k in a:

@@ -1,4 +1,5 @@
-"""`rtu-edge demo`: the whole chain on the built-in default, without hardware.
+"""`rtu-edge demo`: the whole chain on the built-in default, without hardware (an app: it uses
+all three packages, so it lives beside cli.py, not inside the library).
 
 1. train a small agent on the workstation (torch, exact RTRL, streaming AC);
 2. export its act and learn steps to ONNX (parity-checked);
@@ -23,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rtu_edge.atomic import atomic_write_json
+from firmware_bridge.atomic import atomic_write_json
 from rtu_edge.plots import write_learning_curve_svg
 
 
@@ -70,6 +71,7 @@ def _start_sim_robot(cfg: DemoConfig, link: Path, log_path: Path) -> subprocess.
 def run_demo(cfg: DemoConfig, log=print) -> str:
     from export.bundle import ExportConfig, export_run
     from firmware_bridge.robot_loop import RunConfig, run
+    from rtu_edge.config import NetConfig
     from rtu_edge.train import TrainConfig, train
 
     work = Path(cfg.workdir)
@@ -83,7 +85,11 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
     log(f"[1/4] training {cfg.cell} on {cfg.env} for {cfg.train_steps} steps (torch, exact RTRL)")
     tr = train(
         TrainConfig(
-            out=str(run_dir), env=cfg.env, cell=cfg.cell, steps=cfg.train_steps, seed=cfg.seed
+            out=str(run_dir),
+            env=cfg.env,
+            net=NetConfig(cell=cfg.cell),
+            steps=cfg.train_steps,
+            seed=cfg.seed,
         )
     )
     log(f"[2/4] exporting to {bundle}")

@@ -1,0 +1,37 @@
+"""The interface every `--algo` implements: what a learner declares, and its two step functions.
+
+A learner is one file that reads top to bottom (see `ac.py`) and ends with a `Learner` record.
+Export builds `learn.onnx` and `act.onnx` from the declarations alone, the training loop feeds
+the environment through them, and the robot loop fills the declared inputs by their `source`
+and uses the outputs by their `use` (firmware_bridge.contract). No caller names a tensor.
+
+Step functions are pure: ``(cfg, agent, state, inputs) -> (new_state, outputs)`` with
+``state`` the carried tensors by bundle name (``params.*``, ``carry.*``, ...), ``inputs`` and
+``outputs`` keyed by the declared names. ``learn_step`` returns every carried tensor;
+``act_step`` returns only the ``carry.*`` tensors it reads (the cell state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firmware_bridge.contract import NoiseSpec, StepInput, StepOutput
+
+
+@dataclass(frozen=True)
+class Learner:
+    name: str  # the `--algo` name
+    description: str  # one line, for `rtu-edge train --help` and docs
+    Config: type  # dataclass of hyperparameters, every field commented
+    heads: tuple[str, ...]  # the agent heads it uses ("critic", "actor")
+    initial_state: Callable  # (agent, cfg, seed) -> state: every carried tensor, by name
+    learn_step: Callable  # (cfg, agent, state, inputs) -> (new state, outputs)
+    act_step: Callable  # (cfg, agent, state, inputs) -> (new carry.* state, outputs)
+    step_inputs: Callable[..., tuple[StepInput, ...]]  # (agent) -> the learn step's inputs
+    learn_outputs: Callable[..., tuple[StepOutput, ...]]  # (agent) -> the learn step's outputs
+    act_inputs: Callable[..., tuple[StepInput, ...]]  # (agent) -> the act step's inputs
+    act_outputs: Callable[..., tuple[StepOutput, ...]]  # (agent) -> the act step's outputs
+    act_state_names: Callable[..., list[str]]  # (agent, state) -> the tensors act reads
+    noise: Callable[..., NoiseSpec | None]  # (agent) -> exploration noise of the learn step
+    streaming: bool = True  # learns one tick at a time, so it can keep learning on the robot
