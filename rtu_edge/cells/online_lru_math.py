@@ -62,6 +62,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+OPTIONS: dict[str, object] = {}  # run-time options (none); init-only ones are init_params kwargs
+
 
 class OnlineLRUParams(NamedTuple):
     """Learnable parameters of one online LRU layer (n units, input size d)."""
