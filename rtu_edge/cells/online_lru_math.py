@@ -1,0 +1,484 @@
+"""The online LRU (Zucchet et al., NeurIPS 2023) and its exact RTRL, as plain functions of tensors.
+
+The baseline of rtu-rtrl.md section 6: a diagonal complex linear recurrence with a free input
+normalisation gamma and a complex n x n output projection, trained by real-time recurrent
+learning. n units, input size d, batch B. Same conventions as rtu_math.
+
+    r = exp(-exp(nu_log)),  theta = exp(theta_log),  lam = r * exp(i*theta)
+    gamma = exp(gamma_log)                          # free, one per unit (RTU: sqrt(1 - r^2))
+    B = B_re + i*B_im   (d, n),   C = C_re + i*C_im   (n, n), both (in, out) layout
+    h_t = lam * h_{t-1} + gamma * (x_t @ B)          # complex, per unit
+    y_t = Re(h_t @ C) = h_re @ C_re - h_im @ C_im    # (B, n) real
+
+The paper writes y = Re(C' h) with C' (n_out x n_in); here C = C'^T so that the output is
+`x @ W` like every other weight. Output width n, no bias, no skip term (see lru_math for
+the T-BPTT LRU, which has an optional one).
+
+Real form (what this file computes), g = r cos(theta) = Re(lam), phi = r sin(theta) = Im(lam):
+
+    u1 = x @ B_re,  u2 = x @ B_im
+    h_re' = g*h_re - phi*h_im + gamma*u1
+    h_im' = g*h_im + phi*h_re + gamma*u2
+
+RTRL traces (complex, elementwise per unit k; unit k depends only on its own parameters,
+and on column k of B and row k of C):
+
+    L_t = lam * L_{t-1} + h_{t-1}                  # L = dh/dlam (h is holomorphic in lam)
+    G_t = lam * G_{t-1} + gamma * (x_t @ B)        # G = dh/dgamma_log
+    E_t = lam * E_{t-1} + gamma * x_t[:, None]     # E[i,k] = dh_k/dB_re[i,k]; dh/dB_im = i*E
+
+    dh/dnu_log    = (d lam/d nu_log)    * L = -nu * lam * L
+    dh/dtheta_log = (d lam/d theta_log) * L = i * theta * lam * L
+
+so nu_log and theta_log share the one complex trace L (a "lean" form: the RTU cannot do
+this because its gamma depends on nu_log). C needs no trace: y depends on C only through
+the current h_t. Gradients, with D = dL/dh_re + i*dL/dh_im the complex cotangent of h_t:
+
+    dL/dh_re = dL/dy @ C_re^T,  dL/dh_im = -dL/dy @ C_im^T
+    dL/dp = Re(conj(D) * dh/dp)  for every real parameter p of the recurrence
+    dL/dC_re = h_re^T @ dL/dy,  dL/dC_im = -h_im^T @ dL/dy
+
+Authors' defect (rtu-rtrl.md section 6): their B trace adds gamma_log * x_t where the
+recurrence uses gamma = exp(gamma_log) * B x_t; that makes their B gradient the exact one
+times gamma_log / gamma per unit (negative at init, since gamma < 1), i.e. wrong sign and
+scale. Here E_t adds gamma * x_t, the exact chain rule; the tests check it against autograd
+and show the authors' form fails.
+
+Export rules as in rtu_math: real arithmetic only, `x @ W` with (in, out) weights,
+broadcasts with units on the last axis, no data-dependent control flow, no in-place ops,
+episode resets by masks, every tensor in the inputs' dtype (float32 device, float64 tests).
+Products with a transposed weight are written as broadcast-and-reduce, so no transposed
+weight appears in the graph.
+
+Options: none at run time. `init_params` takes r_min, r_max, max_phase for the ring init
+(defaults 0, 1, 2*pi as in rtu_math); every other function takes no options.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+OPTIONS: dict[str, object] = {}  # run-time options (none); init-only ones are init_params kwargs
+
+
+class OnlineLRUParams(NamedTuple):
+    """Learnable parameters of one online LRU layer (n units, input size d)."""
+
+    nu_log: Tensor  # (n,)  r = exp(-exp(nu_log))
+    theta_log: Tensor  # (n,)  theta = exp(theta_log)
+    gamma_log: Tensor  # (n,)  gamma = exp(gamma_log), input normalisation
+    B_re: Tensor  # (d, n) input weights, real part, (in, out) layout
+    B_im: Tensor  # (d, n) input weights, imaginary part
+    C_re: Tensor  # (n, n) output projection, real part, (in, out) layout
+    C_im: Tensor  # (n, n) output projection, imaginary part
+
+
+class OnlineLRUState(NamedTuple):
+    """Recurrent state h = h_re + i*h_im (the linear recurrence, before the projection)."""
+
+    h_re: Tensor  # (B, n)
+    h_im: Tensor  # (B, n)
+
+
+class OnlineLRUTraces(NamedTuple):
+    """Complex RTRL traces, stored as real and imaginary parts.
+
+    L = dh/dlam (serves nu_log and theta_log), G = dh/dgamma_log, E = dh/dB_re
+    (dh/dB_im = i*E). Entry [b, i, k] of E is d h_k / d B_re[i, k] for batch element b.
+    """
+
+    lam_re: Tensor  # (B, n)
+    lam_im: Tensor  # (B, n)
+    gam_re: Tensor  # (B, n)
+    gam_im: Tensor  # (B, n)
+    e_re: Tensor  # (B, d, n)
+    e_im: Tensor  # (B, d, n)
+
+
+class _Coeffs(NamedTuple):
+    """Per-unit quantities derived from the parameters, each (n,)."""
+
+    nu: Tensor  # exp(nu_log)
+    theta: Tensor  # exp(theta_log)
+    g: Tensor  # r cos(theta) = Re(lam)
+    phi: Tensor  # r sin(theta) = Im(lam)
+    gamma: Tensor  # exp(gamma_log)
+
+
+# --------------------------------------------------------------------------------------
+# Sizes and initialisation
+# --------------------------------------------------------------------------------------
+
+
+def output_size(hidden_size: int) -> int:
+    """Width of y: the n x n projection keeps n outputs."""
+    return _check_positive_int(hidden_size, "hidden_size")
+
+
+def param_count(input_size: int, hidden_size: int) -> int:
+    """nu_log, theta_log, gamma_log (n each) + B_re, B_im (d*n each) + C_re, C_im (n*n each)."""
+    d, n = _check_sizes(input_size, hidden_size)
+    return 3 * n + 2 * d * n + 2 * n * n
+
+
+def init_params(
+    input_size: int,
+    hidden_size: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    *,
+    r_min: float = 0.0,
+    r_max: float = 1.0,
+    max_phase: float = 2 * math.pi,
+) -> OnlineLRUParams:
+    """Ring init of lam, gamma = sqrt(1 - |lam|^2), B ~ N(0, 1/(2d)), C ~ N(0, 1/n).
+
+    u1, u2 ~ U[0, 1]; r^2 = r_min^2 + u1 * (r_max^2 - r_min^2); nu_log = log(-0.5 log r^2);
+    theta_log = log(max_phase * u2); gamma_log = 0.5 * log(1 - r^2). With the defaults
+    r = sqrt(u1) and theta = 2*pi*u2, exactly rtu_math's init. B_re, B_im ~ N(0, 1/(2d))
+    (so x @ B has unit variance for unit-variance x), C_re, C_im ~ N(0, 1/n) (the authors'
+    choice). Draws are made in float64 (order u1, u2, B_re, B_im, C_re, C_im) and then cast,
+    so a seed gives the same cell in float32 and float64. r^2 is kept in [1e-12, 1 - 1e-6]
+    and u2 >= 1e-6 so nu_log, theta_log and gamma_log are finite and r < 1 in float32.
+    """
+    d, n = _check_sizes(input_size, hidden_size)
+    r_min, r_max, max_phase = _check_ring(r_min, r_max, max_phase)
+    f64 = torch.float64
+    u1 = torch.rand(n, generator=generator, dtype=f64)
+    u2 = torch.rand(n, generator=generator, dtype=f64).clamp_min(1e-6)
+    r2 = (r_min**2 + u1 * (r_max**2 - r_min**2)).clamp(1e-12, 1.0 - 1e-6)
+    nu_log = torch.log(-0.5 * torch.log(r2))
+    theta_log = torch.log(max_phase * u2)
+    gamma_log = 0.5 * torch.log(1.0 - r2)
+    b_std = 1.0 / math.sqrt(2 * d)
+    c_std = 1.0 / math.sqrt(n)
+    B_re = torch.randn(d, n, generator=generator, dtype=f64) * b_std
+    B_im = torch.randn(d, n, generator=generator, dtype=f64) * b_std
+    C_re = torch.randn(n, n, generator=generator, dtype=f64) * c_std
+    C_im = torch.randn(n, n, generator=generator, dtype=f64) * c_std
+    p = (nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im)
+    return OnlineLRUParams(*(t.to(dtype) for t in p))
+
+
+def initial_state(
+    hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32
+) -> OnlineLRUState:
+    """Zero state, h_re and h_im of shape (B, n)."""
+    n = _check_positive_int(hidden_size, "hidden_size")
+    b = _check_positive_int(batch_size, "batch_size")
+    return OnlineLRUState(torch.zeros(b, n, dtype=dtype), torch.zeros(b, n, dtype=dtype))
+
+
+def initial_traces(
+    input_size: int, hidden_size: int, batch_size: int, dtype: torch.dtype = torch.float32
+) -> OnlineLRUTraces:
+    """Zero RTRL traces: four (B, n) and two (B, d, n) tensors."""
+    d, n = _check_sizes(input_size, hidden_size)
+    b = _check_positive_int(batch_size, "batch_size")
+    small = [torch.zeros(b, n, dtype=dtype) for _ in range(4)]
+    big = [torch.zeros(b, d, n, dtype=dtype) for _ in range(2)]
+    return OnlineLRUTraces(*small, *big)
+
+
+# --------------------------------------------------------------------------------------
+# Forward step with trace update
+# --------------------------------------------------------------------------------------
+
+
+def step(
+    p: OnlineLRUParams,
+    x: Tensor,
+    state: OnlineLRUState,
+    traces: OnlineLRUTraces,
+    done: Tensor | None,
+) -> tuple[Tensor, OnlineLRUState, OnlineLRUTraces]:
+    """One step that also carries the RTRL traces forward.
+
+    x: (B, d). done: (B,) or None; done[b] = 1 means x[b] is the first input of a new
+    episode, so the state and the traces of row b are multiplied by (1 - done) first.
+    Returns y (B, n), the new state and the new traces; pass the returned state and traces
+    to `grads` for this time step.
+    """
+    d, n = _check_params(p)
+    b = _check_batch_input(x, d, p.B_re.dtype, "x")
+    _check_state(state, b, n, p.B_re.dtype)
+    _check_traces(traces, b, d, n, p.B_re.dtype)
+    if done is not None:
+        keep = _keep_mask(done, b, x.dtype)
+        state = OnlineLRUState(*(_mask(t, keep) for t in state))
+        traces = OnlineLRUTraces(*(_mask(t, keep) for t in traces))
+
+    co = _coeffs(p)
+    h_re, h_im = state
+    new_state, u1, u2 = _recur(p, co, x, h_re, h_im)
+    g, phi, tr = co.g, co.phi, traces
+    # L_t = lam * L_{t-1} + h_{t-1}
+    lam_re = g * tr.lam_re - phi * tr.lam_im + h_re
+    lam_im = g * tr.lam_im + phi * tr.lam_re + h_im
+    # G_t = lam * G_{t-1} + gamma * u_t   (gamma = exp(gamma_log): d(gamma u)/d gamma_log)
+    gam_re = g * tr.gam_re - phi * tr.gam_im + co.gamma * u1
+    gam_im = g * tr.gam_im + phi * tr.gam_re + co.gamma * u2
+    # E_t = lam * E_{t-1} + gamma * x_t[:, None]   (real drive: gamma x_i is real)
+    e_re = g * tr.e_re - phi * tr.e_im + x[:, :, None] * co.gamma
+    e_im = g * tr.e_im + phi * tr.e_re
+    y = _project(p, new_state)
+    return y, new_state, OnlineLRUTraces(lam_re, lam_im, gam_re, gam_im, e_re, e_im)
+
+
+def step_forward(
+    p: OnlineLRUParams, x: Tensor, state: OnlineLRUState, done: Tensor | None
+) -> tuple[Tensor, OnlineLRUState]:
+    """`step` without traces: y (B, n) and the new state."""
+    d, n = _check_params(p)
+    b = _check_batch_input(x, d, p.B_re.dtype, "x")
+    _check_state(state, b, n, p.B_re.dtype)
+    if done is not None:
+        keep = _keep_mask(done, b, x.dtype)
+        state = OnlineLRUState(*(_mask(t, keep) for t in state))
+    new_state, _, _ = _recur(p, _coeffs(p), x, state.h_re, state.h_im)
+    return _project(p, new_state), new_state
+
+
+# --------------------------------------------------------------------------------------
+# Gradients from traces
+# --------------------------------------------------------------------------------------
+
+
+def grads(
+    p: OnlineLRUParams, dL_dy: Tensor, state: OnlineLRUState, traces: OnlineLRUTraces
+) -> dict[str, Tensor]:
+    """Exact gradient of sum(dL_dy * y_t) w.r.t. the parameters, through all past steps.
+
+    `state` and `traces` are those returned by `step` for this time step; dL_dy is (B, n).
+    Returns a dict keyed by the OnlineLRUParams fields, each shaped like its parameter and
+    summed over the batch. Summing these over the steps of a sequence with fixed parameters
+    equals full BPTT.
+    """
+    d, n = _check_params(p)
+    b = _check_batch_input(dL_dy, n, p.B_re.dtype, "dL_dy")
+    _check_state(state, b, n, p.B_re.dtype)
+    _check_traces(traces, b, d, n, p.B_re.dtype)
+
+    co = _coeffs(p)
+    d1, d2 = _cotangent(p, dL_dy)  # D = d1 + i*d2, (B, n)
+    tr = traces
+    # lam * L = m1 + i*m2
+    m1 = co.g * tr.lam_re - co.phi * tr.lam_im
+    m2 = co.g * tr.lam_im + co.phi * tr.lam_re
+    # Re(conj(D) * (-nu * lam * L)) and Re(conj(D) * i * theta * lam * L)
+    g_nu = -co.nu * (d1 * m1 + d2 * m2)
+    g_th = co.theta * (d2 * m1 - d1 * m2)
+    g_gam = d1 * tr.gam_re + d2 * tr.gam_im
+    d1_b, d2_b = d1[:, None, :], d2[:, None, :]  # (B, 1, n)
+    # dL/dB_re = Re(conj(D) E);  dL/dB_im = Re(conj(D) i E) = -Im(conj(D) E)
+    g_bre = d1_b * tr.e_re + d2_b * tr.e_im
+    g_bim = d2_b * tr.e_re - d1_b * tr.e_im
+    # y = h_re @ C_re - h_im @ C_im: outer products of the current state with dL/dy
+    g_cre = state.h_re[:, :, None] * dL_dy[:, None, :]
+    g_cim = -(state.h_im[:, :, None] * dL_dy[:, None, :])
+    return {
+        "nu_log": g_nu.sum(0),
+        "theta_log": g_th.sum(0),
+        "gamma_log": g_gam.sum(0),
+        "B_re": g_bre.sum(0),
+        "B_im": g_bim.sum(0),
+        "C_re": g_cre.sum(0),
+        "C_im": g_cim.sum(0),
+    }
+
+
+def input_grad(
+    p: OnlineLRUParams, dL_dy: Tensor, state: OnlineLRUState, traces: OnlineLRUTraces
+) -> Tensor:
+    """One-step gradient of sum(dL_dy * y_t) w.r.t. x_t, (B, d): no temporal credit.
+
+    dL/dx_t[i] = sum_k Re(conj(D_k) * gamma_k * (B_re[i,k] + i*B_im[i,k])). The output is
+    linear in h, so neither the state nor the traces enter; they are checked for shape only.
+    """
+    d, n = _check_params(p)
+    b = _check_batch_input(dL_dy, n, p.B_re.dtype, "dL_dy")
+    _check_state(state, b, n, p.B_re.dtype)
+    _check_traces(traces, b, d, n, p.B_re.dtype)
+    gamma = _coeffs(p).gamma
+    d1, d2 = _cotangent(p, dL_dy)
+    gd1 = (gamma * d1)[:, None, :]  # (B, 1, n)
+    gd2 = (gamma * d2)[:, None, :]
+    return (gd1 * p.B_re + gd2 * p.B_im).sum(-1)
+
+
+# --------------------------------------------------------------------------------------
+# Unrolled forward (the BPTT oracle)
+# --------------------------------------------------------------------------------------
+
+
+def sequence(
+    p: OnlineLRUParams, xs: Tensor, state: OnlineLRUState, dones: Tensor | None = None
+) -> tuple[Tensor, OnlineLRUState]:
+    """Run the cell over xs (T, B, d) with plain autograd; returns ys (T, B, n), final state.
+
+    Same semantics as repeated `step` calls (dones (T, B) resets the state before step t).
+    """
+    d, n = _check_params(p)
+    t_len, b = _check_sequence(xs, dones, d, p.B_re.dtype)
+    _check_state(state, b, n, p.B_re.dtype)
+    co = _coeffs(p)
+    ys = []
+    for t in range(t_len):
+        if dones is not None:
+            keep = 1 - dones[t].to(xs.dtype)
+            state = OnlineLRUState(*(_mask(s, keep) for s in state))
+        state, _, _ = _recur(p, co, xs[t], state.h_re, state.h_im)
+        ys.append(_project(p, state))
+    return torch.stack(ys), state
+
+
+# --------------------------------------------------------------------------------------
+# Helpers (lru_math reuses the math ones)
+# --------------------------------------------------------------------------------------
+
+
+def _coeffs(p: OnlineLRUParams) -> _Coeffs:
+    nu = torch.exp(p.nu_log)
+    r = torch.exp(-nu)
+    theta = torch.exp(p.theta_log)
+    return _Coeffs(
+        nu=nu,
+        theta=theta,
+        g=r * torch.cos(theta),
+        phi=r * torch.sin(theta),
+        gamma=torch.exp(p.gamma_log),
+    )
+
+
+def _recur(
+    p: OnlineLRUParams, co: _Coeffs, x: Tensor, h_re: Tensor, h_im: Tensor
+) -> tuple[OnlineLRUState, Tensor, Tensor]:
+    """h_t = lam * h_{t-1} + gamma * (x @ B); returns h_t and the raw drive u = x @ B."""
+    u1 = x @ p.B_re
+    u2 = x @ p.B_im
+    new_re = co.g * h_re - co.phi * h_im + co.gamma * u1
+    new_im = co.g * h_im + co.phi * h_re + co.gamma * u2
+    return OnlineLRUState(new_re, new_im), u1, u2
+
+
+def _project(p: OnlineLRUParams, state: OnlineLRUState) -> Tensor:
+    """y = Re(h @ C) = h_re @ C_re - h_im @ C_im, (B, n)."""
+    return state.h_re @ p.C_re - state.h_im @ p.C_im
+
+
+def _cotangent(p: OnlineLRUParams, dL_dy: Tensor) -> tuple[Tensor, Tensor]:
+    """(dL/dh_re, dL/dh_im) = (dL/dy @ C_re^T, -dL/dy @ C_im^T), as broadcast-and-reduce."""
+    g = dL_dy[:, None, :]  # (B, 1, n_out)
+    return (g * p.C_re).sum(-1), -((g * p.C_im).sum(-1))
+
+
+def _mask(t: Tensor, keep: Tensor) -> Tensor:
+    """Multiply row b of t (B, ...) by keep[b]."""
+    return t * keep.reshape((keep.shape[0],) + (1,) * (t.dim() - 1))
+
+
+def _keep_mask(done: object, b: int, dtype: torch.dtype) -> Tensor:
+    if not isinstance(done, Tensor) or tuple(done.shape) != (b,):
+        raise ValueError(
+            f"done must be None or a tensor of shape ({b},) (1 = first step of a new "
+            f"episode); got {_shape_of(done)}"
+        )
+    return 1 - done.to(dtype)
+
+
+def _shape_of(t: object) -> str:
+    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
+
+
+def _check_positive_int(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive int; got {v!r}")
+    return v
+
+
+def _check_sizes(input_size: object, hidden_size: object) -> tuple[int, int]:
+    return (
+        _check_positive_int(input_size, "input_size"),
+        _check_positive_int(hidden_size, "hidden_size"),
+    )
+
+
+def _check_ring(r_min: object, r_max: object, max_phase: object) -> tuple[float, float, float]:
+    vals = (r_min, r_max, max_phase)
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in vals):
+        raise ValueError(f"r_min, r_max, max_phase must be numbers; got {vals!r}")
+    if not (0.0 <= r_min < r_max <= 1.0):
+        raise ValueError(f"need 0 <= r_min < r_max <= 1; got r_min={r_min}, r_max={r_max}")
+    if not max_phase > 0:
+        raise ValueError(f"max_phase must be > 0; got {max_phase}")
+    return float(r_min), float(r_max), float(max_phase)
+
+
+def _check_params(p: object) -> tuple[int, int]:
+    if not isinstance(p, OnlineLRUParams):
+        raise ValueError(f"p must be an OnlineLRUParams; got {type(p).__name__}")
+    if not isinstance(p.B_re, Tensor) or p.B_re.dim() != 2:
+        raise ValueError(f"B_re must have shape (d, n); got {_shape_of(p.B_re)}")
+    d, n = p.B_re.shape
+    expected = {
+        "nu_log": (n,),
+        "theta_log": (n,),
+        "gamma_log": (n,),
+        "B_re": (d, n),
+        "B_im": (d, n),
+        "C_re": (n, n),
+        "C_im": (n, n),
+    }
+    for name, shape in expected.items():
+        t = getattr(p, name)
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} (d={d}, n={n}); got {_shape_of(t)}")
+        if t.dtype != p.B_re.dtype:
+            raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
+    return d, n
+
+
+def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
+    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
+        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
+    if t.dtype != dtype:
+        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
+    return t.shape[0]
+
+
+def _check_sequence(xs: object, dones: object, d: int, dtype: torch.dtype) -> tuple[int, int]:
+    if not isinstance(xs, Tensor) or xs.dim() != 3 or xs.shape[2] != d:
+        raise ValueError(f"xs must be a tensor of shape (T, B, {d}); got {_shape_of(xs)}")
+    if xs.dtype != dtype:
+        raise ValueError(f"xs has dtype {xs.dtype} but the parameters are {dtype}")
+    t_len, b = xs.shape[0], xs.shape[1]
+    if dones is not None and (not isinstance(dones, Tensor) or tuple(dones.shape) != (t_len, b)):
+        raise ValueError(f"dones must be a tensor of shape ({t_len}, {b}); got {_shape_of(dones)}")
+    return t_len, b
+
+
+def _check_state(state: object, b: int, n: int, dtype: torch.dtype) -> None:
+    if not isinstance(state, OnlineLRUState):
+        raise ValueError(f"state must be an OnlineLRUState(h_re, h_im); got {type(state).__name__}")
+    for name, t in zip(OnlineLRUState._fields, state, strict=True):
+        if not isinstance(t, Tensor) or tuple(t.shape) != (b, n):
+            raise ValueError(f"state.{name} must have shape ({b}, {n}); got {_shape_of(t)}")
+        if t.dtype != dtype:
+            raise ValueError(f"state.{name} has dtype {t.dtype} but the parameters are {dtype}")
+
+
+def _check_traces(traces: object, b: int, d: int, n: int, dtype: torch.dtype) -> None:
+    if not isinstance(traces, OnlineLRUTraces):
+        raise ValueError(
+            f"traces must be OnlineLRUTraces (see initial_traces); got {type(traces).__name__}"
+        )
+    for name, t in zip(OnlineLRUTraces._fields, traces, strict=True):
+        shape = (b, d, n) if name.startswith("e_") else (b, n)
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            raise ValueError(f"traces.{name} must have shape {shape}; got {_shape_of(t)}")
+        if t.dtype != dtype:
+            raise ValueError(f"traces.{name} has dtype {t.dtype} but the parameters are {dtype}")
