@@ -137,6 +137,8 @@ def apply_overrides(cfg: TrainConfig, sets: list[str], cell_factory=None) -> Tra
 
 def cell_options(factory) -> dict[str, object]:
     """The keyword options of a cell factory with their defaults (the one source)."""
+    if hasattr(factory, "options"):  # a math cell: the math module's own defaults
+        return dict(factory.options)
     out = {}
     for p in inspect.signature(factory).parameters.values():
         if p.kind is p.KEYWORD_ONLY or (

@@ -164,7 +164,7 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
 
     tensors, _, _ = CheckpointStore(ckpt).load_latest()
     with np.load(bundle / "state.npz") as z:
-        assert not np.array_equal(tensors["params.rtu.w1"], z["params.rtu.w1"])
+        assert not np.array_equal(tensors["params.cell.w1"], z["params.cell.w1"])
 
     # frozen (act graph) run from the checkpoint, also torch-free
     r = _run(

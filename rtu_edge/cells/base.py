@@ -23,6 +23,7 @@ are multiplied by ``1 - done`` first (a mask, never control flow).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
@@ -93,3 +94,119 @@ def state_to_dict(prefix: str, t: NamedTuple) -> dict[str, Tensor]:
 def state_from_dict(cls: type[NamedTuple], prefix: str, d: dict[str, Tensor]):
     """The NamedTuple ``cls`` rebuilt from the ``<prefix>.<field>`` entries of ``d``."""
     return cls(*(d[f"{prefix}.{k}"] for k in cls._fields))
+
+
+class MathCell(Cell):
+    """A cell whose math module (``<name>_math.py``) provides the standard function set.
+
+    The math module defines ``init_params``, ``initial_state``, ``sequence``, ``step_forward``,
+    ``output_size`` and, for RTRL cells, ``initial_traces``, ``step``, ``grads``, ``input_grad``.
+    Its ``OPTIONS`` (run-time options, e.g. the activation) are passed to every function;
+    keyword-only arguments of ``init_params`` that are not in ``OPTIONS`` are init-only.
+    """
+
+    def __init__(
+        self,
+        math,
+        input_size: int,
+        hidden_size: int,
+        online: bool,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> None:
+        super().__init__(input_size, hidden_size)
+        known = math_cell_options(math)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"unknown options {unknown}; the options are {sorted(known)}")
+        self.math = math
+        self.online = online
+        self.options = {k: options.get(k, v) for k, v in math.OPTIONS.items()}  # run-time
+        p = math.init_params(input_size, hidden_size, generator=generator, **options)
+        self.Params = type(p)
+        for name, value in p._asdict().items():
+            self.register_parameter(name, nn.Parameter(value))
+        self.State = type(math.initial_state(hidden_size, 1))
+        if online:
+            self.Traces = type(self._traces(1, torch.float32))
+
+    def extra_repr(self) -> str:
+        return f"{self.math.__name__}, input_size={self.input_size}, hidden_size={self.hidden_size}"
+
+    @property
+    def output_size(self) -> int:
+        return self.math.output_size(self.hidden_size)
+
+    def params(self, params: Params | None = None):
+        p = self._p(params)
+        return self.Params(*(p[k] for k in self.Params._fields))
+
+    def _traces(self, batch_size: int, dtype: torch.dtype):
+        import inspect
+
+        kw = inspect.signature(self.math.initial_traces).parameters
+        opts = {k: v for k, v in self.options.items() if k in kw}
+        return self.math.initial_traces(
+            self.input_size, self.hidden_size, batch_size, dtype=dtype, **opts
+        )
+
+    def initial_state(self, batch_size: int):
+        dtype, device = self._dtype_device()
+        s = self.math.initial_state(self.hidden_size, batch_size, dtype=dtype)
+        return type(s)(*(t.to(device) for t in s))
+
+    def initial_traces(self, batch_size: int):
+        if not self.online:
+            raise NotImplementedError(self._offline_msg())
+        dtype, device = self._dtype_device()
+        tr = self._traces(batch_size, dtype)
+        return type(tr)(*(t.to(device) for t in tr))
+
+    def forward(self, xs: Tensor, state, dones: Tensor | None = None):
+        return self.math.sequence(self.params(), xs, state, dones, **self.options)
+
+    def step_forward(self, x: Tensor, state, done: Tensor | None = None, params=None):
+        return self.math.step_forward(self.params(params), x, state, done, **self.options)
+
+    def rtrl_step(self, x: Tensor, state, traces, done=None, params=None):
+        if not self.online:
+            raise NotImplementedError(self._offline_msg())
+        with torch.no_grad() if params is None else nullcontext():
+            return self.math.step(self.params(params), x, state, traces, done, **self.options)
+
+    def rtrl_grads(self, dL_dy: Tensor, state, traces, params=None) -> Params:
+        if not self.online:
+            raise NotImplementedError(self._offline_msg())
+        with torch.no_grad() if params is None else nullcontext():
+            return self.math.grads(self.params(params), dL_dy, state, traces, **self.options)
+
+    def input_grad(self, dL_dy: Tensor, state, traces, params=None) -> Tensor:
+        if not self.online:
+            raise NotImplementedError(self._offline_msg())
+        return self.math.input_grad(self.params(params), dL_dy, state, traces, **self.options)
+
+
+def math_cell_options(math) -> dict[str, object]:
+    """Every option of a math cell with its default: run-time OPTIONS and init-only keywords."""
+    import inspect
+
+    out = dict(math.OPTIONS)
+    for p in inspect.signature(math.init_params).parameters.values():
+        if p.kind is p.KEYWORD_ONLY:
+            out.setdefault(p.name, p.default)
+    return out
+
+
+def math_cell(math, online: bool, doc: str):
+    """The registry factory of a math cell: ``(input_size, hidden_size, generator=None, **opts)``.
+
+    Its options (and their defaults, the math module's own) are listed by `factory.options`.
+    """
+
+    def factory(input_size: int, hidden_size: int, generator=None, **options) -> MathCell:
+        return MathCell(math, input_size, hidden_size, online, generator=generator, **options)
+
+    factory.__doc__ = doc
+    factory.options = math_cell_options(math)
+    factory.online = online
+    return factory

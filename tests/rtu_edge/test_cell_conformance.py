@@ -22,7 +22,14 @@ F64 = torch.float64
 OPTION_VARIANTS: dict[str, list[dict]] = {
     "rtu": [{"activation": "tanh"}, {"activation": "identity"}],
     "rtu-nonlinear": [{"activation": "tanh"}, {"activation": "identity"}],
+    "block-rnn": [{"activation": "relu"}, {"activation": "identity"}],
+    "mlp": [{"activation": "tanh"}, {"activation": "identity"}],
+    "lru": [{"skip": True}],
 }
+
+
+def test_every_cell_is_covered():
+    assert set(OPTION_VARIANTS) <= set(CELLS)
 
 
 def _cases():
