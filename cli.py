@@ -128,9 +128,31 @@ def train(
 
 
 @app.command()
-def cells() -> None:
-    """List the cells and learners, with their options and defaults."""
+def cells(
+    budget: Annotated[
+        int | None,
+        typer.Option(min=1, help="Also size every cell for this many recurrent parameters."),
+    ] = None,
+    input_size: Annotated[
+        int, typer.Option(min=1, help="Cell input width for --budget (the encoder width).")
+    ] = 64,
+    truncation: Annotated[int, typer.Option(min=1, help="T of the T-BPTT cost column.")] = 16,
+) -> None:
+    """List the cells and learners, with their options and defaults (and sizes at a budget)."""
     _need_train_extra()
+    if budget is not None:
+        from rtu_edge.cells.budget import budget_table
+
+        rows = budget_table(input_size, budget, truncation)
+        typer.echo(f"cells at {budget} recurrent parameters, input width {input_size}:")
+        typer.echo(f"  {'cell':<14} {'n':>5} {'params':>8} {'RTRL FLOPs':>11} {'T-BPTT FLOPs':>13}")
+        for r in rows:
+            rtrl = "-" if r["rtrl_flops"] is None else f"{r['rtrl_flops']:,}"
+            tb = f"{r[f'tbptt{truncation}_flops']:,}"
+            typer.echo(
+                f"  {r['cell']:<14} {r['hidden_size']:>5} {r['recurrent_params']:>8,} "
+                f"{rtrl:>11} {tb:>13}  (T={truncation})"
+            )
     from dataclasses import fields
 
     from rtu_edge.cells import CELLS

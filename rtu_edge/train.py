@@ -30,6 +30,7 @@ from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
 from rtu_edge.cells import CELLS
 from rtu_edge.config import TrainConfig
+from rtu_edge.flops import count_flops
 from rtu_edge.learners import Learner, get_learner
 from rtu_edge.plots import write_learning_curve_svg
 
@@ -77,6 +78,16 @@ def step_example(learner: Learner, agent: AgentConfig, dtype=torch.float32) -> d
     for s in learner.step_inputs(agent):
         out[s.name] = (torch.ones if s.source == "first" else torch.zeros)(s.shape, dtype=dtype)
     return out
+
+
+def learn_step_flops(learner: Learner, learner_cfg, agent: AgentConfig, state: dict) -> int:
+    """FLOPs of one whole learn step (cell, RTRL, heads, update), counted op by op."""
+    s = {k: v.clone() for k, v in state.items()}
+    example = step_example(learner, agent)
+    if "first" in {i.source for i in learner.step_inputs(agent)}:  # a mid-episode tick
+        example[next(i.name for i in learner.step_inputs(agent) if i.source == "first")].zero_()
+    with torch.inference_mode():
+        return count_flops(learner.learn_step, learner_cfg, agent, s, example)
 
 
 def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Tensor], log=print):
@@ -312,6 +323,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         else None,
         "steps_per_second": (cfg.steps - start_step) / elapsed,
         "recurrent_params": cell.recurrent_param_count(),
+        "flops_per_step": learn_step_flops(learner, cfg.learner, agent, state),
         "non_finite_updates": bad_updates,
         "skipped_checkpoints": skipped_checkpoints,
         "wall_time_s": elapsed,
