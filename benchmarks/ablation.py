@@ -3,7 +3,7 @@
     python benchmarks/ablation.py --what layer_norm|entropy_td_scaled
         [--envs classic/CartPole-P classic/Pendulum-P] [--steps 50000] [--seeds 5] [--workers 2]
 
-  layer_norm         LayerNorm before each tanh (the streaming-RL recipe's), AgentConfig
+  layer_norm         LayerNorm before each tanh (the streaming-RL recipe's), NetConfig
   entropy_td_scaled  the actor's entropy step scaled by |delta| (Elsayed et al.), ACConfig
 
 Each (env, setting, seed) is one `rtu-edge train` run with the default agent (the demo's
@@ -32,13 +32,14 @@ def one_run(job: tuple[str, str, bool, int, int]) -> dict:
     torch.set_num_threads(1)
     from safetensors.torch import load_file
 
+    from rtu_edge.config import NetConfig
     from rtu_edge.learners.ac import ACConfig
     from rtu_edge.train import TrainConfig, train
 
     if what == "layer_norm":
-        switch = {"layer_norm": on}
+        switch = {"net": NetConfig(layer_norm=on)}
     else:
-        switch = {"ac": ACConfig(**{what: on})}
+        switch = {"learner": ACConfig(**{what: on})}
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         s = train(

@@ -1,13 +1,17 @@
 """Latency of one online learning step: torch eager vs the exported learn.onnx in onnxruntime.
 
-    python benchmarks/bench_learn_step.py [--steps 3000] [--out benchmarks/results/learn_step.json]
+    python benchmarks/bench_learn_step.py [--steps 3000] [--cells rtu,online-lru,...]
+        [--budget] [--out benchmarks/results/learn_step.json]
 
-For each size it exports `ac_step` exactly as `rtu-edge export` does, then times, in the same
-process and interleaved in rounds (the machines are noisy, so compare ratios, not absolutes):
-  torch     ac_step in eager mode under inference_mode (what `rtu-edge train` runs)
+For each size it exports the learner's learn step exactly as `rtu-edge export` does, then times,
+in the same process and interleaved in rounds (the machines are noisy, so compare ratios, not
+absolutes):
+  torch     the learn step in eager mode under inference_mode (what `rtu-edge train` runs)
   ort-run   InferenceSession.run with numpy in/out
   ort-bind  firmware_bridge.runtime.StepRunner (IOBinding ping-pong; what `rtu-edge run` uses)
 One thread everywhere. Reports p50/p99 in microseconds and the speed-up over torch at p50.
+With --budget, the paper size gives every cell the hidden size that meets the linear RTU's
+recurrent-parameter count (rtu_edge/cells/budget.py), and the FLOPs of one learn step.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.bundle import export_learn_graph
+from export.bundle import export_graph
 from firmware_bridge.runtime import StepRunner, make_session
 from rtu_edge.agent import AgentConfig
-from rtu_edge.learners.ac import ACConfig, ac_step, initial_state
+from rtu_edge.cells.budget import param_count, size_for_budget
+from rtu_edge.config import NetConfig
+from rtu_edge.learners import LEARNERS
+from rtu_edge.train import learn_step_flops
 
 SIZES = {
     # the demo agent on classic/CartPole-P
@@ -34,9 +41,7 @@ SIZES = {
         action_kind="discrete",
         action_dims=1,
         num_actions=2,
-        encoder_size=32,
-        hidden_size=32,
-        head_size=32,
+        net=dict(encoder_size=32, hidden_size=32, head_size=32),
     ),
     # the paper's MuJoCo budget: 64-wide encoder, n = 192 (24,960 recurrent parameters)
     "paper (obs 17, enc 64, n 192, head 64, continuous 6)": dict(
@@ -44,9 +49,7 @@ SIZES = {
         action_kind="continuous",
         action_dims=6,
         num_actions=0,
-        encoder_size=64,
-        hidden_size=192,
-        head_size=64,
+        net=dict(encoder_size=64, hidden_size=192, head_size=64),
     ),
 }
 
@@ -66,11 +69,17 @@ def _pct(xs: list[float]) -> dict:
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
 
 
-def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
-    agent = AgentConfig(cell=cell, **kw)
-    ac = ACConfig()
-    state = initial_state(agent, seed=0)
-    model = export_learn_graph(ac, agent, state)
+def bench(name: str, kw: dict, steps: int, cell: str, budget: bool, algo: str = "ac") -> dict:
+    kw = dict(kw)
+    net = NetConfig(cell=cell, **kw.pop("net"))
+    if budget and cell != "rtu":  # the same recurrent parameters as the linear RTU at this size
+        target = param_count("rtu", net.encoder_size, net.hidden_size)
+        net.hidden_size = size_for_budget(cell, net.encoder_size, target)
+    agent = AgentConfig(net=net, **kw)
+    learner = LEARNERS[algo]
+    ac = learner.Config()
+    state = learner.initial_state(agent, ac, 0)
+    model = export_graph(learner, "learn", ac, agent, state)
     blob = model.SerializeToString()
     sess = make_session(blob)
     np_state = {k: v.numpy().copy() for k, v in state.items()}
@@ -88,16 +97,7 @@ def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
                     if path == "torch":
                         tx = {k: torch.from_numpy(v) for k, v in x.items()}
                         t0 = time.perf_counter()
-                        new, *_ = ac_step(
-                            ac,
-                            agent,
-                            state,
-                            tx["obs"],
-                            tx["reward"],
-                            tx["first"],
-                            tx["terminal"],
-                            tx["noise"],
-                        )
+                        new, _ = learner.learn_step(ac, agent, state, tx)
                         dt = time.perf_counter() - t0
                         state.update(new)
                     elif path == "ort-run":
@@ -121,6 +121,9 @@ def bench(name: str, kw: dict, steps: int, cell: str) -> dict:
     return {
         "size": name,
         "cell": cell,
+        "hidden_size": net.hidden_size,
+        "recurrent_params": agent.cell.recurrent_param_count(),
+        "learn_step_flops": learn_step_flops(learner, ac, agent, state),
         "nodes": len(model.graph.node),
         "graph_kb": len(blob) / 1024,
         "carried_floats": int(sum(v.numel() for v in state.values())),
@@ -132,15 +135,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--cells", default="rtu,rtu-nonlinear")
+    ap.add_argument("--budget", action="store_true", help="size every cell like the linear RTU")
     ap.add_argument("--out", default="benchmarks/results/learn_step.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for cell in args.cells.split(","):
         for name, kw in SIZES.items():
-            rows.append(bench(name, kw, args.steps, cell))
+            rows.append(bench(name, kw, args.steps, cell, args.budget))
             r = rows[-1]
-            print(f"\n{cell}, {name}: {r['nodes']} nodes, {r['carried_floats']} carried floats")
+            print(
+                f"\n{cell} n={r['hidden_size']} ({r['recurrent_params']} recurrent params), {name}: "
+                f"{r['nodes']} nodes, {r['carried_floats']} carried floats, "
+                f"{r['learn_step_flops']} FLOPs"
+            )
             print(f"  {'path':<10}{'p50 us':>10}{'p99 us':>10}{'x torch':>10}")
             for path, v in r["results"].items():
                 print(
@@ -149,7 +157,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "command": "python benchmarks/bench_learn_step.py " + f"--steps {args.steps}",
+        "command": "python benchmarks/bench_learn_step.py "
+        + f"--steps {args.steps} --cells {args.cells}"
+        + (" --budget" if args.budget else ""),
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),

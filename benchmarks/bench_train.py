@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from rtu_edge.config import NetConfig
 from rtu_edge.train import TrainConfig, train
 
 
@@ -32,9 +33,7 @@ def main() -> None:
                     out=str(Path(tmp) / "run"),
                     env=args.env,
                     steps=args.steps,
-                    hidden_size=192,
-                    encoder_size=64,
-                    head_size=64,
+                    net=NetConfig(hidden_size=192, encoder_size=64, head_size=64),
                     compile=mode,
                 ),
                 progress=False,

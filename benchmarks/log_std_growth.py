@@ -43,7 +43,7 @@ def one_run(job: tuple[str, str, int, int]) -> dict:
                 steps=steps,
                 seed=seed,
                 compile="no",
-                ac=ACConfig(**SETTINGS[setting]),
+                learner=ACConfig(**SETTINGS[setting]),
             ),
             progress=False,
         )

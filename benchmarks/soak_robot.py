@@ -36,7 +36,7 @@ def main() -> None:
     from firmware_bridge.sim_robot import SimRobot
     from rtu_edge import envs
 
-    env_id = load_bundle(args.bundle).manifest["env_id"]
+    env_id = load_bundle(args.bundle).manifest.env_id
     info = envs.env_info(env_id)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
