@@ -10,13 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rtu_edge.cells import (
-    block_rnn_math,
-    gru_math,
-    lru_math,
-    mlp_math,
-    online_lru_math,
-)
 from rtu_edge.cells.base import Cell, math_cell, state_from_dict, state_to_dict
 from rtu_edge.cells.rtu import RTU, linear_rtu, nonlinear_rtu, recurrent_param_count
 from rtu_edge.cells.rtu_math import (
@@ -31,11 +24,11 @@ from rtu_edge.cells.rtu_math import (
 CELLS: dict[str, Callable[..., Cell]] = {
     "rtu": linear_rtu,  # linear recurrence, y = f(h); lean complex traces
     "rtu-nonlinear": nonlinear_rtu,  # c = f(a) feeds back; per-component traces
-    "online-lru": math_cell(online_lru_math, True, "online LRU (Zucchet et al. 2023), exact RTRL"),
-    "block-rnn": math_cell(block_rnn_math, True, "block-diagonal RNN of free 2x2 blocks, RTRL"),
-    "mlp": math_cell(mlp_math, True, "memoryless baseline y = f(x W + b): no recurrence"),
-    "gru": math_cell(gru_math, False, "GRU, trained by truncated BPTT (no RTRL)"),
-    "lru": math_cell(lru_math, False, "LRU (Orvieto et al. 2023), trained by truncated BPTT"),
+    "online-lru": math_cell("rtu_edge.cells.online_lru_math", True, "online LRU, exact RTRL"),
+    "block-rnn": math_cell("rtu_edge.cells.block_rnn_math", True, "2x2-block RNN, exact RTRL"),
+    "mlp": math_cell("rtu_edge.cells.mlp_math", True, "memoryless baseline, no recurrence"),
+    "gru": math_cell("rtu_edge.cells.gru_math", False, "GRU, truncated BPTT only"),
+    "lru": math_cell("rtu_edge.cells.lru_math", False, "LRU (Orvieto et al.), truncated BPTT only"),
 }
 
 

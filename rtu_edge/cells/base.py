@@ -200,8 +200,13 @@ def math_cell_options(math) -> dict[str, object]:
 def math_cell(math, online: bool, doc: str):
     """The registry factory of a math cell: ``(input_size, hidden_size, generator=None, **opts)``.
 
-    Its options (and their defaults, the math module's own) are listed by `factory.options`.
+    ``math`` is the math module or its dotted name (so a registry entry is one line). Its options
+    (and their defaults, the math module's own) are listed by `factory.options`.
     """
+    if isinstance(math, str):
+        import importlib
+
+        math = importlib.import_module(math)
 
     def factory(input_size: int, hidden_size: int, generator=None, **options) -> MathCell:
         return MathCell(math, input_size, hidden_size, online, generator=generator, **options)
