@@ -55,12 +55,12 @@ class TDConfig:
     """Hyperparameters of TD(lambda). Defaults follow the animal-learning benchmark."""
 
     # Discount of the predicted return. 0.9 (a horizon of about 10 ticks) is the benchmark's
-    # discount for trace conditioning with an inter-stimulus interval of 10 (it sets
-    # gamma = 1 - 1/ISI); set it to the horizon your cumulant needs.
+    # discount for trace conditioning with an inter-stimulus interval of 10 (it sets gamma
+    # to about 1 - 1/ISI); set it to the horizon your cumulant needs.
     gamma: float = 0.9
     lam: float = 0.9  # eligibility-trace decay lambda (the benchmark's 0.9)
     optimizer: str = "adam"  # "adam" (Adam on -delta z, as the benchmark) | "sgd" (w += lr delta z)
-    lr: float = 1e-3  # step size (1e-3 suits Adam; SGD usually needs a smaller one)
+    lr: float = 1e-3  # step size (for Adam; SGD did well with 1e-2 on classic/CartPole-P)
     adam_beta1: float = 0.9  # Adam's first-moment decay
     adam_beta2: float = 0.999  # Adam's second-moment decay
     adam_eps: float = 1e-8  # Adam's denominator floor
