@@ -40,6 +40,7 @@ from firmware_bridge.contract import NoiseSpec, StepInput, StepOutput
 from rtu_edge import agent as A
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
+from rtu_edge.ops import plus_eps
 
 State = dict[str, Tensor]
 
@@ -132,11 +133,11 @@ def normalise_obs(cfg: ACConfig, s: State, obs: Tensor) -> tuple[Tensor, State]:
     """
     obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    std = torch.sqrt(_variance(count, m2) + cfg.eps)
+    std = torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     bounded = torch.clamp(obs, mean - cfg.stats_clip * std, mean + cfg.stats_clip * std)
     sample = torch.where(count >= cfg.stats_warmup, bounded, obs)
     count, mean, m2 = _welford(count, mean, m2, sample)
-    x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
+    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
     return x, {"norm.obs_count": count, "norm.obs_mean": mean, "norm.obs_m2": m2}
 
@@ -145,7 +146,7 @@ def scale_reward(cfg: ACConfig, s: State, reward: Tensor, keep: Tensor) -> tuple
     """Divide the reward by the running std of the discounted return (Elsayed et al.)."""
     trace = s["norm.ret_trace"] * cfg.gamma * keep + reward
     count, mean, m2 = _welford(s["norm.ret_count"], s["norm.ret_mean"], s["norm.ret_m2"], trace)
-    scaled = reward / torch.sqrt(_variance(count, m2) + cfg.eps)
+    scaled = reward / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     return scaled, {
         "norm.ret_trace": trace,
         "norm.ret_count": count,
@@ -155,11 +156,15 @@ def scale_reward(cfg: ACConfig, s: State, reward: Tensor, keep: Tensor) -> tuple
 
 
 def _keep_if_finite(old: State, upd: State) -> State:
-    """`upd` if every tensor in it is finite, else the old values of the same tensors."""
-    ok = None
+    """`upd` if every tensor in it is finite, else the old values of the same tensors.
+
+    One check on the sum of everything (a non-finite entry, or a sum that overflows, keeps the
+    old values): a few graph nodes instead of a finiteness test per tensor.
+    """
+    total = None
     for v in upd.values():
-        part = torch.isfinite(v).all()
-        ok = part if ok is None else ok & part
+        total = v.sum() if total is None else total + v.sum()
+    ok = torch.isfinite(total)
     return {k: torch.where(ok, v, old[k]) for k, v in upd.items()}
 
 
@@ -318,7 +323,7 @@ def act_step(
     p = params_of(s)
     obs = torch.clamp(inputs["obs"], -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
+    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
     ln = agent.net.layer_norm
     cell = agent.cell

@@ -45,6 +45,7 @@ from rtu_edge import agent as A
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.ac import _variance, normalise_obs, params_of
 from rtu_edge.learners.base import Learner
+from rtu_edge.ops import plus_eps
 
 State = dict[str, Tensor]
 OPTIMIZERS = ("adam", "sgd")
@@ -126,7 +127,7 @@ def _features(cfg: TDConfig, s: State, obs: Tensor, learn: bool) -> tuple[Tensor
         return normalise_obs(cfg, s, obs)
     obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    x = (obs - mean) / torch.sqrt(_variance(count, m2) + cfg.eps)
+    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     return torch.clamp(x, -cfg.norm_clip, cfg.norm_clip), {}
 
 
@@ -184,7 +185,7 @@ def td_step(
             g = -delta * z[k]
             m = b1 * m_old + (1.0 - b1) * g
             v = b2 * v_old + (1.0 - b2) * (g * g)
-            w_new = w - step * m / (torch.sqrt(v * v_corr) + cfg.adam_eps)
+            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
             new[f"params.{k}"] = torch.where(do, w_new, w)
             new[f"opt.m.{k}"] = torch.where(do, m, m_old)
             new[f"opt.v.{k}"] = torch.where(do, v, v_old)

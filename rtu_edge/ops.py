@@ -1,0 +1,24 @@
+"""Small tensor helpers whose exported ONNX graph must mean what the torch code means.
+
+Measured (torch 2.13, dynamo exporter at opset 18): the exporter's onnxscript optimizer treats
+a scalar constant within 1e-8 of zero as zero (its pattern constants match with abs_tol 1e-8),
+so ``x + 1e-8`` exports as ``x``: ``sqrt(var + 1e-8)`` became ``sqrt(var)`` in learn.onnx, and
+a sensor whose reading never changes (variance exactly 0) turned the robot's normalised
+observation into NaN, while the same step in torch was fine. The same rule treats a
+multiplier within 1e-5 (relative) of 1 as 1. The rule only matches rank-0 constants.
+export/parity.py's at-rest phase catches this class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def plus_eps(x: Tensor, eps: float) -> Tensor:
+    """``x + eps``, also in the exported graph (x of rank >= 1).
+
+    The constant is a rank-``x.dim()`` tensor of ones-shape, not a scalar, so the optimizer's
+    no-op rule does not match it; in torch the result is exactly ``x + eps``.
+    """
+    return x + torch.full((1,) * x.dim(), eps, dtype=x.dtype)
