@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -141,3 +144,47 @@ def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path)
     assert c["rollbacks"] >= 1, c
     assert c["learn_steps"] > 400, c  # learning went on after the burst
     assert _last_checkpoint_is_finite(tmp_path)
+
+
+def test_robot_killed_and_restarted_at_the_same_path_run_reconnects(bundle, tmp_path):
+    """Fault 14 as it happens: the MCU's process dies (its pty vanishes under the open port, the
+    link path disappears) and a new one comes up at the same path. Every port error is a
+    LinkError, so the loop's reconnect path reopens the path with backoff and runs on."""
+    first = _robot(tmp_path)
+    box: dict = {}
+
+    def kill_and_restart():
+        deadline = time.monotonic() + 60
+        while first.stats.steps < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.close()
+        time.sleep(0.3)  # the host finds no device at the path for a while
+        box["second"] = _robot(tmp_path, boot_id=0x5EC0D)
+
+    swapper = threading.Thread(target=kill_and_restart, daemon=True)
+    swapper.start()
+    logs: list[str] = []
+    try:
+        s = run(
+            RunConfig(
+                bundle=str(bundle),
+                port=str(tmp_path / "tty"),
+                checkpoint_dir=str(tmp_path / "ck"),
+                status_every_s=0,
+                steps=400,
+                reconnect_backoff_s=0.1,
+                reconnect_tries=8,
+            ),
+            log=logs.append,
+        )
+    finally:
+        swapper.join(30)
+        first.close()
+        if "second" in box:
+            box["second"].close()
+    c = s["counters"]
+    assert s["ticks"] == 400 and s["exit"] == "steps"
+    assert c["link_errors"] >= 1, logs
+    assert box["second"].stats.steps > 0  # the new robot at the same path was driven
+    assert any("reconnect attempt" in m for m in logs), logs  # the path was missing: backoff
+    assert c["link"]["connects"] >= 2
