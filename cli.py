@@ -201,14 +201,17 @@ def sim_robot(
         environment = envs_mod.make(env, seed=seed)
     except (KeyError, ValueError, ImportError) as e:
         _fail(str(e))
-    robot = SimRobot(
-        environment,
-        action_kind=info.action_kind,
-        safe_action=list(info.safe_action),
-        watchdog_s=watchdog_s,
-        seed=seed,
-        link_path=str(link) if link else None,
-    )
+    try:
+        robot = SimRobot(
+            environment,
+            action_kind=info.action_kind,
+            safe_action=list(info.safe_action),
+            watchdog_s=watchdog_s,
+            seed=seed,
+            link_path=str(link) if link else None,
+        )
+    except OSError as e:  # --link: something else is at the path, or its directory is missing
+        _fail(f"cannot create --link {link}: {e.strerror or e}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"simulated robot ({env}) on {robot.device_path}" + (f" -> {link}" if link else ""))
