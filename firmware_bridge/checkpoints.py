@@ -15,10 +15,15 @@ npz without one (killed between the two writes) is an orphan that `load_latest` 
 together with leftover temp files. Saving the same step twice writes a new npz and then
 switches the JSON to it, so the old one stays complete until the switch.
 
-`load_latest` returns the highest-step checkpoint whose SHA-256 verifies, warning about and
-skipping corrupt ones. It returns ``None`` only when the directory holds no checkpoint at all:
-if checkpoints exist but none verifies it raises, so a robot never silently starts from
-scratch. One process writes a directory at a time.
+`load_latest` returns the highest-step checkpoint whose SHA-256 verifies and whose tensors are
+all finite, warning about and skipping corrupt or non-finite ones. It returns ``None`` only when
+the directory holds no checkpoint at all: if checkpoints exist but none verifies it raises, so a
+robot never silently starts from scratch. One process writes a directory at a time.
+
+Non-finite state is never committed: `save` refuses tensors holding NaN/Inf. A new checkpoint
+is read back and verified before rotation, and rotation keeps the ``keep`` newest checkpoints
+that verify, deleting only what is older than all of them: neither a refused, failed or
+unreadable new checkpoint nor corrupt ones in the directory can push the last good ones out.
 
 Robot path: numpy and the standard library only.
 """
@@ -104,6 +109,13 @@ class CheckpointStore:
             raise CheckpointError(f"step must be a non-negative integer, got {step!r}")
         step = int(step)
         arrays = _check_tensors(tensors)
+        bad = _non_finite(arrays)
+        if bad:
+            raise CheckpointError(
+                f"refusing to write checkpoint step {step}: tensors {_names(bad)} hold NaN or Inf "
+                "(the learner diverged). Nothing was written and the previous checkpoints are "
+                "intact; resume from them, and look at the bad_updates / rollbacks counters."
+            )
         if not isinstance(meta, dict):
             raise CheckpointError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
         try:
@@ -130,6 +142,7 @@ class CheckpointStore:
         }
         record_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
         replaced = self._referenced_npz(self.directory / sidecar_name)
+        previous_record = _read_quietly(self.directory / sidecar_name) if replaced else None
 
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -145,25 +158,61 @@ class CheckpointStore:
                 "The previous checkpoints are intact; free disk space or fix the directory's "
                 "permissions / mount (read-only?)."
             ) from exc
+        try:
+            self._load(self.directory / sidecar_name)  # what is on disk, not what we meant
+        except (_Corrupt, CheckpointError) as exc:
+            self._undo_save(sidecar_name, npz_name, previous_record)
+            raise CheckpointError(
+                f"checkpoint step {step} written to {self.directory} does not read back ({exc}); "
+                "it was removed and nothing was rotated, so the previous checkpoints are intact. "
+                "Check the storage (dmesg, fsck)."
+            ) from None
         if replaced is not None and replaced != npz_name:
             _unlink_quietly(self.directory / replaced, warn=True)
         self._rotate(protect=sidecar_name)
         return self.directory / sidecar_name
 
+    def _undo_save(self, sidecar_name: str, npz_name: str, previous_record: bytes | None) -> None:
+        """Take back a checkpoint that did not verify; restore the record it replaced."""
+        try:
+            if previous_record is not None:
+                _atomic_write(self.directory, sidecar_name, previous_record, self._tmp_prefix)
+            else:
+                _unlink_quietly(self.directory / sidecar_name, warn=True)
+        except OSError as exc:
+            warnings.warn(f"could not restore {sidecar_name}: {exc}", CheckpointWarning, 3)
+        _unlink_quietly(self.directory / npz_name, warn=True)
+
     def _rotate(self, protect: str) -> None:
-        """Delete the oldest checkpoints beyond `keep`, never the one just written."""
+        """Keep the `keep` newest checkpoints that verify; delete only what is older.
+
+        Corrupt or non-finite checkpoints never count toward `keep`, so they cannot push the
+        last good ones out; those newer than the oldest kept good one stay (load_latest skips
+        them) until good ones pass them. The one just written is never deleted.
+        """
         sidecars = self.list()
-        excess = len(sidecars) - self.keep
-        for path in sidecars:
-            if excess <= 0:
+        if len(sidecars) <= self.keep:
+            return
+        good = 0
+        cut = None  # index of the oldest checkpoint kept
+        for i in range(len(sidecars) - 1, -1, -1):
+            try:
+                self._load(sidecars[i])
+            except (_Corrupt, CheckpointError):
+                continue
+            good += 1
+            if good == self.keep:
+                cut = i
                 break
+        if cut is None:
+            return  # fewer than `keep` good ones: delete nothing
+        for path in sidecars[:cut]:
             if path.name == protect:
                 continue
             npz = self._referenced_npz(path)
             _unlink_quietly(path, warn=True)  # the record first: a half-deleted pair is an orphan
             if npz is not None:
                 _unlink_quietly(self.directory / npz, warn=True)
-            excess -= 1
 
     def _referenced_npz(self, sidecar: Path) -> str | None:
         """The npz name a JSON record points at, if it parses and names a valid file."""
@@ -260,6 +309,9 @@ class CheckpointStore:
         }
         if described != expected:
             raise _Corrupt(f"{npz_name} holds other tensors than its record lists")
+        bad = _non_finite(tensors)
+        if bad:
+            raise _Corrupt(f"{npz_name}: tensors {_names(bad)} hold NaN or Inf")
         return tensors, meta, sidecar
 
     # -- cleanup --------------------------------------------------------------------------
@@ -313,6 +365,28 @@ def _check_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             )
         arrays[name] = arr
     return arrays
+
+
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the floating-point (or complex) tensors holding NaN or Inf."""
+    return [
+        name
+        for name, arr in arrays.items()
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all()
+    ]
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _read_quietly(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_SIDECAR_BYTES)
+    except OSError:
+        return None
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
