@@ -93,8 +93,10 @@ class UpdateGuard:
 
     A step whose TD error or value is not finite is a bad update (the graph itself already
     refused to move the parameters). After `max_bad` in a row, the runner is rolled back to the
-    last good snapshot, taken every `snapshot_every` good ticks. `counts` (the run's counters)
-    gets "learn_steps", "bad_updates" and "rollbacks" added up.
+    last good snapshot, taken every `snapshot_every` good ticks, and only when every tensor of
+    the state is finite (a finite TD error does not prove finite parameters or traces).
+    `counts` (the run's counters) gets "learn_steps", "bad_updates", "rollbacks" and
+    "snapshots_refused" added up.
     """
 
     def __init__(
@@ -117,7 +119,11 @@ class UpdateGuard:
             self.bad_in_row = 0
             self.counts["learn_steps"] += 1
             if tick % self.snapshot_every == 0:
-                self.last_good = self.runner.state()
+                snap = self.runner.state()
+                if all(np.isfinite(v).all() for v in snap.values()):
+                    self.last_good = snap
+                else:  # keep the older good snapshot as the rollback target
+                    self.counts["snapshots_refused"] = self.counts.get("snapshots_refused", 0) + 1
             return out, False
         self.counts["bad_updates"] += 1
         self.bad_in_row += 1

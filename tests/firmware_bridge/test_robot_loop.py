@@ -11,7 +11,7 @@ import pytest
 
 from export.bundle import ExportConfig, export_run
 from firmware_bridge.host import HandshakeError
-from firmware_bridge.robot_loop import RunConfig, run
+from firmware_bridge.robot_loop import RunConfig, UpdateGuard, run
 from firmware_bridge.sim_robot import SimFaults, SimRobot
 from rtu_edge import envs
 from rtu_edge.train import TrainConfig, train
@@ -188,3 +188,35 @@ def test_robot_killed_and_restarted_at_the_same_path_run_reconnects(bundle, tmp_
     assert box["second"].stats.steps > 0  # the new robot at the same path was driven
     assert any("reconnect attempt" in m for m in logs), logs  # the path was missing: backoff
     assert c["link"]["connects"] >= 2
+
+
+class _ScriptedRunner:
+    """A StepRunner stand-in: each step's `kind` says what the graph did to the state."""
+
+    def __init__(self):
+        self.w = np.zeros(3, np.float32)
+
+    def state(self):
+        return {"params.w": self.w.copy(), "norm.count": np.array(len(self.w), np.int64)}
+
+    def load_state(self, state):
+        self.w = state["params.w"].copy()
+
+    def step(self, kind):
+        if kind == "good":
+            self.w += 1
+        elif kind == "poison":  # parameters went NaN, yet the TD error looks fine
+            self.w[0] = np.nan
+        td = np.float32(np.nan if kind == "bad" else 0.5)
+        return {"td_error": np.array([td]), "value": np.zeros(1, np.float32)}
+
+
+def test_last_good_snapshot_is_only_taken_of_a_finite_state():
+    counts = dict.fromkeys(("learn_steps", "bad_updates", "rollbacks"), 0)
+    runner = _ScriptedRunner()
+    guard = UpdateGuard(runner, learn=True, max_bad=3, snapshot_every=1, counts=counts)
+    for tick, kind in enumerate(["good", "good", "poison", "good", "bad", "bad", "bad"]):
+        _, rolled_back = guard.step({"kind": kind}, tick)
+    assert rolled_back and counts["rollbacks"] == 1
+    np.testing.assert_array_equal(runner.w, [2, 2, 2])  # the last finite snapshot
+    assert counts["snapshots_refused"] == 2  # after the poison, and the good step after it
