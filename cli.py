@@ -176,7 +176,10 @@ def run(
     if summary_json:
         from rtu_edge.atomic import atomic_write_json
 
-        atomic_write_json(summary_json, summary)
+        try:
+            atomic_write_json(summary_json, summary)
+        except OSError as e:  # the run finished; its summary was printed above
+            typer.echo(f"WARNING: could not write --summary-json {summary_json}: {e}", err=True)
 
 
 @app.command("sim-robot")

@@ -97,6 +97,31 @@ class CheckpointStore:
                 found.append((int(m.group(1)), Path(entry.path)))
         return [path for _, path in sorted(found)]
 
+    def check_writable(self) -> None:
+        """Raise CheckpointError unless a checkpoint can be written now (creates the directory).
+
+        Catches before a run starts what would otherwise only show at its first save: a file
+        in the way, a path under a file, a read-only mount, no permission. It writes and
+        removes one temp file, named so that `cleanup` removes it if we are killed meanwhile.
+        """
+        d = self.directory
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=self._tmp_prefix, suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            if d.exists() and not d.is_dir():
+                why = "a file is in the way"
+            elif any(p.exists() and not p.is_dir() for p in d.parents):
+                why = "a parent of it is a file"
+            else:
+                why = exc.strerror or str(exc)
+            raise CheckpointError(
+                f"checkpoint directory {d} cannot be written ({why}: {exc}). Choose another "
+                "--checkpoint-dir, or move the file aside / fix the mount or permissions"
+            ) from None
+
     # -- save -----------------------------------------------------------------------------
 
     def save(self, step: int, tensors: Mapping[str, np.ndarray], meta: dict) -> Path:

@@ -187,6 +187,11 @@ def run(cfg: RunConfig, log=print) -> dict:
         Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else default_checkpoint_dir(cfg.bundle)
     )
     store = CheckpointStore(ckpt_dir, keep=cfg.keep_checkpoints)
+    if cfg.learn:  # before resuming or connecting: a learning run must be able to save
+        try:
+            store.check_writable()
+        except CheckpointError as e:
+            raise RunError(f"{e}; or run with --no-learn, which saves nothing") from None
     full_state, counters = _resume(cfg, bundle, store, log)
 
     session = bundle.session(graph)
@@ -395,8 +400,14 @@ def run(cfg: RunConfig, log=print) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k != "link"},
     }
     if cfg.learn or ckpt_dir.exists():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
+        except OSError as e:  # the run itself finished: warn, and still report its summary
+            log(
+                f"WARNING: could not write last_{graph}_run.json to {ckpt_dir} ({e}); "
+                "the summary is still reported"
+            )
     return summary
 
 

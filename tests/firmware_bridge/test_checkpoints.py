@@ -484,3 +484,24 @@ def test_sigkill_mid_save_never_loses_a_complete_checkpoint(tmp_path):
     print(f"last saved step {last_saved}, kills that hit an open temp file: {caught_mid_write}/24")
     assert last_saved >= 3, "the saver never got going; the test proved nothing"
     assert caught_mid_write >= 5, f"only {caught_mid_write} kills hit an open temp file"
+
+
+def test_check_writable_creates_the_directory_and_names_what_is_wrong(tmp_path):
+    CheckpointStore(tmp_path / "a" / "b").check_writable()
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="a file is in the way"):
+        CheckpointStore(tmp_path / "f").check_writable()
+    with pytest.raises(CheckpointError, match="a parent of it is a file"):
+        CheckpointStore(tmp_path / "f" / "ck").check_writable()
+    assert (tmp_path / "f").read_text() == "x"
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    undo = _make_unwritable(directory)
+    if undo is None:
+        return  # root without chattr: the file-in-the-way cases above are the test here
+    try:
+        with pytest.raises(CheckpointError, match="cannot be written"):
+            CheckpointStore(directory).check_writable()
+    finally:
+        undo()

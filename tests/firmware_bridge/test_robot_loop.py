@@ -11,7 +11,7 @@ import pytest
 
 from export.bundle import ExportConfig, export_run
 from firmware_bridge.host import HandshakeError
-from firmware_bridge.robot_loop import RunConfig, UpdateGuard, run
+from firmware_bridge.robot_loop import RunConfig, RunError, UpdateGuard, run
 from firmware_bridge.sim_robot import SimFaults, SimRobot
 from rtu_edge import envs
 from rtu_edge.train import TrainConfig, train
@@ -80,7 +80,7 @@ def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
     return robot
 
 
-def _loop(bundle, tmp_path, **kw) -> dict:
+def _loop(bundle, tmp_path, log=lambda m: None, **kw) -> dict:
     """`rtu-edge run`'s loop against the robot at tmp_path/tty, quiet, checkpoints in tmp_path/ck."""
     cfg = dict(
         bundle=str(bundle),
@@ -88,7 +88,7 @@ def _loop(bundle, tmp_path, **kw) -> dict:
         checkpoint_dir=str(tmp_path / "ck"),
         status_every_s=0,
     )
-    return run(RunConfig(**(cfg | kw)), log=lambda m: None)
+    return run(RunConfig(**(cfg | kw)), log=log)
 
 
 def _last_checkpoint_is_finite(tmp_path) -> bool:
@@ -220,3 +220,68 @@ def test_last_good_snapshot_is_only_taken_of_a_finite_state():
     assert rolled_back and counts["rollbacks"] == 1
     np.testing.assert_array_equal(runner.w, [2, 2, 2])  # the last finite snapshot
     assert counts["snapshots_refused"] == 2  # after the poison, and the good step after it
+
+
+@pytest.mark.parametrize("where", ["file in the way", "under a file"])
+def test_unusable_checkpoint_dir_is_refused_before_connecting(bundle, tmp_path, where):
+    blocker = tmp_path / "ck"
+    blocker.write_text("not a directory")
+    ckpt = blocker if where == "file in the way" else blocker / "deeper"
+    with _robot(tmp_path) as robot:
+        with pytest.raises(RunError, match=r"cannot be written.*--checkpoint-dir.*--no-learn"):
+            _loop(bundle, tmp_path, steps=10, checkpoint_dir=str(ckpt))
+        assert robot.stats.hellos == 0  # the port was never touched
+    assert blocker.read_text() == "not a directory"
+
+
+def test_frozen_run_with_a_file_in_the_way_finishes_with_a_warning(bundle, tmp_path):
+    (tmp_path / "ck").write_text("not a directory")
+    logs: list[str] = []
+    with _robot(tmp_path):
+        s = _loop(bundle, tmp_path, steps=50, learn=False, log=logs.append)
+    assert s["ticks"] == 50 and s["exit"] == "steps"
+    assert any("WARNING" in m and "last_act_run.json" in m for m in logs), logs
+    assert (tmp_path / "ck").read_text() == "not a directory"
+
+
+def test_checkpoint_dir_lost_during_the_run_still_reports_the_summary(bundle, tmp_path):
+    """The directory goes away and a file takes its place mid-run (a remount, an operator):
+    the final checkpoint and the summary file fail with warnings; the summary is returned."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    logs: list[str] = []
+    with _robot(tmp_path) as robot:
+
+        def sabotage():
+            deadline = time.monotonic() + 60
+            while robot.stats.steps < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            shutil.rmtree(ck)
+            ck.write_text("in the way")
+
+        t = threading.Thread(target=sabotage, daemon=True)
+        t.start()
+        s = _loop(bundle, tmp_path, steps=300, checkpoint_every_s=1e9, log=logs.append)
+        t.join(30)
+    assert s["ticks"] == 300
+    assert s["counters"]["checkpoint_failures"] == 1
+    assert any("WARNING: checkpoint failed" in m for m in logs), logs
+    assert any("WARNING: could not write last_learn_run.json" in m for m in logs), logs
+
+
+def test_cli_run_exit_code_and_summary_with_an_unusable_checkpoint_dir(bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    (tmp_path / "ck").write_text("not a directory")
+    args = ["run", str(bundle), "--port", str(tmp_path / "tty"), "--steps", "30"]
+    args += ["--checkpoint-dir", str(tmp_path / "ck")]
+    with _robot(tmp_path):
+        frozen = CliRunner().invoke(app, [*args, "--no-learn"])
+        learning = CliRunner().invoke(app, args)
+    assert frozen.exit_code == 0, frozen.output
+    assert "act run ended (steps): 30 ticks" in frozen.output and "WARNING" in frozen.output
+    assert learning.exit_code == 2 and isinstance(learning.exception, SystemExit)
+    assert "error: checkpoint directory" in learning.output and "Traceback" not in learning.output
