@@ -7,6 +7,7 @@ robot path (`run`, `ports`) stay light: `rtu-edge run` never imports torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +27,12 @@ DEFAULT_ENV = "classic/CartPole-P"  # kept equal to rtu_edge.envs.DEFAULT_ENV (a
 def _fail(msg: str, code: int = 1) -> None:
     typer.echo(f"error: {msg}", err=True)
     raise typer.Exit(code)
+
+
+def _usage(ok: bool, msg: str) -> None:
+    """A bad option value: one line on stderr, exit code 2 (as for other usage errors)."""
+    if not ok:
+        _fail(msg, code=2)
 
 
 def _need_train_extra() -> None:
@@ -62,6 +69,11 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train an RTU agent with exact RTRL on a gymnasium / MuJoCo / POPGym environment."""
+    _usage(
+        not out.exists() or out.is_dir(),
+        f"--out {out} is a file, not a run directory; choose another --out",
+    )
+    _usage(steps is None or steps > 0, f"--steps must be at least 1, got {steps}")
     _need_train_extra()
     from rtu_edge.train import TrainConfig, resume_config
     from rtu_edge.train import train as run_training
@@ -108,6 +120,11 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Export the act and learn steps of a run to ONNX (opset 18) with a manifest."""
+    _usage(
+        max_delta is None or (math.isfinite(max_delta) and max_delta > 0),
+        f"--max-delta must be a positive number (the largest action change per tick), got "
+        f"{max_delta}; leave it out for no cap",
+    )
     _need_train_extra()
     from export.bundle import ExportConfig, ParityError, export_run
 
@@ -148,6 +165,11 @@ def run(
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
+    _usage(baud > 0, f"--baud must be the MCU's UART rate (e.g. 1000000), got {baud}")
+    _usage(
+        steps is None or steps > 0,
+        f"--steps must be at least 1 (leave it out to run until Ctrl-C), got {steps}",
+    )
     from firmware_bridge.bundle import BundleError
     from firmware_bridge.checkpoints import CheckpointError
     from firmware_bridge.link import LinkError
@@ -193,6 +215,14 @@ def sim_robot(
     max_steps: Annotated[int | None, typer.Option(help="Exit after this many env steps.")] = None,
 ) -> None:
     """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
+    _usage(
+        math.isfinite(watchdog_s) and watchdog_s > 0,
+        f"--watchdog-s must be a positive number of seconds, got {watchdog_s}",
+    )
+    _usage(
+        max_steps is None or max_steps > 0,
+        f"--max-steps must be at least 1 (leave it out to run until stopped), got {max_steps}",
+    )
     import signal
     import threading
 

@@ -304,6 +304,27 @@ def _check_manifest(root: Path, manifest: dict):
             f"'files' lists {unused}, which no graph or state uses; a format-1 bundle holds "
             "only its graphs and state.npz (ONNX external data is not supported)"
         )
+
+    # The rate limit the host applies to every action: a negative, zero or non-finite cap
+    # would make the limiter clamp to nonsense (or refuse to start) on the robot.
+    def positive_float32(v: object) -> bool:  # > 0 and finite as the host's float32
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        try:
+            return 0 < float(v) <= float(np.finfo(np.float32).max)
+        except OverflowError:  # an integer too large for a float
+            return False
+
+    action = manifest.get("action")
+    max_delta = action.get("max_delta") if isinstance(action, dict) else None
+    if max_delta is not None:
+        values = max_delta if isinstance(max_delta, list) else [max_delta]
+        if not values or not all(positive_float32(v) for v in values):
+            raise bad(
+                f"action.max_delta must be null or positive finite numbers (the largest "
+                f"action change per tick), got {max_delta!r}; export with a positive "
+                "--max-delta, or without it for no cap"
+            )
     return files, graphs, state["file"], names
 
 
