@@ -35,6 +35,15 @@ def _usage(ok: bool, msg: str) -> None:
         _fail(msg, code=2)
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime_ns) of a file, None if missing: an atomic rewrite changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _need_train_extra() -> None:
     try:
         import torch  # noqa: F401
@@ -75,9 +84,10 @@ def train(
     )
     _usage(steps is None or steps > 0, f"--steps must be at least 1, got {steps}")
     _need_train_extra()
-    from rtu_edge.train import TrainConfig, resume_config
+    from rtu_edge.train import CHECKPOINT, TrainConfig, resume_config
     from rtu_edge.train import train as run_training
 
+    checkpoint_before = _file_id(out / CHECKPOINT)
     try:
         if resume:  # the run's own options; only --steps may raise the total
             cfg = resume_config(out, steps)
@@ -100,10 +110,19 @@ def train(
     except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail(
-            f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
-            130,
-        )
+        # say only what is true: was a checkpoint written by this command?
+        if _file_id(out / CHECKPOINT) not in (None, checkpoint_before):
+            _fail(
+                f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
+                130,
+            )
+        if checkpoint_before is not None:
+            _fail(
+                f"interrupted before a new checkpoint was written; the previous one in {out} is "
+                f"unchanged. Continue from it with: rtu-edge train --out {out} --resume",
+                130,
+            )
+        _fail("interrupted before any checkpoint was written; start the run again", 130)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
 

@@ -159,7 +159,11 @@ def env_action(agent: AgentConfig, action: torch.Tensor, low, high):
 
 def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Tensor], log=print):
     """`ac_step` bound to the configs: eager, or torch.compile'd (same function, same numbers
-    up to float rounding; tests/rtu_edge/test_train.py compares them)."""
+    up to float rounding; tests/rtu_edge/test_train.py compares them).
+
+    Ctrl-C or SIGTERM while compiling raises KeyboardInterrupt, also when torch swallowed it
+    or turned it into a compile error (the signal is recorded, not only raised).
+    """
     eager = functools.partial(ac_step, cfg.ac, agent)
     if cfg.compile not in ("auto", "yes", "no"):
         raise ValueError(f"compile must be 'auto', 'yes' or 'no', got {cfg.compile!r}")
@@ -173,13 +177,29 @@ def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Te
         torch.zeros(1),
         torch.zeros(1, agent.noise_size),
     )
+    signals: list[int] = []  # Ctrl-C / SIGTERM seen while compiling
+
+    def interrupt(signum, frame):
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    old = {}
     t0 = time.perf_counter()
     try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, interrupt)
         with torch.inference_mode():
             compiled({k: v.clone() for k, v in state.items()}, *example)  # compile now
     except Exception as e:  # no C++ compiler, unsupported platform, ...
-        log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
-        return eager
+        if not signals:
+            log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
+            return eager
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if signals:  # the interrupt may have been caught (or wrapped) inside torch
+        raise KeyboardInterrupt
     log(f"compiled the learn step in {time.perf_counter() - t0:.0f}s")
     return compiled
 
@@ -263,7 +283,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     returns: list[tuple[int, float]] = [(int(r[0]), float(r[2])) for r in kept]
     recent: deque[float] = deque((r for _, r in returns[-20:]), maxlen=20)
 
-    step_fn = make_step_fn(cfg, agent, state)
+    try:
+        step_fn = make_step_fn(cfg, agent, state)
+    except KeyboardInterrupt:  # while compiling: nothing learned yet, keep the start resumable
+        metrics_f.close()
+        env.close()
+        save_checkpoint(run_dir, state, {"step": start_step, "episode": start_episode}, gen)
+        raise
     bar = None
     if progress:
         from rich.progress import (
