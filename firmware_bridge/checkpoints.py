@@ -21,9 +21,11 @@ the directory holds no checkpoint at all: if checkpoints exist but none verifies
 robot never silently starts from scratch. One process writes a directory at a time.
 
 Non-finite state is never committed: `save` refuses tensors holding NaN/Inf. A new checkpoint
-is read back and verified before rotation, and rotation keeps the ``keep`` newest checkpoints
-that verify, deleting only what is older than all of them: neither a refused, failed or
-unreadable new checkpoint nor corrupt ones in the directory can push the last good ones out.
+is read back (the npz before its record commits it, the record before rotation), and rotation
+keeps the ``keep`` newest checkpoints that verify, deleting only what is older than all of
+them: neither a refused, failed or unreadable new checkpoint nor corrupt ones in the directory
+can push the last good ones out. Checkpoints this store wrote or loaded are not re-read by
+rotation, which keeps the window between a commit and its rotation short.
 
 Robot path: numpy and the standard library only.
 """
@@ -80,6 +82,9 @@ class CheckpointStore:
         self._sidecar_re = re.compile(rf"^{p}-(\d{{12,}})\.json$")
         self._npz_re = re.compile(rf"^{p}-(\d{{12,}})-([0-9a-f]{{8}})\.npz$")
         self._tmp_prefix = f".{prefix}-"
+        # (record, npz) pairs this store wrote or loaded and verified: rotation need not
+        # read them again (one process writes a directory at a time)
+        self._verified: set[tuple[str, str]] = set()
 
     # -- names ----------------------------------------------------------------------------
 
@@ -169,29 +174,34 @@ class CheckpointStore:
         replaced = self._referenced_npz(self.directory / sidecar_name)
         previous_record = _read_quietly(self.directory / sidecar_name) if replaced else None
 
+        # Each file is read back before the next step: the npz before the record commits it,
+        # the record before rotation may delete anything. What is on disk, not what we meant.
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.directory, npz_name, blob, self._tmp_prefix)
             try:
+                if _sha256_of(self.directory / npz_name) != digest:
+                    raise _Corrupt(f"{npz_name} does not read back as written")
                 _atomic_write(self.directory, sidecar_name, record_bytes, self._tmp_prefix)
             except BaseException:
                 _unlink_quietly(self.directory / npz_name)
                 raise
+            if _read_quietly(self.directory / sidecar_name) != record_bytes:
+                self._undo_save(sidecar_name, npz_name, previous_record)
+                raise _Corrupt(f"{sidecar_name} does not read back as written")
         except OSError as exc:
             raise CheckpointError(
                 f"could not write checkpoint step {step} to {self.directory}: {exc}. "
                 "The previous checkpoints are intact; free disk space or fix the directory's "
                 "permissions / mount (read-only?)."
             ) from exc
-        try:
-            self._load(self.directory / sidecar_name)  # what is on disk, not what we meant
-        except (_Corrupt, CheckpointError) as exc:
-            self._undo_save(sidecar_name, npz_name, previous_record)
+        except _Corrupt as exc:
             raise CheckpointError(
-                f"checkpoint step {step} written to {self.directory} does not read back ({exc}); "
+                f"checkpoint step {step} written to {self.directory} failed verification ({exc}); "
                 "it was removed and nothing was rotated, so the previous checkpoints are intact. "
                 "Check the storage (dmesg, fsck)."
             ) from None
+        self._verified.add((sidecar_name, npz_name))
         if replaced is not None and replaced != npz_name:
             _unlink_quietly(self.directory / replaced, warn=True)
         self._rotate(protect=sidecar_name)
@@ -221,10 +231,11 @@ class CheckpointStore:
         good = 0
         cut = None  # index of the oldest checkpoint kept
         for i in range(len(sidecars) - 1, -1, -1):
-            try:
-                self._load(sidecars[i])
-            except (_Corrupt, CheckpointError):
-                continue
+            if (sidecars[i].name, self._referenced_npz(sidecars[i])) not in self._verified:
+                try:
+                    self._load(sidecars[i])
+                except (_Corrupt, CheckpointError):
+                    continue
             good += 1
             if good == self.keep:
                 cut = i
@@ -337,6 +348,7 @@ class CheckpointStore:
         bad = _non_finite(tensors)
         if bad:
             raise _Corrupt(f"{npz_name}: tensors {_names(bad)} hold NaN or Inf")
+        self._verified.add((sidecar.name, npz_name))
         return tensors, meta, sidecar
 
     # -- cleanup --------------------------------------------------------------------------
@@ -404,6 +416,11 @@ def _non_finite(arrays: Mapping[str, np.ndarray]) -> list[str]:
 def _names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def _read_quietly(path: Path) -> bytes | None:

@@ -176,10 +176,11 @@ def _poisoned(step: int, *names: str, value=np.nan) -> dict[str, np.ndarray]:
 def _plant(store: CheckpointStore, monkeypatch, step: int, tensors) -> None:
     """Write a checkpoint the way a version without the finiteness check would have (found in
     the directory, not rotated for: this test is about what comes next)."""
+    planter = CheckpointStore(store.directory, keep=store.keep)  # `store` never saw it written
     with monkeypatch.context() as m:
         m.setattr(ckpt_mod, "_non_finite", lambda arrays: [], raising=False)
-        m.setattr(store, "_rotate", lambda protect: None)
-        store.save(step, tensors, _meta(step))
+        m.setattr(planter, "_rotate", lambda protect: None)
+        planter.save(step, tensors, _meta(step))
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
