@@ -7,6 +7,7 @@ robot path (`run`, `ports`) stay light: `rtu-edge run` never imports torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -30,6 +31,21 @@ def _fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _usage(ok: bool, msg: str) -> None:
+    """A bad option value: one line on stderr, exit code 2 (as for other usage errors)."""
+    if not ok:
+        _fail(msg, code=2)
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime_ns) of a file, None if missing: an atomic rewrite changes it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def _need_train_extra() -> None:
     try:
         import torch  # noqa: F401
@@ -45,15 +61,11 @@ def train(
     ] = DEFAULT_ENV,
     cell: Annotated[str, typer.Option(help="Cell (`rtu-edge cells` lists them).")] = _NET.cell,
     algo: Annotated[str, typer.Option(help="Learner (`rtu-edge cells` lists them too).")] = "ac",
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Environment steps [default: 50000].")
-    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
     seed: Annotated[int, typer.Option()] = 0,
-    hidden_size: Annotated[int, typer.Option(min=1, help="Cell units n.")] = _NET.hidden_size,
-    encoder_size: Annotated[int, typer.Option(min=1, help="Encoder width.")] = _NET.encoder_size,
-    head_size: Annotated[
-        int, typer.Option(min=1, help="Actor/critic hidden width.")
-    ] = _NET.head_size,
+    hidden_size: Annotated[int, typer.Option(help="Cell units n.")] = _NET.hidden_size,
+    encoder_size: Annotated[int, typer.Option(help="Encoder width.")] = _NET.encoder_size,
+    head_size: Annotated[int, typer.Option(help="Actor/critic hidden width.")] = _NET.head_size,
     layer_norm: Annotated[
         bool, typer.Option(help="LayerNorm before the encoder's and heads' tanh.")
     ] = _NET.layer_norm,
@@ -76,13 +88,26 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train an agent (a cell with exact RTRL) on a gymnasium / MuJoCo / POPGym environment."""
+    _usage(
+        not out.exists() or out.is_dir(),
+        f"--out {out} is a file, not a run directory; choose another --out",
+    )
+    _usage(steps is None or steps > 0, f"--steps must be at least 1, got {steps}")
+    for name, v in (
+        ("hidden-size", hidden_size),
+        ("encoder-size", encoder_size),
+        ("head-size", head_size),
+    ):
+        _usage(v > 0, f"--{name} must be at least 1, got {v}")
     _need_train_extra()
     from rtu_edge.cells import CELLS
     from rtu_edge.config import OverrideError, TrainConfig, apply_overrides
     from rtu_edge.learners import get_learner
     from rtu_edge.run_dir import RunDirError, resume_config
+    from rtu_edge.train import CHECKPOINT
     from rtu_edge.train import train as run_training
 
+    checkpoint_before = _file_id(out / CHECKPOINT)
     try:
         if resume:  # the run's own options; only --steps may raise the total
             cfg = resume_config(out, steps)
@@ -119,10 +144,19 @@ def train(
     ) as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail(
-            f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
-            130,
-        )
+        # say only what is true: was a checkpoint written by this command?
+        if _file_id(out / CHECKPOINT) not in (None, checkpoint_before):
+            _fail(
+                f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
+                130,
+            )
+        if checkpoint_before is not None:
+            _fail(
+                f"interrupted before a new checkpoint was written; the previous one in {out} is "
+                f"unchanged. Continue from it with: rtu-edge train --out {out} --resume",
+                130,
+            )
+        _fail("interrupted before any checkpoint was written; start the run again", 130)
     typer.echo(json.dumps(summary, indent=2))
     typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
 
@@ -131,14 +165,20 @@ def train(
 def cells(
     budget: Annotated[
         int | None,
-        typer.Option(min=1, help="Also size every cell for this many recurrent parameters."),
+        typer.Option(help="Also size every cell for this many recurrent parameters."),
     ] = None,
     input_size: Annotated[
-        int, typer.Option(min=1, help="Cell input width for --budget (the encoder width).")
+        int, typer.Option(help="Cell input width for --budget (the encoder width).")
     ] = 64,
-    truncation: Annotated[int, typer.Option(min=1, help="T of the T-BPTT cost column.")] = 16,
+    truncation: Annotated[int, typer.Option(help="T of the T-BPTT cost column.")] = 16,
 ) -> None:
     """List the cells and learners, with their options and defaults (and sizes at a budget)."""
+    for name, v in (
+        ("budget", budget or 1),
+        ("input-size", input_size),
+        ("truncation", truncation),
+    ):
+        _usage(v > 0, f"--{name} must be at least 1, got {v}")
     _need_train_extra()
     if budget is not None:
         from rtu_edge.cells.budget import budget_table
@@ -184,6 +224,11 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Export the act and learn steps of a run to ONNX (opset 18) with a manifest."""
+    _usage(
+        max_delta is None or (math.isfinite(max_delta) and max_delta > 0),
+        f"--max-delta must be a positive number (the largest action change per tick), got "
+        f"{max_delta}; leave it out for no cap",
+    )
     _need_train_extra()
     from export.bundle import ExportConfig, ParityError, export_run
 
@@ -224,6 +269,11 @@ def run(
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
+    _usage(baud > 0, f"--baud must be the MCU's UART rate (e.g. 1000000), got {baud}")
+    _usage(
+        steps is None or steps > 0,
+        f"--steps must be at least 1 (leave it out to run until Ctrl-C), got {steps}",
+    )
     from firmware_bridge.bundle import BundleError
     from firmware_bridge.checkpoints import CheckpointError
     from firmware_bridge.link import LinkError
@@ -252,7 +302,10 @@ def run(
     if summary_json:
         from firmware_bridge.atomic import atomic_write_json
 
-        atomic_write_json(summary_json, summary)
+        try:
+            atomic_write_json(summary_json, summary)
+        except OSError as e:  # the run finished; its summary was printed above
+            typer.echo(f"WARNING: could not write --summary-json {summary_json}: {e}", err=True)
 
 
 @app.command("sim-robot")
@@ -266,6 +319,14 @@ def sim_robot(
     max_steps: Annotated[int | None, typer.Option(help="Exit after this many env steps.")] = None,
 ) -> None:
     """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
+    _usage(
+        math.isfinite(watchdog_s) and watchdog_s > 0,
+        f"--watchdog-s must be a positive number of seconds, got {watchdog_s}",
+    )
+    _usage(
+        max_steps is None or max_steps > 0,
+        f"--max-steps must be at least 1 (leave it out to run until stopped), got {max_steps}",
+    )
     import signal
     import threading
 
@@ -277,14 +338,17 @@ def sim_robot(
         environment = envs_mod.make(env, seed=seed)
     except (KeyError, ValueError, ImportError) as e:
         _fail(str(e))
-    robot = SimRobot(
-        environment,
-        action_kind=info.action_kind,
-        safe_action=list(info.safe_action),
-        watchdog_s=watchdog_s,
-        seed=seed,
-        link_path=str(link) if link else None,
-    )
+    try:
+        robot = SimRobot(
+            environment,
+            action_kind=info.action_kind,
+            safe_action=list(info.safe_action),
+            watchdog_s=watchdog_s,
+            seed=seed,
+            link_path=str(link) if link else None,
+        )
+    except OSError as e:  # --link: something else is at the path, or its directory is missing
+        _fail(f"cannot create --link {link}: {e.strerror or e}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     typer.echo(f"simulated robot ({env}) on {robot.device_path}" + (f" -> {link}" if link else ""))

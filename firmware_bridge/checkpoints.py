@@ -15,10 +15,17 @@ npz without one (killed between the two writes) is an orphan that `load_latest` 
 together with leftover temp files. Saving the same step twice writes a new npz and then
 switches the JSON to it, so the old one stays complete until the switch.
 
-`load_latest` returns the highest-step checkpoint whose SHA-256 verifies, warning about and
-skipping corrupt ones. It returns ``None`` only when the directory holds no checkpoint at all:
-if checkpoints exist but none verifies it raises, so a robot never silently starts from
-scratch. One process writes a directory at a time.
+`load_latest` returns the highest-step checkpoint whose SHA-256 verifies and whose tensors are
+all finite, warning about and skipping corrupt or non-finite ones. It returns ``None`` only when
+the directory holds no checkpoint at all: if checkpoints exist but none verifies it raises, so a
+robot never silently starts from scratch. One process writes a directory at a time.
+
+Non-finite state is never committed: `save` refuses tensors holding NaN/Inf. A new checkpoint
+is read back (the npz before its record commits it, the record before rotation), and rotation
+keeps the ``keep`` newest checkpoints that verify, deleting only what is older than all of
+them: neither a refused, failed or unreadable new checkpoint nor corrupt ones in the directory
+can push the last good ones out. Checkpoints this store wrote or loaded are not re-read by
+rotation, which keeps the window between a commit and its rotation short.
 
 Robot path: numpy and the standard library only.
 """
@@ -75,6 +82,9 @@ class CheckpointStore:
         self._sidecar_re = re.compile(rf"^{p}-(\d{{12,}})\.json$")
         self._npz_re = re.compile(rf"^{p}-(\d{{12,}})-([0-9a-f]{{8}})\.npz$")
         self._tmp_prefix = f".{prefix}-"
+        # (record, npz) pairs this store wrote or loaded and verified: rotation need not
+        # read them again (one process writes a directory at a time)
+        self._verified: set[tuple[str, str]] = set()
 
     # -- names ----------------------------------------------------------------------------
 
@@ -92,6 +102,31 @@ class CheckpointStore:
                 found.append((int(m.group(1)), Path(entry.path)))
         return [path for _, path in sorted(found)]
 
+    def check_writable(self) -> None:
+        """Raise CheckpointError unless a checkpoint can be written now (creates the directory).
+
+        Catches before a run starts what would otherwise only show at its first save: a file
+        in the way, a path under a file, a read-only mount, no permission. It writes and
+        removes one temp file, named so that `cleanup` removes it if we are killed meanwhile.
+        """
+        d = self.directory
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=self._tmp_prefix, suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            if d.exists() and not d.is_dir():
+                why = "a file is in the way"
+            elif any(p.exists() and not p.is_dir() for p in d.parents):
+                why = "a parent of it is a file"
+            else:
+                why = exc.strerror or str(exc)
+            raise CheckpointError(
+                f"checkpoint directory {d} cannot be written ({why}: {exc}). Choose another "
+                "--checkpoint-dir, or move the file aside / fix the mount or permissions"
+            ) from None
+
     # -- save -----------------------------------------------------------------------------
 
     def save(self, step: int, tensors: Mapping[str, np.ndarray], meta: dict) -> Path:
@@ -104,6 +139,13 @@ class CheckpointStore:
             raise CheckpointError(f"step must be a non-negative integer, got {step!r}")
         step = int(step)
         arrays = _check_tensors(tensors)
+        bad = _non_finite(arrays)
+        if bad:
+            raise CheckpointError(
+                f"refusing to write checkpoint step {step}: tensors {_names(bad)} hold NaN or Inf "
+                "(the learner diverged). Nothing was written and the previous checkpoints are "
+                "intact; resume from them, and look at the bad_updates / rollbacks counters."
+            )
         if not isinstance(meta, dict):
             raise CheckpointError(f"checkpoint meta must be a dict, got {type(meta).__name__}")
         try:
@@ -130,40 +172,83 @@ class CheckpointStore:
         }
         record_bytes = (json.dumps(record, indent=1, sort_keys=True) + "\n").encode()
         replaced = self._referenced_npz(self.directory / sidecar_name)
+        previous_record = _read_quietly(self.directory / sidecar_name) if replaced else None
 
+        # Each file is read back before the next step: the npz before the record commits it,
+        # the record before rotation may delete anything. What is on disk, not what we meant.
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.directory, npz_name, blob, self._tmp_prefix)
             try:
+                if _sha256_of(self.directory / npz_name) != digest:
+                    raise _Corrupt(f"{npz_name} does not read back as written")
                 _atomic_write(self.directory, sidecar_name, record_bytes, self._tmp_prefix)
             except BaseException:
                 _unlink_quietly(self.directory / npz_name)
                 raise
+            if _read_quietly(self.directory / sidecar_name) != record_bytes:
+                self._undo_save(sidecar_name, npz_name, previous_record)
+                raise _Corrupt(f"{sidecar_name} does not read back as written")
         except OSError as exc:
             raise CheckpointError(
                 f"could not write checkpoint step {step} to {self.directory}: {exc}. "
                 "The previous checkpoints are intact; free disk space or fix the directory's "
                 "permissions / mount (read-only?)."
             ) from exc
+        except _Corrupt as exc:
+            raise CheckpointError(
+                f"checkpoint step {step} written to {self.directory} failed verification ({exc}); "
+                "it was removed and nothing was rotated, so the previous checkpoints are intact. "
+                "Check the storage (dmesg, fsck)."
+            ) from None
+        self._verified.add((sidecar_name, npz_name))
         if replaced is not None and replaced != npz_name:
             _unlink_quietly(self.directory / replaced, warn=True)
         self._rotate(protect=sidecar_name)
         return self.directory / sidecar_name
 
+    def _undo_save(self, sidecar_name: str, npz_name: str, previous_record: bytes | None) -> None:
+        """Take back a checkpoint that did not verify; restore the record it replaced."""
+        try:
+            if previous_record is not None:
+                _atomic_write(self.directory, sidecar_name, previous_record, self._tmp_prefix)
+            else:
+                _unlink_quietly(self.directory / sidecar_name, warn=True)
+        except OSError as exc:
+            warnings.warn(f"could not restore {sidecar_name}: {exc}", CheckpointWarning, 3)
+        _unlink_quietly(self.directory / npz_name, warn=True)
+
     def _rotate(self, protect: str) -> None:
-        """Delete the oldest checkpoints beyond `keep`, never the one just written."""
+        """Keep the `keep` newest checkpoints that verify; delete only what is older.
+
+        Corrupt or non-finite checkpoints never count toward `keep`, so they cannot push the
+        last good ones out; those newer than the oldest kept good one stay (load_latest skips
+        them) until good ones pass them. The one just written is never deleted.
+        """
         sidecars = self.list()
-        excess = len(sidecars) - self.keep
-        for path in sidecars:
-            if excess <= 0:
+        if len(sidecars) <= self.keep:
+            return
+        good = 0
+        cut = None  # index of the oldest checkpoint kept
+        for i in range(len(sidecars) - 1, -1, -1):
+            if (sidecars[i].name, self._referenced_npz(sidecars[i])) not in self._verified:
+                try:
+                    self._load(sidecars[i])
+                except (_Corrupt, CheckpointError):
+                    continue
+            good += 1
+            if good == self.keep:
+                cut = i
                 break
+        if cut is None:
+            return  # fewer than `keep` good ones: delete nothing
+        for path in sidecars[:cut]:
             if path.name == protect:
                 continue
             npz = self._referenced_npz(path)
             _unlink_quietly(path, warn=True)  # the record first: a half-deleted pair is an orphan
             if npz is not None:
                 _unlink_quietly(self.directory / npz, warn=True)
-            excess -= 1
 
     def _referenced_npz(self, sidecar: Path) -> str | None:
         """The npz name a JSON record points at, if it parses and names a valid file."""
@@ -260,6 +345,10 @@ class CheckpointStore:
         }
         if described != expected:
             raise _Corrupt(f"{npz_name} holds other tensors than its record lists")
+        bad = _non_finite(tensors)
+        if bad:
+            raise _Corrupt(f"{npz_name}: tensors {_names(bad)} hold NaN or Inf")
+        self._verified.add((sidecar.name, npz_name))
         return tensors, meta, sidecar
 
     # -- cleanup --------------------------------------------------------------------------
@@ -313,6 +402,33 @@ def _check_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             )
         arrays[name] = arr
     return arrays
+
+
+def _non_finite(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the floating-point (or complex) tensors holding NaN or Inf."""
+    return [
+        name
+        for name, arr in arrays.items()
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all()
+    ]
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read_quietly(path: Path) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_SIDECAR_BYTES)
+    except OSError:
+        return None
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

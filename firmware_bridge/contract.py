@@ -66,6 +66,7 @@ DTYPES = frozenset(
 )
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_NAMES = 100_000  # no real bundle has this many tensors; a bigger list is refused
 FIX = "Re-copy the bundle from the workstation or re-export it with `rtu-edge export`."
 
@@ -479,6 +480,8 @@ class _Reader:
         name = f"{ctx}.{key}" if ctx else key
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise self.bad(f"{name} must be a finite number, got {v!r}")
+        if abs(v) > FLOAT32_MAX:
+            raise self.bad(f"{name} must be a finite float32, got {v!r}")
         if positive and v <= 0:
             raise self.bad(f"{name} must be > 0, got {v}")
         return float(v)
@@ -493,7 +496,11 @@ class _Reader:
         v = self.get(obj, key, ctx)
         ok = isinstance(v, list) and len(v) == n
         ok = ok and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+            isinstance(x, (int, float))
+            and not isinstance(x, bool)
+            and math.isfinite(x)
+            and abs(x) <= FLOAT32_MAX
+            for x in v
         )
         if not ok:
             raise self.bad(f"{ctx}.{key} must be a list of {n} finite numbers, got {v!r}")

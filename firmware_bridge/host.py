@@ -271,10 +271,12 @@ class RobotConnection:
 
         Raises HandshakeError on any mismatch (both sides' values named), LinkError when the MCU
         does not answer, RobotRebooted if it reboots while arming. The port stays open on
-        failure, so a retry does not toggle DTR (and reset the board) again.
+        failure, so a retry does not toggle DTR (and reset the board) again; after a port
+        failure (SerialLink closes the port) it is reopened by its path. The link's counters
+        survive reconnects.
         """
         cfg = self.config
-        if self.link is None or not self.link.is_open:
+        if self.link is None:
             self.link = SerialLink(
                 cfg.port,
                 cfg.baud,
@@ -285,9 +287,13 @@ class RobotConnection:
                 frame_timeout_s=cfg.frame_timeout_s,
                 latency_timer_ms=cfg.latency_timer_ms,
             )
-            self.link.open()
+        if not self.link.is_open:
+            self.link.open()  # by path: after a port failure, whatever device is there now
         else:
-            self.link.reset_input()
+            try:
+                self.link.reset_input()
+            except LinkError:  # the device went away under the open port (it is closed now)
+                self.link.open()
         self._c["connects"] += 1
         self.armed = False
         self.hello = None

@@ -1,6 +1,9 @@
 """`SerialLink`: one exclusively opened serial port speaking the rtu-edge wire protocol.
 
 Opens with pyserial, turns every open failure into a `LinkError` that says what to do next,
+turns every later OS-level failure of the port (pyserial's SerialException, OSError from reads,
+writes and ioctls, termios.error from tcflush/tcdrain, which is not an OSError) into a
+`LinkError` too, closing the port so that the next `open()` reopens the device by its path,
 reads with `read(max(1, in_waiting))` (never `read_until`, which reads one byte per call) into a
 `protocol.Parser`, and measures every timeout with `time.monotonic()`.
 
@@ -9,6 +12,7 @@ Robot path: pyserial, numpy and the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -22,11 +26,22 @@ import serial.tools.list_ports
 from firmware_bridge import protocol
 from firmware_bridge.protocol import BadFrame, Frame, Parser, Sizes
 
-__all__ = ["LinkError", "SerialLink", "list_ports", "NETWORK_SCHEMES"]
+__all__ = ["LinkError", "SerialLink", "list_ports", "NETWORK_SCHEMES", "PORT_ERRORS"]
 
 # pyserial URL schemes that reach over the network; refused unless allow_network=True.
 NETWORK_SCHEMES = ("socket://", "rfc2217://")
 BY_ID_DIR = "/dev/serial/by-id"
+
+try:
+    import termios
+
+    _TERMIOS_ERRORS: tuple[type[BaseException], ...] = (termios.error,)
+except ImportError:  # Windows: pyserial's serialwin32 raises SerialException / OSError only
+    _TERMIOS_ERRORS = ()
+
+# Everything a port operation can raise when the device goes away or misbehaves. termios.error
+# (tcflush, tcdrain, tcgetattr/tcsetattr) is not an OSError, and pyserial lets it through.
+PORT_ERRORS: tuple[type[BaseException], ...] = (serial.SerialException, OSError, *_TERMIOS_ERRORS)
 
 
 class LinkError(RuntimeError):
@@ -137,7 +152,7 @@ class SerialLink:
                 write_timeout=self.write_timeout_s,
                 exclusive=True,
             )
-        except (serial.SerialException, OSError, ValueError) as e:
+        except (*PORT_ERRORS, ValueError) as e:
             raise _open_error(name, self.baud, e) from e
         self._port = port
         self.parser.reset()
@@ -149,10 +164,8 @@ class SerialLink:
         """Close the port (idempotent)."""
         port, self._port = self._port, None
         if port is not None:
-            try:
+            with contextlib.suppress(*PORT_ERRORS):
                 port.close()
-            except (serial.SerialException, OSError):
-                pass
 
     @property
     def is_open(self) -> bool:
@@ -164,6 +177,20 @@ class SerialLink:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _port_failed(self, doing: str, exc: BaseException) -> LinkError:
+        """A LinkError for an OS-level failure of the open port; closes the port first.
+
+        The descriptor of a vanished device never works again (a USB adapter re-enumerates, a
+        pseudo-terminal is recreated), so the next `open()` (`RobotConnection.connect()` in the
+        reconnect path) must reopen the device by its path.
+        """
+        self.close()
+        return LinkError(
+            f"serial port {self.port_name} failed while {doing} ({type(exc).__name__}: {exc}); "
+            "was the USB cable unplugged or the board reset? The port was closed; reconnect "
+            "(the run loop retries with backoff) and check `rtu-edge ports`."
+        )
 
     def _require_port(self) -> serial.SerialBase:
         if self._port is None:
@@ -192,11 +219,8 @@ class SerialLink:
                 self._write_fd(fd, data)
         except serial.SerialTimeoutException as e:
             raise self._blocked_error() from e
-        except (serial.SerialException, OSError) as e:
-            raise LinkError(
-                f"serial port {self.port_name} failed while writing ({e}); was the USB cable "
-                "unplugged? Reconnect and check `rtu-edge ports`."
-            ) from e
+        except PORT_ERRORS as e:
+            raise self._port_failed("writing", e) from e
         self._tx["tx_bytes"] += len(data)
 
     def _write_fd(self, fd: int, data: bytes) -> None:
@@ -255,11 +279,8 @@ class SerialLink:
                         data += port.read(min(port.in_waiting, self.max_read_bytes))
                 else:
                     data = b""
-            except (serial.SerialException, OSError) as e:
-                raise LinkError(
-                    f"serial port {self.port_name} failed while reading ({e}); was the USB "
-                    "cable unplugged or the board reset? Reconnect and check `rtu-edge ports`."
-                ) from e
+            except PORT_ERRORS as e:
+                raise self._port_failed("reading", e) from e
             now = time.monotonic()
             self._tx["rx_reads"] += 1
             if data:
@@ -282,8 +303,8 @@ class SerialLink:
         port = self._require_port()
         try:
             port.reset_input_buffer()
-        except (serial.SerialException, OSError) as e:
-            raise LinkError(f"serial port {self.port_name} failed: {e}") from e
+        except PORT_ERRORS as e:
+            raise self._port_failed("flushing its input", e) from e
         self.parser.reset()
 
     @property

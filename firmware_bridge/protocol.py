@@ -597,6 +597,10 @@ def decode_frame(encoded: bytes, sizes: Sizes | None = None) -> Frame | BadFrame
         return BadFrame("cobs", n, detail=str(e))
     if len(body) < MIN_FRAME:
         return BadFrame("short", n, detail=f"{len(body)} decoded bytes < {MIN_FRAME}")
+    if len(body) > MAX_FRAME:
+        # COBS overhead depends on the data, so a chunk within MAX_ENCODED_FRAME can still
+        # decode to more than MAX_FRAME bytes; never dispatch it, whatever its CRC says.
+        return BadFrame("oversize", n, detail=f"{len(body)} decoded bytes > {MAX_FRAME}")
     if zlib.crc32(body[:-CRC_SIZE]) != _CRC.unpack_from(body, len(body) - CRC_SIZE)[0]:
         return BadFrame("crc", n)
     msg_id, seq, length = _HEADER.unpack_from(body, 0)
@@ -661,7 +665,7 @@ PARSER_COUNTERS = (
     "crc_errors",  # CRC mismatch (noise, or a baud-rate mismatch when they spike)
     "bad_length",  # payload length wrong for the message or the handshake sizes (fault 4)
     "unknown_msg",  # CRC ok, message id not in the table
-    "oversize",  # no delimiter within MAX_ENCODED_FRAME bytes
+    "oversize",  # no delimiter within MAX_ENCODED_FRAME bytes, or decodes past MAX_FRAME
     "timeouts",  # partial frame discarded after silence (fault 9)
     "bytes_discarded",  # bytes of rejected chunks, skipped oversize runs and expired partials
 )

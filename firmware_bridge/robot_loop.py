@@ -93,9 +93,11 @@ class UpdateGuard:
     """Runs the graph for one tick and, when it learns, checks the update (fault 22).
 
     A step whose declared "check" outputs (e.g. TD error, value) are not finite is a bad update
-    (the graph itself already refused to move the parameters). After `max_bad` in a row, the runner is rolled back to the
-    last good snapshot, taken every `snapshot_every` good ticks. `counts` (the run's counters)
-    gets "learn_steps", "bad_updates" and "rollbacks" added up.
+    (the graph itself already refused to move the parameters). After `max_bad` in a row, the
+    runner is rolled back to the last good snapshot, taken every `snapshot_every` good ticks,
+    and only when every tensor of the state is finite (a finite TD error does not prove finite
+    parameters or traces). `counts` (the run's counters) gets "learn_steps", "bad_updates",
+    "rollbacks" and "snapshots_refused" added up.
     """
 
     def __init__(
@@ -125,7 +127,11 @@ class UpdateGuard:
             self.bad_in_row = 0
             self.counts["learn_steps"] += 1
             if tick % self.snapshot_every == 0:
-                self.last_good = self.runner.state()
+                snap = self.runner.state()
+                if all(np.isfinite(v).all() for v in snap.values()):
+                    self.last_good = snap
+                else:  # keep the older good snapshot as the rollback target
+                    self.counts["snapshots_refused"] = self.counts.get("snapshots_refused", 0) + 1
             return out, False
         self.counts["bad_updates"] += 1
         self.bad_in_row += 1
@@ -200,6 +206,11 @@ def run(cfg: RunConfig, log=print) -> dict:
         Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else default_checkpoint_dir(cfg.bundle)
     )
     store = CheckpointStore(ckpt_dir, keep=cfg.keep_checkpoints)
+    if cfg.learn:  # before resuming or connecting: a learning run must be able to save
+        try:
+            store.check_writable()
+        except CheckpointError as e:
+            raise RunError(f"{e}; or run with --no-learn, which saves nothing") from None
     full_state, counters = _resume(cfg, bundle, store, log)
 
     session = bundle.session(graph)
@@ -398,8 +409,14 @@ def run(cfg: RunConfig, log=print) -> dict:
         "config": {k: v for k, v in asdict(cfg).items() if k != "link"},
     }
     if cfg.learn or ckpt_dir.exists():
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(ckpt_dir / f"last_{graph}_run.json", summary)
+        except OSError as e:  # the run itself finished: warn, and still report its summary
+            log(
+                f"WARNING: could not write last_{graph}_run.json to {ckpt_dir} ({e}); "
+                "the summary is still reported"
+            )
     return summary
 
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import secrets
 import select
+import stat
 import threading
 import time
 import tty
@@ -95,7 +98,9 @@ class SimRobot:
     """The MCU side of the protocol on a pseudo-terminal, stepping an injected env.
 
     Use `start()` (a daemon thread) or call `serve()` yourself; `close()` (or the context
-    manager) stops it and removes the pty and `link_path`.
+    manager) stops it and removes the pty and `link_path` (only while it is still our symlink).
+    An existing `link_path` is replaced only if it is a symlink to a pty slave, as a killed
+    simulated robot leaves behind; anything else raises FileExistsError, untouched.
     """
 
     def __init__(
@@ -177,14 +182,66 @@ class SimRobot:
         self.device_path = os.ttyname(self._slave)
         self.link_path = None if link_path is None else os.fspath(link_path)
         if self.link_path is not None:
-            tmp = f"{self.link_path}.tmp{os.getpid()}"
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            os.symlink(self.device_path, tmp)
-            os.replace(tmp, self.link_path)  # atomic: a reader never sees a missing link
+            try:
+                self._install_link(self.link_path)
+            except BaseException:
+                for fd in (self._master, self._slave):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                raise
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+
+    def _install_link(self, path: str) -> None:
+        """Point the symlink `path` at this pty, replacing only a link an earlier SimRobot left.
+
+        A simulated robot whose process was killed leaves its symlink behind, pointing at a pty
+        slave (/dev/pts/N); that one is replaced, so the robot can restart at the same path.
+        Anything else at `path` (a regular file, a directory, a symlink elsewhere) is refused
+        with FileExistsError and left untouched.
+        """
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            info = None
+        if info is not None and not (stat.S_ISLNK(info.st_mode) and self._is_pty_link(path)):
+            if stat.S_ISLNK(info.st_mode):
+                what = f"a symlink to {os.readlink(path)}"
+            elif stat.S_ISDIR(info.st_mode):
+                what = "a directory"
+            else:
+                what = "a file"
+            raise FileExistsError(
+                errno.EEXIST,
+                f"{path} is {what}, not a link to a pseudo-terminal left by a simulated robot; "
+                "refusing to replace it (nothing was changed). Remove it yourself or choose "
+                "another --link path",
+                path,
+            )
+        # a fresh name, so that no existing file is ever overwritten or removed on the way
+        tmp = f"{path}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        os.symlink(self.device_path, tmp)
+        try:
+            os.replace(tmp, path)  # atomic: a reader never sees a missing link
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _is_pty_link(self, path: str) -> bool:
+        """Whether the symlink `path` points where this OS puts pty slaves (like ours)."""
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return False
+        mine = self.device_path  # /dev/pts/3 on Linux, /dev/ttys003 on macOS
+        name = re.escape(re.sub(r"\d+$", "", os.path.basename(mine))) + r"\d+"
+        return (
+            os.path.isabs(target)
+            and os.path.dirname(target) == os.path.dirname(mine)
+            and re.fullmatch(name, os.path.basename(target)) is not None
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

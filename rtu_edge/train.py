@@ -120,7 +120,11 @@ def learn_step_flops(learner: Learner, learner_cfg, agent: AgentConfig, state: d
 
 def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Tensor], log=print):
     """The learner's learn step bound to the configs: eager, or torch.compile'd (same function,
-    same numbers up to float rounding; tests/rtu_edge/test_train.py compares them)."""
+    same numbers up to float rounding; tests/rtu_edge/test_train.py compares them).
+
+    Ctrl-C or SIGTERM while compiling raises KeyboardInterrupt, also when torch swallowed it
+    or turned it into a compile error (the signal is recorded, not only raised).
+    """
     learner = get_learner(cfg.algo)
 
     def eager(s, inputs):
@@ -131,13 +135,29 @@ def make_step_fn(cfg: TrainConfig, agent: AgentConfig, state: dict[str, torch.Te
     if cfg.compile == "no" or (cfg.compile == "auto" and cfg.steps < 100_000):
         return eager
     compiled = torch.compile(eager, dynamic=False, fullgraph=True)
+    signals: list[int] = []  # Ctrl-C / SIGTERM seen while compiling
+
+    def interrupt(signum, frame):
+        signals.append(signum)
+        raise KeyboardInterrupt
+
+    old = {}
     t0 = time.perf_counter()
     try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, interrupt)
         with torch.inference_mode():
             compiled({k: v.clone() for k, v in state.items()}, step_example(learner, agent))
     except Exception as e:  # no C++ compiler, unsupported platform, ...
-        log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
-        return eager
+        if not signals:
+            log(f"torch.compile failed ({type(e).__name__}: {e}); training eagerly")
+            return eager
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if signals:  # the interrupt may have been caught (or wrapped) inside torch
+        raise KeyboardInterrupt
     log(f"compiled the learn step in {time.perf_counter() - t0:.0f}s")
     return compiled
 

@@ -36,22 +36,29 @@ def bundle(tmp_path_factory):
     return root / "bundle"
 
 
-@pytest.fixture()
-def sim_robot(tmp_path):
-    """`rtu-edge sim-robot` in its own process, reachable through a symlink."""
-    link = tmp_path / "robot.tty"
+def _start_sim_robot(link: Path, seed: int = 3) -> subprocess.Popen:
+    """`rtu-edge sim-robot --link LINK` in its own process; returns once LINK points at it."""
+    before = os.readlink(link) if link.is_symlink() else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "sim-robot", "--link", str(link), "--seed", "3"],
+        [sys.executable, "-m", "cli", "sim-robot", "--link", str(link), "--seed", str(seed)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     deadline = time.monotonic() + 30
-    while not link.exists():
+    while not (link.exists() and os.readlink(link) != before):
         assert proc.poll() is None, proc.stdout.read()
         assert time.monotonic() < deadline, "sim-robot did not start"
         time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture()
+def sim_robot(tmp_path):
+    """`rtu-edge sim-robot` in its own process, reachable through a symlink."""
+    link = tmp_path / "robot.tty"
+    proc = _start_sim_robot(link)
     yield link
     proc.terminate()
     out, _ = proc.communicate(timeout=10)
@@ -266,3 +273,33 @@ def test_frozen_host_trips_the_robot_watchdog_and_recovers(bundle, sim_robot, tm
     assert s["exit"] == "SIGTERM"
     assert s["counters"]["interruptions"] >= 1, run.err
     assert "watchdog" in run.err.lower()
+
+
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX signals")
+def test_robot_process_killed_and_replaced_at_the_same_path_run_reconnects(bundle, tmp_path):
+    """Fault 14 with real processes: a new sim-robot takes over the link path, the old one is
+    SIGKILLed (its pty vanishes under the open port: EIO, then termios.error on the flush).
+    `rtu-edge run` turns that into a LinkError, reopens the path, and learns on."""
+    import signal
+
+    link = tmp_path / "robot.tty"
+    first = _start_sim_robot(link)
+    summary = tmp_path / "s.json"
+    run = _RunProcess(bundle, link, tmp_path / "ck", summary)
+    at = run.wait_for("ticks/s")
+    replacement = _start_sim_robot(link, seed=4)  # replaces the link: the old one is a pty's
+    try:
+        first.kill()
+        first.wait(10)
+        at = run.wait_for("handshaking again", after=at)
+        run.wait_for("ticks/s", after=at)  # reconnected to the new robot and running on
+        run.signal(signal.SIGTERM)
+        assert run.finish() == 0, run.err
+    finally:
+        replacement.terminate()
+        out, _ = replacement.communicate(timeout=10)
+    s = json.loads(summary.read_text())
+    assert s["exit"] == "SIGTERM" and s["counters"]["link_errors"] >= 1, run.err
+    assert "Traceback" not in run.err and "termios" not in run.err
+    steps = int(out.split("sim-robot: ")[1].split(" steps")[0])
+    assert steps > 0, out  # the new robot was driven

@@ -543,6 +543,36 @@ def test_opset_mismatch(bundle_dir):
 # -- manifest itself ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "max_delta",
+    [-1, 0, 0.25, [-0.5], [0.5, 0.0], [float("nan")], [float("inf")], [1e39], [], "1", True]
+    + [pytest.param(10**400, id="10**400")],
+)
+def test_max_delta_must_be_positive_and_finite(bundle_dir, no_parsing, max_delta):
+    """`rtu-edge export --max-delta -1` used to write such a bundle; run then crashed."""
+    _edit_manifest(bundle_dir, lambda m: m["action"].update(max_delta=max_delta))
+    with pytest.raises(BundleError, match=r"action.max_delta must be"):
+        load_bundle(bundle_dir)
+
+
+def test_run_with_a_negative_max_delta_bundle_is_a_clear_error(bundle_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    _edit_manifest(bundle_dir, lambda m: m["action"].update(max_delta=[-1.0]))
+    r = CliRunner().invoke(app, ["run", str(bundle_dir), "--port", str(tmp_path / "tty")])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)
+    assert "error: BundleError" in r.output and "max_delta" in r.output
+
+
+@pytest.mark.parametrize("max_delta", [None, [0.25], [3]])
+def test_valid_max_delta_loads(bundle_dir, max_delta):
+    _edit_manifest(bundle_dir, lambda m: m["action"].update(max_delta=max_delta))
+    got = load_bundle(bundle_dir).manifest.action.max_delta
+    assert got == (None if max_delta is None else tuple(float(v) for v in max_delta))
+
+
 @pytest.mark.parametrize("version", [1, 3, 0])
 def test_unknown_format_version(bundle_dir, no_parsing, version):
     _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))

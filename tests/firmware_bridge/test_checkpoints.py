@@ -162,6 +162,114 @@ def test_wrong_format_version_is_a_clear_error(tmp_path):
         store.load_latest()
 
 
+# ------------------------------------------------------------------------- non-finite state
+
+
+def _poisoned(step: int, *names: str, value=np.nan) -> dict[str, np.ndarray]:
+    t = _tensors(step)
+    for name in names:
+        t[name] = t[name].copy()
+        t[name].flat[3] = value
+    return t
+
+
+def _plant(store: CheckpointStore, monkeypatch, step: int, tensors) -> None:
+    """Write a checkpoint the way a version without the finiteness check would have (found in
+    the directory, not rotated for: this test is about what comes next)."""
+    planter = CheckpointStore(store.directory, keep=store.keep)  # `store` never saw it written
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_mod, "_non_finite", lambda arrays: [], raising=False)
+        m.setattr(planter, "_rotate", lambda protect: None)
+        planter.save(step, tensors, _meta(step))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_save_refuses_non_finite_tensors_naming_them(tmp_path, value):
+    store = CheckpointStore(tmp_path, keep=1)
+    store.save(1, _tensors(1), _meta(1))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    bad = _poisoned(2, "params.rtu.w1", "carry.c1", value=value)
+    with pytest.raises(CheckpointError, match="NaN or Inf") as e:
+        store.save(2, bad, _meta(2))
+    msg = str(e.value)
+    assert "params.rtu.w1" in msg and "carry.c1" in msg and "elig_v.rtu.w1" not in msg
+    assert "previous checkpoints are intact" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # keep=1: nothing rotated out
+    assert store.load_latest()[1]["step"] == 1
+
+
+def test_non_finite_checkpoint_is_never_the_resume_point(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=5)
+    store.save(1, _tensors(1), _meta(1))
+    _plant(store, monkeypatch, 2, _poisoned(2, "elig_v.rtu.w1", value=np.inf))
+    with pytest.warns(CheckpointWarning, match=r"ckpt-000000000002.*elig_v.rtu.w1.*NaN or Inf"):
+        tensors, meta, _ = store.load_latest()
+    assert meta["step"] == 1
+    _assert_tensors_equal(tensors, _tensors(1))
+
+
+def test_only_non_finite_checkpoints_raise_instead_of_starting_fresh(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    _plant(store, monkeypatch, 1, _poisoned(1, "params.rtu.w1"))
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="none of the 1"):
+        store.load_latest()
+
+
+def test_rotation_never_pushes_out_the_last_good_checkpoints(tmp_path, monkeypatch):
+    """Bad checkpoints already in the directory do not count toward `keep`: the good ones stay
+    until newer good ones replace them."""
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save(1, _tensors(1), _meta(1))
+    _plant(store, monkeypatch, 2, _poisoned(2, "params.rtu.w1"))
+    _plant(store, monkeypatch, 3, _poisoned(3, "params.rtu.w1"))
+    store.save(4, _tensors(4), _meta(4))
+    steps = [int(p.name[5:17]) for p in store.list()]
+    assert 1 in steps and 4 in steps  # the two newest good ones
+    store.save(5, _tensors(5), _meta(5))
+    assert [int(p.name[5:17]) for p in store.list()] == [4, 5]  # older than both: gone
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def _corrupt_npz_writes(monkeypatch):
+    """The npz reaches the disk with one byte flipped (bad storage, a buggy filesystem)."""
+    real = ckpt_mod._atomic_write
+
+    def flaky(directory, name, data, tmp_prefix):
+        if name.endswith(".npz"):
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x01
+            data = bytes(data)
+        return real(directory, name, data, tmp_prefix)
+
+    monkeypatch.setattr(ckpt_mod, "_atomic_write", flaky)
+
+
+def test_a_new_checkpoint_that_does_not_read_back_rotates_nothing(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=2)
+    store.save(1, _tensors(1), _meta(1))
+    store.save(2, _tensors(2), _meta(2))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _corrupt_npz_writes(monkeypatch)
+    with pytest.raises(CheckpointError, match="does not read back"):
+        store.save(3, _tensors(3), _meta(3))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # both good ones kept, no junk
+    assert store.load_latest()[1]["step"] == 2
+
+
+def test_a_same_step_resave_that_does_not_read_back_restores_the_first(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path)
+    store.save(3, _tensors(3), {"v": 1})
+    _corrupt_npz_writes(monkeypatch)
+    with pytest.raises(CheckpointError, match="does not read back"):
+        store.save(3, _tensors(4), {"v": 2})
+    monkeypatch.undo()
+    tensors, meta, _ = store.load_latest()
+    assert meta == {"v": 1}
+    _assert_tensors_equal(tensors, _tensors(3))
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
 def test_pickled_arrays_never_loaded(tmp_path):
     store = CheckpointStore(tmp_path)
     with pytest.raises(CheckpointError, match="object"):
@@ -377,3 +485,24 @@ def test_sigkill_mid_save_never_loses_a_complete_checkpoint(tmp_path):
     print(f"last saved step {last_saved}, kills that hit an open temp file: {caught_mid_write}/24")
     assert last_saved >= 3, "the saver never got going; the test proved nothing"
     assert caught_mid_write >= 5, f"only {caught_mid_write} kills hit an open temp file"
+
+
+def test_check_writable_creates_the_directory_and_names_what_is_wrong(tmp_path):
+    CheckpointStore(tmp_path / "a" / "b").check_writable()
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CheckpointError, match="a file is in the way"):
+        CheckpointStore(tmp_path / "f").check_writable()
+    with pytest.raises(CheckpointError, match="a parent of it is a file"):
+        CheckpointStore(tmp_path / "f" / "ck").check_writable()
+    assert (tmp_path / "f").read_text() == "x"
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    undo = _make_unwritable(directory)
+    if undo is None:
+        return  # root without chattr: the file-in-the-way cases above are the test here
+    try:
+        with pytest.raises(CheckpointError, match="cannot be written"):
+            CheckpointStore(directory).check_writable()
+    finally:
+        undo()

@@ -392,6 +392,72 @@ def test_unplugged_port_raises_link_error(cartpole_sim):
             conn.observe(timeout=PATIENT)
 
 
+# Every operation of an open link on a device that went away (the MCU's process died, the USB
+# adapter vanished): pyserial raises SerialException, OSError from ioctl (in_waiting) and
+# termios.error from tcflush (reset_input), which is not an OSError. All must be LinkError.
+PORT_OPS = {
+    "recv": lambda link: link.recv(0.2),
+    "recv_nowait": lambda link: link.recv(0),
+    "write": lambda link: link.write(b"\x00"),
+    "send": lambda link: link.send("STATUS_REQ"),
+    "reset_input": lambda link: link.reset_input(),
+}
+
+
+@pytest.mark.parametrize("op", sorted(PORT_OPS))
+def test_device_gone_under_an_open_link_is_a_link_error(pty_pair, op):
+    master, dev = pty_pair
+    link = SerialLink(dev, read_poll_s=0.01)
+    link.open()
+    os.close(master)  # the other side of the pty is gone: EIO on every operation
+    with pytest.raises(LinkError, match="unplugged") as e:
+        PORT_OPS[op](link)
+    assert dev in str(e.value)
+    assert not link.is_open  # closed, so the next open() reopens the device by its path
+    link.close()  # still idempotent
+    with pytest.raises(LinkError):
+        link.open()  # the pty's other side is gone for good: a LinkError too, no traceback
+
+
+def test_open_of_a_dead_device_is_a_link_error(pty_pair):
+    master, dev = pty_pair
+    os.close(master)
+    with pytest.raises(LinkError, match=dev):
+        SerialLink(dev).open()
+
+
+def test_reconnect_reopens_the_device_now_at_the_same_path(tmp_path, cartpole_sim):
+    """The MCU's process dies and a new one comes up behind the same path (a new pty): the
+    open link fails with LinkError, and connect() reopens the path instead of reusing the dead
+    descriptor (tcflush on it raised termios.error)."""
+    path = tmp_path / "robot.tty"
+    first = cartpole_sim(link_path=path)
+    with cartpole_conn(str(path), link={"stop_timeout_s": 0.05}) as conn:
+        conn.connect()
+        conn.observe()
+        first.close()
+        second = cartpole_sim(link_path=path, boot_id=0x0BADCAFE)
+        with pytest.raises(LinkError, match="unplugged"):
+            conn.observe(timeout=PATIENT)
+        assert conn.connect().boot_id == 0x0BADCAFE
+        o = conn.observe()
+        conn.act([1], o.seq)
+        assert conn.observe() is not None and second.stats.steps >= 1
+        assert conn.counters["connects"] == 2
+
+
+def test_reset_input_on_a_dead_open_port_reopens_by_path(tmp_path, cartpole_sim):
+    """connect() on a link that still looks open but whose device is gone (nothing read since):
+    the failing flush reopens the path in the same call."""
+    path = tmp_path / "robot.tty"
+    first = cartpole_sim(link_path=path)
+    with cartpole_conn(str(path), link={"stop_timeout_s": 0.05}) as conn:
+        conn.connect()
+        first.close()
+        cartpole_sim(link_path=path, boot_id=0x0BADCAFE)
+        assert conn.connect().boot_id == 0x0BADCAFE
+
+
 class ScriptedMCU:
     """A hand-written MCU: handshakes and arms correctly, then `on_action(self, frame)` plays
     whatever misbehaviour a test needs."""

@@ -359,6 +359,47 @@ def test_oversize_chunk_in_one_read_and_header_length_lies():
     assert bad.reason == "bad_length" and "60000" in bad.detail
 
 
+def _raw_frame(msg_id: int, seq: int, payload: bytes) -> bytes:
+    """A frame with a valid CRC and a truthful header, whatever the payload's length."""
+    body = struct.pack("<BHH", msg_id, seq, len(payload) % 65536) + payload
+    return p.cobs_encode(body + struct.pack("<I", zlib.crc32(body))) + b"\x00"
+
+
+@pytest.mark.parametrize("msg", [m.name for m in p.MESSAGES])
+@pytest.mark.parametrize("size", range(p.MAX_PAYLOAD - 1, p.MAX_PAYLOAD + 5))
+def test_payload_longer_than_max_payload_is_never_dispatched(msg, size):
+    """A valid CRC does not make a frame longer than MAX_FRAME acceptable: zero bytes in the
+    payload keep the COBS overhead at one byte, so these chunks fit MAX_ENCODED_FRAME, and
+    HELLO/HELLO_REQ (extensible) or OBS before the handshake would otherwise accept them."""
+    m = p.BY_NAME[msg]
+    payload = bytes(p._LAYOUT[m.id].fixed_size).ljust(size, b"\x00")
+    wire = _raw_frame(m.id, 7, payload)
+    assert len(wire) - 1 <= p.MAX_ENCODED_FRAME  # not caught by the encoded-size bound
+    for sizes in (None, SIZES):
+        parser = Parser(sizes)
+        out = parser.feed(wire + p.GOLDEN_FRAMES[7].encoded())
+        if size > p.MAX_PAYLOAD:
+            assert [type(o).__name__ for o in out] == ["BadFrame", "Frame"], out
+            assert out[0].reason == "oversize" and parser.counters["oversize"] == 1
+            assert isinstance(p.decode_frame(wire[:-1], sizes), BadFrame)
+        assert out[-1].name == "STOP"  # the parser resynchronised
+    if msg in ("HELLO", "HELLO_REQ") and size <= p.MAX_PAYLOAD:
+        assert isinstance(Parser(SIZES).feed(wire)[0], Frame)  # the boundary itself is fine
+
+
+@FAST
+@given(
+    msg_id=st.sampled_from([m.id for m in p.MESSAGES]),
+    size=st.integers(p.MAX_PAYLOAD + 1, p.MAX_PAYLOAD + 80),
+    data=st.data(),
+)
+def test_oversize_payload_with_valid_crc_never_dispatched_property(msg_id, size, data):
+    alphabet = data.draw(st.sampled_from([b"\x00", b"\x00\x01", bytes(range(256))]))
+    payload = bytes(data.draw(st.lists(st.sampled_from(alphabet), min_size=size, max_size=size)))
+    for sizes in (None, SIZES):
+        assert frames_of(Parser(sizes).feed(_raw_frame(msg_id, 1, payload))) == []
+
+
 def test_partial_frame_then_silence_is_discarded_at_the_timeout():
     a, b = (g.encoded() for g in p.GOLDEN_FRAMES[4:6])
     parser = Parser(SIZES, frame_timeout_s=0.05)

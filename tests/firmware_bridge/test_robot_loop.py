@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from export.bundle import ExportConfig, export_run
 from firmware_bridge.host import HandshakeError
-from firmware_bridge.robot_loop import RunConfig, run
+from firmware_bridge.robot_loop import RunConfig, RunError, UpdateGuard, run
 from firmware_bridge.sim_robot import SimFaults, SimRobot
 from rtu_edge import envs
 from rtu_edge.config import NetConfig
@@ -80,7 +83,7 @@ def _robot(tmp_path, faults=None, wrap=None, **kw) -> SimRobot:
     return robot
 
 
-def _loop(bundle, tmp_path, **kw) -> dict:
+def _loop(bundle, tmp_path, log=lambda m: None, **kw) -> dict:
     """`rtu-edge run`'s loop against the robot at tmp_path/tty, quiet, checkpoints in tmp_path/ck."""
     cfg = dict(
         bundle=str(bundle),
@@ -88,7 +91,7 @@ def _loop(bundle, tmp_path, **kw) -> dict:
         checkpoint_dir=str(tmp_path / "ck"),
         status_every_s=0,
     )
-    return run(RunConfig(**(cfg | kw)), log=lambda m: None)
+    return run(RunConfig(**(cfg | kw)), log=log)
 
 
 def _last_checkpoint_is_finite(tmp_path) -> bool:
@@ -144,3 +147,151 @@ def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path)
     assert c["rollbacks"] >= 1, c
     assert c["learn_steps"] > 400, c  # learning went on after the burst
     assert _last_checkpoint_is_finite(tmp_path)
+
+
+def test_robot_killed_and_restarted_at_the_same_path_run_reconnects(bundle, tmp_path):
+    """Fault 14 as it happens: the MCU's process dies (its pty vanishes under the open port, the
+    link path disappears) and a new one comes up at the same path. Every port error is a
+    LinkError, so the loop's reconnect path reopens the path with backoff and runs on."""
+    first = _robot(tmp_path)
+    box: dict = {}
+
+    def kill_and_restart():
+        deadline = time.monotonic() + 60
+        while first.stats.steps < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.close()
+        time.sleep(0.3)  # the host finds no device at the path for a while
+        box["second"] = _robot(tmp_path, boot_id=0x5EC0D)
+
+    swapper = threading.Thread(target=kill_and_restart, daemon=True)
+    swapper.start()
+    logs: list[str] = []
+    try:
+        s = run(
+            RunConfig(
+                bundle=str(bundle),
+                port=str(tmp_path / "tty"),
+                checkpoint_dir=str(tmp_path / "ck"),
+                status_every_s=0,
+                steps=400,
+                reconnect_backoff_s=0.1,
+                reconnect_tries=8,
+            ),
+            log=logs.append,
+        )
+    finally:
+        swapper.join(30)
+        first.close()
+        if "second" in box:
+            box["second"].close()
+    c = s["counters"]
+    assert s["ticks"] == 400 and s["exit"] == "steps"
+    assert c["link_errors"] >= 1, logs
+    assert box["second"].stats.steps > 0  # the new robot at the same path was driven
+    assert any("reconnect attempt" in m for m in logs), logs  # the path was missing: backoff
+    assert c["link"]["connects"] >= 2
+
+
+class _ScriptedRunner:
+    """A StepRunner stand-in: each step's `kind` says what the graph did to the state."""
+
+    def __init__(self):
+        self.w = np.zeros(3, np.float32)
+
+    def state(self):
+        return {"params.w": self.w.copy(), "norm.count": np.array(len(self.w), np.int64)}
+
+    def load_state(self, state):
+        self.w = state["params.w"].copy()
+
+    def step(self, kind):
+        if kind == "good":
+            self.w += 1
+        elif kind == "poison":  # parameters went NaN, yet the TD error looks fine
+            self.w[0] = np.nan
+        td = np.float32(np.nan if kind == "bad" else 0.5)
+        return {"td_error": np.array([td]), "value": np.zeros(1, np.float32)}
+
+
+def test_last_good_snapshot_is_only_taken_of_a_finite_state():
+    counts = dict.fromkeys(("learn_steps", "bad_updates", "rollbacks"), 0)
+    runner = _ScriptedRunner()
+    guard = UpdateGuard(
+        runner,
+        learn=True,
+        max_bad=3,
+        snapshot_every=1,
+        counts=counts,
+        checked=["td_error", "value"],
+    )
+    for tick, kind in enumerate(["good", "good", "poison", "good", "bad", "bad", "bad"]):
+        _, rolled_back = guard.step({"kind": kind}, tick)
+    assert rolled_back and counts["rollbacks"] == 1
+    np.testing.assert_array_equal(runner.w, [2, 2, 2])  # the last finite snapshot
+    assert counts["snapshots_refused"] == 2  # after the poison, and the good step after it
+
+
+@pytest.mark.parametrize("where", ["file in the way", "under a file"])
+def test_unusable_checkpoint_dir_is_refused_before_connecting(bundle, tmp_path, where):
+    blocker = tmp_path / "ck"
+    blocker.write_text("not a directory")
+    ckpt = blocker if where == "file in the way" else blocker / "deeper"
+    with _robot(tmp_path) as robot:
+        with pytest.raises(RunError, match=r"cannot be written.*--checkpoint-dir.*--no-learn"):
+            _loop(bundle, tmp_path, steps=10, checkpoint_dir=str(ckpt))
+        assert robot.stats.hellos == 0  # the port was never touched
+    assert blocker.read_text() == "not a directory"
+
+
+def test_frozen_run_with_a_file_in_the_way_finishes_with_a_warning(bundle, tmp_path):
+    (tmp_path / "ck").write_text("not a directory")
+    logs: list[str] = []
+    with _robot(tmp_path):
+        s = _loop(bundle, tmp_path, steps=50, learn=False, log=logs.append)
+    assert s["ticks"] == 50 and s["exit"] == "steps"
+    assert any("WARNING" in m and "last_act_run.json" in m for m in logs), logs
+    assert (tmp_path / "ck").read_text() == "not a directory"
+
+
+def test_checkpoint_dir_lost_during_the_run_still_reports_the_summary(bundle, tmp_path):
+    """The directory goes away and a file takes its place mid-run (a remount, an operator):
+    the final checkpoint and the summary file fail with warnings; the summary is returned."""
+    import shutil
+
+    ck = tmp_path / "ck"
+    logs: list[str] = []
+    with _robot(tmp_path) as robot:
+
+        def sabotage():
+            deadline = time.monotonic() + 60
+            while robot.stats.steps < 50 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            shutil.rmtree(ck)
+            ck.write_text("in the way")
+
+        t = threading.Thread(target=sabotage, daemon=True)
+        t.start()
+        s = _loop(bundle, tmp_path, steps=300, checkpoint_every_s=1e9, log=logs.append)
+        t.join(30)
+    assert s["ticks"] == 300
+    assert s["counters"]["checkpoint_failures"] == 1
+    assert any("WARNING: checkpoint failed" in m for m in logs), logs
+    assert any("WARNING: could not write last_learn_run.json" in m for m in logs), logs
+
+
+def test_cli_run_exit_code_and_summary_with_an_unusable_checkpoint_dir(bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    (tmp_path / "ck").write_text("not a directory")
+    args = ["run", str(bundle), "--port", str(tmp_path / "tty"), "--steps", "30"]
+    args += ["--checkpoint-dir", str(tmp_path / "ck")]
+    with _robot(tmp_path):
+        frozen = CliRunner().invoke(app, [*args, "--no-learn"])
+        learning = CliRunner().invoke(app, args)
+    assert frozen.exit_code == 0, frozen.output
+    assert "act run ended (steps): 30 ticks" in frozen.output and "WARNING" in frozen.output
+    assert learning.exit_code == 2 and isinstance(learning.exception, SystemExit)
+    assert "error: checkpoint directory" in learning.output and "Traceback" not in learning.output

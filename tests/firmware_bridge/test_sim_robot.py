@@ -255,6 +255,83 @@ def test_link_path_symlink_and_max_steps(tmp_path):
     assert not link_path.exists() and not os.path.lexists(link_path)
 
 
+def _other_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("keep me")
+    return path
+
+
+def _in_the_way(kind: str, path, tmp_path):
+    if kind == "file":
+        path.write_text("precious")
+    elif kind == "directory":
+        path.mkdir()
+        (path / "inside").write_text("precious")
+    elif kind == "symlink elsewhere":
+        path.symlink_to(_other_file(tmp_path))
+    else:  # a symlink into /dev that is not a pty slave (a real serial device's alias)
+        path.symlink_to("/dev/null")
+
+
+def _snapshot(directory):
+    return sorted(
+        (str(p.relative_to(directory)), os.readlink(p) if p.is_symlink() else p.read_bytes())
+        for p in directory.rglob("*")
+        if p.is_symlink() or p.is_file()
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "directory", "symlink elsewhere", "symlink to a device"])
+def test_link_path_in_the_way_is_refused_and_left_untouched(tmp_path, kind):
+    path = tmp_path / "robot"
+    _in_the_way(kind, path, tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(FileExistsError, match="refusing to replace it") as e:
+        make_sim(link_path=path)
+    assert str(path) in str(e.value) and "another --link" in str(e.value)
+    assert _snapshot(tmp_path) == before  # nothing replaced, removed or left behind
+
+
+def test_stale_link_of_a_killed_sim_robot_is_replaced_and_removed_at_close(tmp_path):
+    """A sim-robot that was SIGKILLed leaves its symlink to a pty slave: a restart replaces it."""
+    path = tmp_path / "robot"
+    old = make_sim(link_path=path)
+    stale = old.device_path
+    old._closed = True  # as if killed: the pty goes, the symlink stays
+    for fd in (old._master, old._slave):
+        os.close(fd)
+    assert os.readlink(path) == stale
+    sim = make_sim(link_path=path)
+    assert os.readlink(path) == sim.device_path
+    sim.close()
+    assert not os.path.lexists(path)
+    assert sorted(os.listdir(tmp_path)) == []  # no temp links left
+
+
+def test_close_leaves_a_path_that_is_no_longer_its_link(tmp_path):
+    path = tmp_path / "robot"
+    sim = make_sim(link_path=path)
+    path.unlink()
+    path.write_text("someone else's")
+    sim.close()
+    assert path.read_text() == "someone else's"
+
+
+def test_cli_sim_robot_refuses_a_file_at_link(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.setattr(SimRobot, "serve", lambda self, *a, **k: None)  # never wait for a host
+    path = tmp_path / "robot.tty"
+    path.write_text("precious")
+    r = CliRunner().invoke(app, ["sim-robot", "--link", str(path), "--max-steps", "1"])
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit)  # a one-line error, no traceback
+    assert "error: cannot create --link" in r.output and "refusing to replace it" in r.output
+    assert path.read_text() == "precious" and os.listdir(tmp_path) == ["robot.tty"]
+
+
 def test_constructor_validation():
     env = gym.make("CartPole-v1")
     with pytest.raises(ValueError, match="action_kind"):

@@ -181,3 +181,94 @@ def test_compiled_learn_step_matches_eager(tmp_path):
             b.update(nb)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+class _Terminated(Exception):
+    """What a SIGTERM raises in these tests when nothing else handles it."""
+
+
+@pytest.fixture
+def fake_compile(monkeypatch):
+    """torch.compile replaced by a stand-in whose first call (the warm-up compile) receives a
+    signal, then does what `swallow` says torch might do with the KeyboardInterrupt."""
+    import os
+    import signal
+    import time
+
+    import rtu_edge.train as train_mod
+
+    def on_term(signum, frame):  # without a handler of train's own, SIGTERM raises this
+        raise _Terminated
+
+    old = signal.signal(signal.SIGTERM, on_term)
+
+    def install(sig, swallow=None):
+        def compile_(fn, **kw):
+            calls = []
+
+            def compiled(*a):
+                if not calls:
+                    calls.append(1)
+                    try:
+                        os.kill(os.getpid(), sig)
+                        time.sleep(5)  # the handler interrupts this
+                    except KeyboardInterrupt:
+                        if swallow == "wrap":
+                            raise RuntimeError("backend compiler failed") from None
+                        if swallow != "ignore":
+                            raise
+                return fn(*a)
+
+            return compiled
+
+        monkeypatch.setattr(train_mod.torch, "compile", compile_)
+
+    yield install
+    signal.signal(signal.SIGTERM, old)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("swallow", [None, "wrap", "ignore"])
+def test_interrupt_while_compiling_is_honoured_and_leaves_a_resumable_run(
+    tmp_path, fake_compile, sig, swallow
+):
+    import signal
+
+    from rtu_edge.train import _read_progress, resume_config
+
+    fake_compile(getattr(signal, sig), swallow)
+    out = tmp_path / "run"
+    cfg = TrainConfig(out=str(out), steps=300, hidden_size=4, compile="yes")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    assert _read_progress(out)["step"] == "0"  # the starting state, saved
+    assert signal.getsignal(signal.SIGTERM).__name__ == "on_term"  # handlers restored
+    resumed = resume_config(out)
+    resumed.compile = "no"
+    assert train(resumed, progress=False)["steps"] == 300
+
+
+def test_cli_says_checkpoint_saved_only_when_one_was(tmp_path, fake_compile, monkeypatch):
+    import signal
+
+    from typer.testing import CliRunner
+
+    import rtu_edge.train as train_mod
+    from cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--steps", "300", "--hidden-size", "4", "--no-progress"]
+    fake_compile(signal.SIGTERM)
+    r = CliRunner().invoke(app, [*args, "--compile", "yes"])
+    assert r.exit_code == 130 and "checkpoint saved" in r.output, r.output
+    assert (out / "checkpoint.safetensors").exists()
+
+    def interrupted_early(cfg, progress=True):
+        raise KeyboardInterrupt  # e.g. Ctrl-C while the environment is being built
+
+    monkeypatch.setattr(train_mod, "train", interrupted_early)
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 130 and "checkpoint saved" not in r.output
+    assert "previous one" in r.output and "--resume" in r.output
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "new"), "--no-progress"])
+    assert r.exit_code == 130 and "before any checkpoint was written" in r.output, r.output

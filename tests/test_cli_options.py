@@ -1,0 +1,78 @@
+"""Bad option values give a one-line error and a non-zero exit, never a traceback, and are
+refused before anything is opened, trained or written."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+
+def _refused(args: list[str], *words: str):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert isinstance(r.exception, SystemExit), r.exception  # no traceback
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    for w in words:
+        assert w in lines[0], r.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "option,value,words",
+    [
+        ("--baud", "0", ("--baud", "UART rate")),
+        ("--baud", "-9600", ("--baud",)),
+        ("--steps", "0", ("--steps", "at least 1", "Ctrl-C")),
+        ("--steps", "-5", ("--steps",)),
+    ],
+)
+def test_run_refuses_bad_numbers_before_loading_anything(tmp_path, option, value, words):
+    bundle = tmp_path / "no-bundle"  # never looked at: the option is checked first
+    _refused(["run", str(bundle), "--port", str(tmp_path / "tty"), option, value], *words)
+    assert not (tmp_path / "no-bundle-checkpoints").exists()
+
+
+@pytest.fixture
+def no_serving(monkeypatch):
+    """A sim-robot that got past its checks returns at once instead of waiting for a host."""
+    from firmware_bridge.sim_robot import SimRobot
+
+    monkeypatch.setattr(SimRobot, "serve", lambda self, *a, **k: None)
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf"])
+def test_sim_robot_refuses_a_bad_watchdog(no_serving, value):
+    _refused(["sim-robot", "--watchdog-s", value], "--watchdog-s", "positive")
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_sim_robot_refuses_bad_max_steps(no_serving, value):
+    _refused(["sim-robot", "--max-steps", value], "--max-steps")
+
+
+def test_train_refuses_an_out_that_is_a_file(tmp_path):
+    out = tmp_path / "run"
+    out.write_text("precious")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        _refused(["train", "--out", str(out), "--steps", "10", "--no-progress", *extra], str(out))
+    assert out.read_text() == "precious"
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_train_refuses_bad_steps(tmp_path, value):
+    _refused(["train", "--out", str(tmp_path / "r"), "--steps", value], "--steps")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "-inf"])
+def test_export_refuses_a_bad_max_delta_before_writing_a_bundle(tmp_path, value):
+    out = tmp_path / "bundle"
+    _refused(
+        ["export", str(tmp_path / "run"), "--out", str(out), f"--max-delta={value}"],
+        "--max-delta",
+        "positive",
+    )
+    assert not out.exists()
