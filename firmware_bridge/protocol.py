@@ -841,6 +841,7 @@ class Golden(NamedTuple):
 
 
 _GOLDEN_SIZES = Sizes(obs_size=4, action_size=1)
+_CARTPOLE_P_SIZES = Sizes(obs_size=2, action_size=1)  # the default env, classic/CartPole-P
 _HELLO_COMMON = {
     "protocol_version": PROTOCOL_VERSION,
     "schema_hash": SCHEMA_HASH,
@@ -850,27 +851,25 @@ _HELLO_COMMON = {
     "obs_dtype": DTYPE_F32,
     "action_dtype": DTYPE_F32,
 }
+_MCU_HELLO = {"boot_id": 0xCAFEF00D, "control_period_ms": 0, "watchdog_ms": 500}
+# One session, in the order of section 5 of docs/protocol.md: the MCU's unsolicited boot HELLO
+# takes its seq 0 (hello_boot, listed after the session so that older indices stay put), so
+# its reply to HELLO_REQ is seq 1; the host's first frame after opening the port is seq 0.
+# The last three frames use the CartPole-P sizes (obs_size 2).
 GOLDEN_FRAMES: tuple[Golden, ...] = (
     Golden("hello_req", "HELLO_REQ", 0, {**_HELLO_COMMON, "nonce": 0x12345678}, None),
     Golden(
         "hello",
         "HELLO",
-        0,
-        {
-            **_HELLO_COMMON,
-            "boot_id": 0xCAFEF00D,
-            "nonce": 0x12345678,
-            "control_period_ms": 0,
-            "watchdog_ms": 500,
-            "accepted": 1,
-        },
+        1,
+        {**_HELLO_COMMON, **_MCU_HELLO, "nonce": 0x12345678, "accepted": 1},
         None,
     ),
     Golden("arm", "ARM", 1, {"boot_id": 0xCAFEF00D}, None),
     Golden(
         "status_armed",
         "STATUS",
-        1,
+        2,
         {
             "armed": 1,
             "watchdog_latched": 0,
@@ -888,20 +887,48 @@ GOLDEN_FRAMES: tuple[Golden, ...] = (
     Golden(
         "obs_first",
         "OBS",
-        2,
+        3,
         {"flags": OBS_FIRST, "reward": 0.0, "obs": [0.0, 1.0, -2.5, 0.25]},
         _GOLDEN_SIZES,
     ),
-    Golden("action", "ACTION", 2, {"obs_seq": 2, "action": [1.0]}, _GOLDEN_SIZES),
+    Golden("action", "ACTION", 2, {"obs_seq": 3, "action": [1.0]}, _GOLDEN_SIZES),
     Golden(
         "obs_terminal",
         "OBS",
-        3,
+        4,
         {"flags": OBS_TERMINAL, "reward": 1.0, "obs": [0.5, -0.125, 3.0, -1.0]},
         _GOLDEN_SIZES,
     ),
     Golden("stop", "STOP", 3, {"reason": 0}, None),
     Golden("status_req", "STATUS_REQ", 4, {}, None),
+    Golden(
+        "hello_boot",
+        "HELLO",
+        0,
+        {**_HELLO_COMMON, **_MCU_HELLO, "nonce": 0, "accepted": 0},
+        None,
+    ),
+    Golden(
+        "hello_req_cartpole_p",
+        "HELLO_REQ",
+        0,
+        {**_HELLO_COMMON, "obs_size": 2, "nonce": 0x12345678},
+        None,
+    ),
+    Golden(
+        "obs_first_cartpole_p",
+        "OBS",
+        3,
+        {"flags": OBS_FIRST, "reward": 0.0, "obs": [0.03125, -0.015625]},
+        _CARTPOLE_P_SIZES,
+    ),
+    Golden(
+        "obs_truncated_cartpole_p",
+        "OBS",
+        503,
+        {"flags": OBS_TRUNCATED, "reward": 1.0, "obs": [-1.5, 0.0625]},
+        _CARTPOLE_P_SIZES,
+    ),
 )
 
 DOC_BEGIN = "<!-- BEGIN GENERATED {name}: python -m firmware_bridge.protocol --markdown -->"

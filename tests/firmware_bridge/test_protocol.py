@@ -27,18 +27,26 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 GOLDEN_HEX = {
     "hello_req": "02 01 01 02 11 0b 01 69 62 29 6d 78 56 34 12 04 02 01 02 02 07 01 01 79 53 08 "
     "02 00",
-    "hello": "02 81 01 02 1a 0f 01 69 62 29 6d 0d f0 fe ca 78 56 34 12 04 02 01 02 02 03 01 01 "
-    "01 08 f4 01 01 5f a1 ad 1b 00",
+    "hello": "03 81 01 02 1a 0f 01 69 62 29 6d 0d f0 fe ca 78 56 34 12 04 02 01 02 02 03 01 01 01 "
+    "08 f4 01 01 57 42 cd 27 00",
     "arm": "03 02 01 02 04 09 0d f0 fe ca 30 32 e4 29 00",
-    "status_armed": "03 83 01 02 1d 02 01 06 01 0d f0 fe ca 01 02 02 01 01 01 01 01 01 01 01 01 "
-    "01 01 01 01 01 01 01 01 01 05 da 75 bf 8a 00",
-    "obs_first": "03 82 02 02 15 02 01 01 01 01 01 01 01 01 01 01 03 80 3f 01 03 20 c0 01 07 80 "
-    "3e 9d 3b 54 7e 00",
-    "action": "03 05 02 02 06 02 02 01 01 07 80 3f 69 d0 67 18 00",
-    "obs_terminal": "03 82 03 02 15 02 02 01 03 80 3f 01 01 02 3f 01 01 02 be 01 03 40 40 01 07 "
-    "80 bf ca 7e 55 65 00",
+    "status_armed": "03 83 02 02 1d 02 01 06 01 0d f0 fe ca 01 02 02 01 01 01 01 01 01 01 01 01 "
+    "01 01 01 01 01 01 01 01 01 05 cf c4 a8 d1 00",
+    "obs_first": "03 82 03 02 15 02 01 01 01 01 01 01 01 01 01 01 03 80 3f 01 03 20 c0 01 07 80 "
+    "3e 93 ab df db 00",
+    "action": "03 05 02 02 06 02 03 01 01 07 80 3f cc 03 3b d3 00",
+    "obs_terminal": "03 82 04 02 15 02 02 01 03 80 3f 01 01 02 3f 01 01 02 be 01 03 40 40 01 07 "
+    "80 bf 62 82 05 ab 00",
     "stop": "03 03 03 02 01 01 05 ea c3 34 71 00",
     "status_req": "03 04 04 01 01 05 8a c6 c0 bc 00",
+    "hello_boot": "02 81 01 02 1a 0a 01 69 62 29 6d 0d f0 fe ca 01 01 01 02 04 02 01 02 02 03 01 "
+    "01 01 03 f4 01 05 d7 8d c1 b4 00",
+    "hello_req_cartpole_p": "02 01 01 02 11 0b 01 69 62 29 6d 78 56 34 12 02 02 01 02 02 07 01 01 "
+    "fe 5a 67 c4 00",
+    "obs_first_cartpole_p": "03 82 03 02 0d 02 01 01 01 01 01 01 01 02 3d 01 07 80 bc 99 a9 43 1e "
+    "00",
+    "obs_truncated_cartpole_p": "05 82 f7 01 0d 02 04 01 03 80 3f 01 03 c0 bf 01 07 80 3d bd e1 "
+    "c8 57 00",
 }
 SCHEMA_HASH_V1 = 0x6D296269
 REJECT_COUNTERS = ("crc_errors", "cobs_errors", "short_frames", "bad_length", "unknown_msg")
@@ -56,10 +64,14 @@ def feed_all(chunks, sizes=SIZES):
     return parser, out
 
 
+# The golden frames valid under SIZES (the CartPole-P OBS frames have obs_size 2).
+SESSION = [g for g in p.GOLDEN_FRAMES if g.sizes in (None, SIZES)]
+
+
 def golden_stream() -> tuple[bytes, list[Frame]]:
-    """All golden frames back to back, and what they decode to."""
-    data = b"".join(g.encoded() for g in p.GOLDEN_FRAMES)
-    return data, [p.decode_frame(g.encoded()[:-1], SIZES) for g in p.GOLDEN_FRAMES]
+    """The golden frames valid under SIZES back to back, and what they decode to."""
+    data = b"".join(g.encoded() for g in SESSION)
+    return data, [p.decode_frame(g.encoded()[:-1], SIZES) for g in SESSION]
 
 
 # ------------------------------------------------------------------------- table and hash
@@ -288,7 +300,7 @@ def test_many_frames_in_one_read():
 @given(st.lists(st.binary(min_size=1, max_size=80), min_size=1, max_size=8))
 def test_garbage_between_frames_never_raises_and_resyncs(garbage):
     wire, frames = golden_stream()
-    per = [g.encoded() for g in p.GOLDEN_FRAMES]
+    per = [g.encoded() for g in SESSION]
     stream = b""
     for i, junk in enumerate(garbage):
         # junk then a delimiter: the frame after it must decode (resync at the next 0x00)
