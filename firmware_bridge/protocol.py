@@ -304,7 +304,12 @@ MESSAGES: tuple[Message, ...] = (
             Field("boot_id", "u32", "the MCU's current boot id"),
             Field("last_obs_seq", "u16", "seq of the latest OBS sent (0 before the first)"),
             Field("frames_ok", "u32", "frames received that validated"),
-            Field("frame_errors", "u32", "frames rejected (COBS, CRC, length, unknown id)"),
+            Field(
+                "frame_errors",
+                "u32",
+                "received chunks rejected, whatever the reason: COBS, too short, CRC, length, "
+                "unknown id, too long, partial frame timed out",
+            ),
             Field("watchdog_trips", "u32", "watchdog trips since boot"),
             Field("actions_applied", "u32", "ACTIONs applied since boot"),
             Field("actions_rejected", "u32", "ACTIONs rejected (stale, disarmed, non-finite)"),

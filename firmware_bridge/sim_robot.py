@@ -38,6 +38,16 @@ from firmware_bridge.protocol import (
 __all__ = ["SimFaults", "SimRobot", "SimStats"]
 
 _EVENT = {name: value for name, value in protocol.STATUS_EVENTS}
+# STATUS.frame_errors: every rejected chunk, whatever the reason (docs/protocol.md, section 2)
+_FRAME_ERRORS = (
+    "cobs_errors",
+    "short_frames",
+    "crc_errors",
+    "bad_length",
+    "unknown_msg",
+    "oversize",
+    "timeouts",
+)
 
 
 @dataclass
@@ -505,8 +515,7 @@ class SimRobot:
             boot_id=self.boot_id,
             last_obs_seq=self._obs_seq,
             frames_ok=c["frames_ok"] % (1 << 32),
-            frame_errors=(c["crc_errors"] + c["cobs_errors"] + c["bad_length"] + c["unknown_msg"])
-            % (1 << 32),
+            frame_errors=sum(c[k] for k in _FRAME_ERRORS) % (1 << 32),
             watchdog_trips=s.watchdog_trips,
             actions_applied=s.actions_applied % (1 << 32),
             actions_rejected=(s.actions_stale + s.actions_ignored + s.actions_nonfinite)
