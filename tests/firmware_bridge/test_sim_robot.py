@@ -274,3 +274,18 @@ def test_status_frame_errors_counts_every_rejected_chunk():
         link.send("STATUS_REQ")
         st = inbox.wait("STATUS")
         assert st.fields["frame_errors"] == 3 and st.fields["frames_ok"] == 1
+
+
+def test_watchdog_ms_zero_means_no_watchdog():
+    """watchdog_ms = 0 in HELLO: the MCU never trips or latches; it keeps re-sending its OBS."""
+    with make_sim(watchdog_s=0) as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+        sim.start()
+        inbox = Inbox(link)
+        assert _hello_req(inbox).fields["watchdog_ms"] == 0
+        link.send("ARM", boot_id=sim.boot_id)
+        inbox.wait("OBS")
+        time.sleep(0.3)  # no ACTION: with a watchdog this would have latched
+        link.send("STATUS_REQ")
+        st = inbox.wait("STATUS", event=EVENT["REPLY"])
+        assert st.fields["armed"] == 1 and st.fields["watchdog_latched"] == 0
+        assert sim.stats.watchdog_trips == 0 and 2 <= sim.stats.obs_resent <= 10
