@@ -254,7 +254,7 @@ def _connection(port: Path, **kw) -> RobotConnection:
 
 
 def test_posix_firmware_refuses_mismatches_trips_its_watchdog_and_counts_garbage(build, tmp_path):
-    fw = Firmware(build, tmp_path, "--watchdog-ms", "200", "--seed", "1")
+    fw = Firmware(build, tmp_path, "--watchdog-ms", "500", "--seed", "1")
     try:
         with _connection(fw.link, schema_hash=0x12345678) as conn:
             with pytest.raises(HandshakeError, match=f"0x12345678.*0x{p.SCHEMA_HASH:08x}"):
@@ -264,7 +264,7 @@ def test_posix_firmware_refuses_mismatches_trips_its_watchdog_and_counts_garbage
                 conn.connect()
         with _connection(fw.link) as conn:
             hello = conn.connect()
-            assert (hello.obs_size, hello.num_actions, hello.watchdog_ms) == (2, 2, 200)
+            assert (hello.obs_size, hello.num_actions, hello.watchdog_ms) == (2, 2, 500)
             firsts = 0
             for _ in range(50):
                 o = conn.observe()
@@ -273,7 +273,7 @@ def test_posix_firmware_refuses_mismatches_trips_its_watchdog_and_counts_garbage
                 conn.act([1.0], o.seq)
             assert firsts >= 1
             # the host stops answering: safe action, latch, then HEARTBEAT while latched
-            time.sleep(0.5)
+            time.sleep(0.8)
             with pytest.raises(WatchdogLatched):
                 for _ in range(5):  # the unanswered OBS may come first, then STATUS(WATCHDOG)
                     conn.observe(timeout=1.0)
