@@ -61,7 +61,7 @@ static inline void rtu_edge_put_f32(uint8_t *p, float v) {
 }
 static inline uint8_t rtu_edge_get_u8(const uint8_t *p) { return p[0]; }
 static inline uint16_t rtu_edge_get_u16(const uint8_t *p) {
-    return (uint16_t)(p[0] | (uint16_t)(p[1] << 8));
+    return (uint16_t)((uint16_t)p[0] | (uint16_t)((uint16_t)p[1] << 8)); /* no int overflow where int is 16 bits */
 }
 static inline uint32_t rtu_edge_get_u32(const uint8_t *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
