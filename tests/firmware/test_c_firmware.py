@@ -352,3 +352,26 @@ def test_rtu_edge_run_learns_against_the_c_firmware(build, bundle, tmp_path):
 
 
 _RX_OK = ("rx_bytes_in", "rx_frames_ok", "rx_reads")
+
+
+def test_posix_firmware_reboot_is_seen_and_survived_by_the_host(build, tmp_path):
+    from firmware_bridge.host import RobotRebooted
+
+    fw = Firmware(build, tmp_path, "--reboot-after-steps", "20", "--boot-id", "0x1234")
+    try:
+        with _connection(fw.link) as conn:
+            assert conn.connect().boot_id == 0x1234
+            with pytest.raises(RobotRebooted, match="0x00001234 ->"):
+                for _ in range(100):
+                    o = conn.observe()
+                    if o is not None:
+                        conn.act([0.0], o.seq)
+            hello = conn.connect()  # handshake and arm the new boot
+            assert hello.boot_id != 0x1234
+            o = conn.observe()
+            assert o is not None and o.first
+            conn.act([1.0], o.seq)
+            assert conn.observe() is not None
+    finally:
+        stats = fw.stop()
+    assert stats["reboots"] == 1 and stats["arms"] == 2 and stats["frame_errors"] == 0
