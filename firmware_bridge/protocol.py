@@ -1,10 +1,11 @@
 """Wire protocol v1 between the host (rtu-edge on the robot's computer) and the robot's MCU.
 
 Everything is derived from one table, `MESSAGES`: the codec below, the schema hash, the
-generated sections of docs/protocol.md and the C header rtu_edge_protocol.h. Regenerate with
+generated sections of docs/protocol.md, and (through firmware_bridge/codegen.py, which the robot
+never imports) the message part of the C library in firmware/. Regenerate with
 
     python -m firmware_bridge.protocol --write-docs docs/protocol.md
-    python -m firmware_bridge.protocol --c-header > firmware_bridge/rtu_edge_protocol.h
+    python -m firmware_bridge.codegen --write
 
 Frame on the wire: COBS(header | payload | CRC-32) followed by one 0x00 byte.
 Header: msg_id u8, seq u16, payload length u16, little-endian. CRC-32 is zlib.crc32
@@ -79,7 +80,6 @@ __all__ = [
     "expected_payload_size",
     "frame_timeout_s",
     "main",
-    "render_c_header",
     "render_markdown",
     "schema_text",
     "seq_diff",
@@ -304,7 +304,12 @@ MESSAGES: tuple[Message, ...] = (
             Field("boot_id", "u32", "the MCU's current boot id"),
             Field("last_obs_seq", "u16", "seq of the latest OBS sent (0 before the first)"),
             Field("frames_ok", "u32", "frames received that validated"),
-            Field("frame_errors", "u32", "frames rejected (COBS, CRC, length, unknown id)"),
+            Field(
+                "frame_errors",
+                "u32",
+                "received chunks rejected, whatever the reason: COBS, too short, CRC, length, "
+                "unknown id, too long, partial frame timed out",
+            ),
             Field("watchdog_trips", "u32", "watchdog trips since boot"),
             Field("actions_applied", "u32", "ACTIONs applied since boot"),
             Field("actions_rejected", "u32", "ACTIONs rejected (stale, disarmed, non-finite)"),
@@ -845,6 +850,7 @@ class Golden(NamedTuple):
 
 
 _GOLDEN_SIZES = Sizes(obs_size=4, action_size=1)
+_CARTPOLE_P_SIZES = Sizes(obs_size=2, action_size=1)  # the default env, classic/CartPole-P
 _HELLO_COMMON = {
     "protocol_version": PROTOCOL_VERSION,
     "schema_hash": SCHEMA_HASH,
@@ -854,27 +860,25 @@ _HELLO_COMMON = {
     "obs_dtype": DTYPE_F32,
     "action_dtype": DTYPE_F32,
 }
+_MCU_HELLO = {"boot_id": 0xCAFEF00D, "control_period_ms": 0, "watchdog_ms": 500}
+# One session, in the order of section 5 of docs/protocol.md: the MCU's unsolicited boot HELLO
+# takes its seq 0 (hello_boot, listed after the session so that older indices stay put), so
+# its reply to HELLO_REQ is seq 1; the host's first frame after opening the port is seq 0.
+# The last three frames use the CartPole-P sizes (obs_size 2).
 GOLDEN_FRAMES: tuple[Golden, ...] = (
     Golden("hello_req", "HELLO_REQ", 0, {**_HELLO_COMMON, "nonce": 0x12345678}, None),
     Golden(
         "hello",
         "HELLO",
-        0,
-        {
-            **_HELLO_COMMON,
-            "boot_id": 0xCAFEF00D,
-            "nonce": 0x12345678,
-            "control_period_ms": 0,
-            "watchdog_ms": 500,
-            "accepted": 1,
-        },
+        1,
+        {**_HELLO_COMMON, **_MCU_HELLO, "nonce": 0x12345678, "accepted": 1},
         None,
     ),
     Golden("arm", "ARM", 1, {"boot_id": 0xCAFEF00D}, None),
     Golden(
         "status_armed",
         "STATUS",
-        1,
+        2,
         {
             "armed": 1,
             "watchdog_latched": 0,
@@ -892,20 +896,48 @@ GOLDEN_FRAMES: tuple[Golden, ...] = (
     Golden(
         "obs_first",
         "OBS",
-        2,
+        3,
         {"flags": OBS_FIRST, "reward": 0.0, "obs": [0.0, 1.0, -2.5, 0.25]},
         _GOLDEN_SIZES,
     ),
-    Golden("action", "ACTION", 2, {"obs_seq": 2, "action": [1.0]}, _GOLDEN_SIZES),
+    Golden("action", "ACTION", 2, {"obs_seq": 3, "action": [1.0]}, _GOLDEN_SIZES),
     Golden(
         "obs_terminal",
         "OBS",
-        3,
+        4,
         {"flags": OBS_TERMINAL, "reward": 1.0, "obs": [0.5, -0.125, 3.0, -1.0]},
         _GOLDEN_SIZES,
     ),
     Golden("stop", "STOP", 3, {"reason": 0}, None),
     Golden("status_req", "STATUS_REQ", 4, {}, None),
+    Golden(
+        "hello_boot",
+        "HELLO",
+        0,
+        {**_HELLO_COMMON, **_MCU_HELLO, "nonce": 0, "accepted": 0},
+        None,
+    ),
+    Golden(
+        "hello_req_cartpole_p",
+        "HELLO_REQ",
+        0,
+        {**_HELLO_COMMON, "obs_size": 2, "nonce": 0x12345678},
+        None,
+    ),
+    Golden(
+        "obs_first_cartpole_p",
+        "OBS",
+        3,
+        {"flags": OBS_FIRST, "reward": 0.0, "obs": [0.03125, -0.015625]},
+        _CARTPOLE_P_SIZES,
+    ),
+    Golden(
+        "obs_truncated_cartpole_p",
+        "OBS",
+        503,
+        {"flags": OBS_TRUNCATED, "reward": 1.0, "obs": [-1.5, 0.0625]},
+        _CARTPOLE_P_SIZES,
+    ),
 )
 
 DOC_BEGIN = "<!-- BEGIN GENERATED {name}: python -m firmware_bridge.protocol --markdown -->"
@@ -1050,195 +1082,26 @@ def doc_sections(text: str) -> dict[str, str]:
     return out
 
 
-_C_HELPERS = r"""
-/* Little-endian field access; works on MCUs of either byte order. */
-static inline void rtu_edge_put_u8(uint8_t *p, uint8_t v) { p[0] = v; }
-static inline void rtu_edge_put_u16(uint8_t *p, uint16_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8);
-}
-static inline void rtu_edge_put_u32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static inline void rtu_edge_put_f32(uint8_t *p, float v) {
-    uint32_t u; memcpy(&u, &v, 4); rtu_edge_put_u32(p, u);
-}
-static inline uint8_t rtu_edge_get_u8(const uint8_t *p) { return p[0]; }
-static inline uint16_t rtu_edge_get_u16(const uint8_t *p) {
-    return (uint16_t)(p[0] | (uint16_t)p[1] << 8);
-}
-static inline uint32_t rtu_edge_get_u32(const uint8_t *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static inline float rtu_edge_get_f32(const uint8_t *p) {
-    uint32_t u = rtu_edge_get_u32(p); float v; memcpy(&v, &u, 4); return v;
-}
-
-/* CRC-32 (IEEE 802.3): poly 0x04C11DB7 reflected (0xEDB88320), init and xorout 0xFFFFFFFF.
-   Check value: "123456789" -> 0xCBF43926. Same as zlib.crc32. */
-static inline uint32_t rtu_edge_crc32(const uint8_t *data, size_t len) {
-    uint32_t crc = 0xFFFFFFFFu;
-    for (size_t i = 0; i < len; i++) {
-        crc ^= data[i];
-        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
-    }
-    return crc ^ 0xFFFFFFFFu;
-}
-
-/* COBS-encode n bytes (canonical form, no delimiter). dst needs RTU_EDGE_COBS_MAX(n) bytes.
-   Returns the encoded length; the output contains no 0x00. Append one 0x00 to send it. */
-static inline size_t rtu_edge_cobs_encode(const uint8_t *src, size_t n, uint8_t *dst) {
-    size_t code_pos = 0, out = 1;
-    uint8_t code = 1;
-    for (size_t i = 0; i < n; i++) {
-        if (src[i] != 0) { dst[out++] = src[i]; code++; }
-        if (src[i] == 0 || code == 0xFF) {
-            dst[code_pos] = code; code = 1; code_pos = out;
-            if (src[i] == 0 || i + 1 < n) out++;
-            else return out; /* data ended right after a full block: no trailing code byte */
-        }
-    }
-    dst[code_pos] = code;
-    return out;
-}
-
-/* Decode one COBS chunk (the bytes between two 0x00, delimiter excluded) into dst.
-   Returns the decoded length, or 0 if the chunk is malformed or longer than cap. */
-static inline size_t rtu_edge_cobs_decode(const uint8_t *src, size_t n, uint8_t *dst, size_t cap) {
-    size_t i = 0, out = 0;
-    while (i < n) {
-        uint8_t code = src[i];
-        if (code == 0 || i + code > n) return 0;
-        i++;
-        for (uint8_t k = 1; k < code; k++) {
-            if (src[i] == 0 || out >= cap) return 0;
-            dst[out++] = src[i++];
-        }
-        if (code != 0xFF && i < n) {
-            if (out >= cap) return 0;
-            dst[out++] = 0;
-        }
-    }
-    return out;
-}
-
-/* frame[0..RTU_EDGE_HEADER_SIZE) is free, the payload follows it. Writes the header and the
-   CRC after the payload; returns the decoded frame length to pass to rtu_edge_cobs_encode. */
-static inline size_t rtu_edge_frame_seal(uint8_t *frame, uint8_t msg_id, uint16_t seq,
-                                         uint16_t payload_len) {
-    rtu_edge_put_u8(frame, msg_id);
-    rtu_edge_put_u16(frame + 1, seq);
-    rtu_edge_put_u16(frame + 3, payload_len);
-    size_t n = RTU_EDGE_HEADER_SIZE + (size_t)payload_len;
-    rtu_edge_put_u32(frame + n, rtu_edge_crc32(frame, n));
-    return n + RTU_EDGE_CRC_SIZE;
-}
-
-/* Check a decoded frame: size bounds, CRC and the header's payload length.
-   Returns the payload length (payload at frame + RTU_EDGE_HEADER_SIZE), or -1 to reject.
-   The caller still checks msg_id and the payload length each message requires. */
-static inline int32_t rtu_edge_frame_check(const uint8_t *frame, size_t n) {
-    if (n < RTU_EDGE_MIN_FRAME || n > RTU_EDGE_MAX_FRAME) return -1;
-    size_t body = n - RTU_EDGE_CRC_SIZE;
-    if (rtu_edge_crc32(frame, body) != rtu_edge_get_u32(frame + body)) return -1;
-    if (rtu_edge_get_u16(frame + 3) != body - RTU_EDGE_HEADER_SIZE) return -1;
-    return (int32_t)(body - RTU_EDGE_HEADER_SIZE);
-}
-"""
-
-
-def render_c_header() -> str:
-    """The C header for the MCU side (constants, offsets, helpers, golden frames)."""
-    p = "RTU_EDGE_"
-    out = [
-        "/* rtu_edge_protocol.h: rtu-edge wire protocol v1 for the MCU side.",
-        " * GENERATED by `python -m firmware_bridge.protocol --c-header`; do not edit.",
-        " * Spec: docs/protocol.md. All multi-byte fields are little-endian; floats are",
-        " * IEEE-754 binary32. Frame = COBS(header | payload | CRC-32) followed by 0x00. */",
-        "#ifndef RTU_EDGE_PROTOCOL_H",
-        "#define RTU_EDGE_PROTOCOL_H",
-        "",
-        "#include <stddef.h>",
-        "#include <stdint.h>",
-        "#include <string.h>",
-        "",
-        f"#define {p}PROTOCOL_VERSION {PROTOCOL_VERSION}u",
-        f"#define {p}SCHEMA_HASH 0x{SCHEMA_HASH:08X}u",
-        f"#define {p}HEADER_SIZE {HEADER_SIZE}u",
-        f"#define {p}CRC_SIZE {CRC_SIZE}u",
-        f"#define {p}MAX_PAYLOAD {MAX_PAYLOAD}u",
-        f"#define {p}MIN_FRAME {MIN_FRAME}u",
-        f"#define {p}MAX_FRAME {MAX_FRAME}u",
-        f"#define {p}MAX_ENCODED_FRAME {MAX_ENCODED_FRAME}u /* without the 0x00 delimiter */",
-        f"#define {p}MAX_OBS_SIZE {MAX_OBS_SIZE}u",
-        f"#define {p}MAX_ACTION_SIZE {MAX_ACTION_SIZE}u",
-        f"#define {p}COBS_MAX(n) ((n) + ((n) + 253u) / 254u + 1u)",
-        f"#define {p}DTYPE_F32 {DTYPE_F32}u",
-        "",
-        "/* Header offsets */",
-        f"#define {p}HDR_MSG_ID 0u",
-        f"#define {p}HDR_SEQ 1u",
-        f"#define {p}HDR_LENGTH 3u",
-        "",
-        "/* Message ids (0x01..0x7F host -> MCU, 0x80..0xFF MCU -> host) */",
-    ]
-    out += [f"#define {p}MSG_{m.name} 0x{m.id:02X}u" for m in MESSAGES]
-    for m in MESSAGES:
-        lay = _LAYOUT[m.id]
-        out += ["", f"/* {m.name} (0x{m.id:02X}, {m.sender}): {m.doc} */"]
-        if lay.array is None:
-            suffix = "_MIN_SIZE" if m.extensible else "_SIZE"
-            out.append(f"#define {p}{m.name}{suffix} {lay.fixed_size}u")
-        else:
-            n = lay.array.count
-            out.append(f"#define {p}{m.name}_FIXED_SIZE {lay.fixed_size}u")
-            out.append(f"#define {p}{m.name}_SIZE({n}) ({lay.fixed_size}u + 4u * ({n}))")
-        off = 0
-        for f in m.fields:
-            t = f"{f.type}[{f.count}]" if f.count else f.type
-            out.append(f"#define {p}{m.name}_OFF_{f.name.upper()} {off}u /* {t} */")
-            off += _TYPES[f.type][1]
-            for vn, v in f.values:
-                out.append(f"#define {p}{m.name}_{f.name.upper()}_{vn} {v}u")
-            for bn, b in f.bits:
-                out.append(f"#define {p}{m.name}_{f.name.upper()}_{bn} (1u << {b})")
-    out.append(_C_HELPERS)
-    out += ["#ifdef RTU_EDGE_GOLDEN_FRAMES", "/* Reference frames as sent on the wire. */"]
-    for g in GOLDEN_FRAMES:
-        enc = g.encoded()
-        body = ", ".join(f"0x{b:02x}" for b in enc)
-        out.append(f"static const uint8_t {p}GOLDEN_{g.label.upper()}[{len(enc)}] = {{{body}}};")
-    out += ["#endif /* RTU_EDGE_GOLDEN_FRAMES */", "", "#endif /* RTU_EDGE_PROTOCOL_H */", ""]
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Print or write the derived artefacts: markdown sections, C header, schema text."""
+    """Print or write the derived doc sections or the schema text (C files: codegen.py)."""
     ap = argparse.ArgumentParser(
         prog="python -m firmware_bridge.protocol", description=main.__doc__
     )
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--markdown", action="store_true", help="print the generated doc sections")
-    g.add_argument("--c-header", action="store_true", help="print rtu_edge_protocol.h")
     g.add_argument("--schema", action="store_true", help="print the schema text and its hash")
     g.add_argument("--write-docs", metavar="PATH", help="rewrite the generated sections of PATH")
-    g.add_argument("--write-header", metavar="PATH", help="write the C header to PATH")
     a = ap.parse_args(argv)
     if a.markdown:
         print("\n\n".join(_wrap_section(n, b) for n, b in render_markdown().items()))
-    elif a.c_header:
-        sys.stdout.write(render_c_header())
     elif a.schema:
         sys.stdout.write(schema_text())
         print(f"schema_hash 0x{SCHEMA_HASH:08x}")
-    elif a.write_docs:
+    else:
         with open(a.write_docs, encoding="utf-8") as f:
             text = f.read()
         with open(a.write_docs, "w", encoding="utf-8") as f:
             f.write(update_doc(text))
-    else:
-        with open(a.write_header, "w", encoding="utf-8") as f:
-            f.write(render_c_header())
     return 0
 
 

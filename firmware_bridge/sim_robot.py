@@ -41,6 +41,16 @@ from firmware_bridge.protocol import (
 __all__ = ["SimFaults", "SimRobot", "SimStats"]
 
 _EVENT = {name: value for name, value in protocol.STATUS_EVENTS}
+# STATUS.frame_errors: every rejected chunk, whatever the reason (docs/protocol.md, section 2)
+_FRAME_ERRORS = (
+    "cobs_errors",
+    "short_frames",
+    "crc_errors",
+    "bad_length",
+    "unknown_msg",
+    "oversize",
+    "timeouts",
+)
 
 
 @dataclass
@@ -122,9 +132,12 @@ class SimRobot:
             raise ValueError(f"action_kind must be 'discrete' or 'continuous', not {action_kind!r}")
         self.env = env
         self.action_kind = action_kind
-        self.watchdog_s = watchdog_s  # no valid ACTION this long after an OBS -> safe + latch
+        # no valid ACTION this long after an OBS -> safe + latch; 0: no watchdog (it never trips)
+        self.watchdog_s = watchdog_s
         # while its ACTION is missing, the current OBS is re-sent this often (lost frames)
-        self.resend_s = min(0.05, watchdog_s / 4) if resend_s is None else resend_s
+        if resend_s is None:
+            resend_s = min(0.05, watchdog_s / 4) if watchdog_s > 0 else 0.05
+        self.resend_s = resend_s
         self.faults = faults or SimFaults()
         self.schema_hash = protocol.SCHEMA_HASH if schema_hash is None else schema_hash
         self.protocol_version = (
@@ -332,14 +345,16 @@ class SimRobot:
     def _next_deadline(self, now: float) -> float:
         t = now + 0.02
         if self.armed and self._awaiting:
-            t = min(t, self._obs_sent_at + self.watchdog_s, self._last_obs_tx + self.resend_s)
+            t = min(t, self._last_obs_tx + self.resend_s)
+            if self.watchdog_s > 0:
+                t = min(t, self._obs_sent_at + self.watchdog_s)
         if self.latched:
             t = min(t, self._last_status_at + self.watchdog_s)
         return t
 
     def _timers(self, now: float) -> None:
         if self.armed and self._awaiting:
-            if now - self._obs_sent_at >= self.watchdog_s:
+            if self.watchdog_s > 0 and now - self._obs_sent_at >= self.watchdog_s:
                 self._trip_watchdog()
             elif now - self._last_obs_tx >= self.resend_s and self._obs_frame is not None:
                 self._last_obs_tx = now
@@ -562,8 +577,7 @@ class SimRobot:
             boot_id=self.boot_id,
             last_obs_seq=self._obs_seq,
             frames_ok=c["frames_ok"] % (1 << 32),
-            frame_errors=(c["crc_errors"] + c["cobs_errors"] + c["bad_length"] + c["unknown_msg"])
-            % (1 << 32),
+            frame_errors=sum(c[k] for k in _FRAME_ERRORS) % (1 << 32),
             watchdog_trips=s.watchdog_trips,
             actions_applied=s.actions_applied % (1 << 32),
             actions_rejected=(s.actions_stale + s.actions_ignored + s.actions_nonfinite)

@@ -338,3 +338,31 @@ def test_constructor_validation():
         SimRobot(env, action_kind="binary", safe_action=[0])
     with pytest.raises(ValueError, match="safe_action"):
         SimRobot(env, action_kind="discrete", safe_action=[0, 1])
+
+
+def test_status_frame_errors_counts_every_rejected_chunk():
+    """STATUS.frame_errors sums every reason (docs/protocol.md section 2), not just CRC/COBS."""
+    with make_sim() as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+        sim.start()
+        inbox = Inbox(link)
+        link.write(b"\x03\x11\x22\x00")  # too short
+        link.write(b"\x5a" * (p.MAX_ENCODED_FRAME + 10) + b"\x00")  # too long
+        link.write(b"\x05\x11\x00")  # COBS
+        link.send("STATUS_REQ")
+        st = inbox.wait("STATUS")
+        assert st.fields["frame_errors"] == 3 and st.fields["frames_ok"] == 1
+
+
+def test_watchdog_ms_zero_means_no_watchdog():
+    """watchdog_ms = 0 in HELLO: the MCU never trips or latches; it keeps re-sending its OBS."""
+    with make_sim(watchdog_s=0) as sim, SerialLink(sim.device_path, sizes=Sizes(4, 1)) as link:
+        sim.start()
+        inbox = Inbox(link)
+        assert _hello_req(inbox).fields["watchdog_ms"] == 0
+        link.send("ARM", boot_id=sim.boot_id)
+        inbox.wait("OBS")
+        time.sleep(0.3)  # no ACTION: with a watchdog this would have latched
+        link.send("STATUS_REQ")
+        st = inbox.wait("STATUS", event=EVENT["REPLY"])
+        assert st.fields["armed"] == 1 and st.fields["watchdog_latched"] == 0
+        assert sim.stats.watchdog_trips == 0 and 2 <= sim.stats.obs_resent <= 10
