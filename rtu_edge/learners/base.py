@@ -35,3 +35,9 @@ class Learner:
     act_state_names: Callable[..., list[str]]  # (agent, state) -> the tensors act reads
     noise: Callable[..., NoiseSpec | None]  # (agent) -> exploration noise of the learn step
     streaming: bool = True  # learns one tick at a time, so it can keep learning on the robot
+    # A learner with its own training loop (cfg: TrainConfig, progress) -> summary, which
+    # rtu_edge.train.train calls instead of the per-tick loop (ppo: rollouts and epochs).
+    train: Callable | None = None
+    # A non-streaming learner's export: (cfg, agent, state) -> (streaming algo, its config, its
+    # state); export/bundle.py then exports that learner's graphs (ppo -> ac).
+    to_streaming: Callable | None = None
