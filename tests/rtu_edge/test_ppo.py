@@ -288,6 +288,39 @@ def test_resume_continues_a_ppo_run(tmp_path):
     assert steps == sorted(steps) and steps[-1] > 512
 
 
+def test_sigterm_checkpoints_a_ppo_run_and_resume_continues(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rtu_edge.run_dir import read_progress
+    from rtu_edge.train import resume_config
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--algo", "ppo", "--steps", "1000000", "--no-progress"]
+    args += ["--hidden-size", "4", "--set", "learner.rollout=256", "--set", "learner.minibatches=4"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "train", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.2)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in err, err
+    step = int(read_progress(out)["step"])
+    assert step > 0
+    s = train(resume_config(out, steps=step + 100), progress=False)
+    assert s["steps"] == step + 100 and s["updates"] == 1
+
+
 @pytest.mark.slow
 def test_ppo_learns_cartpole_with_velocities_hidden(tmp_path):
     """20k steps of PPO-RTRL on classic/CartPole-P (about 25 s; lr 1e-3, rollouts of 1024).
