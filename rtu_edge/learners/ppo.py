@@ -62,7 +62,7 @@ State = dict[str, Tensor]
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as in CleanRL
 
 
-# ---- 1. config ---------------------------------------------------------------------------------
+# ---- 1. config ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -131,7 +131,7 @@ def rtrl_cells() -> list[str]:
     return [name for name in CELLS if make_cell(name, 2, 2).online]
 
 
-# ---- 2. state: what the checkpoint holds ----------------------------------------------------
+# ---- 2. state: what the checkpoint holds --------------------------------------------------------
 
 
 def _init_params(agent: A.AgentConfig, seed: int, orthogonal: bool) -> A.Params:
@@ -169,7 +169,7 @@ def initial_state(agent: A.AgentConfig, cfg: PPOConfig | None = None, seed: int 
 params_of = ac.params_of
 
 
-# ---- 3. rollout ------------------------------------------------------------------------------
+# ---- 3. rollout ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -340,7 +340,7 @@ def rescan_carries(agent: A.AgentConfig, p: A.Params, ro: Rollout) -> None:
         ro.traces = _cat(all_traces[:-1])
 
 
-# ---- 4. GAE ------------------------------------------------------------------------------------
+# ---- 4. GAE -------------------------------------------------------------------------------------
 
 
 def gae(
@@ -392,7 +392,7 @@ def compute_targets(cfg: PPOConfig, agent: A.AgentConfig, p: A.Params, ro: Rollo
     )
 
 
-# ---- 5. the loss and its gradient ----------------------------------------------------------------
+# ---- 5. the loss and its gradient ---------------------------------------------------------------
 
 
 def ppo_loss(cfg: PPOConfig, agent, p, value, pi_out, mb: dict) -> tuple[Tensor, dict]:
@@ -468,7 +468,7 @@ def minibatch_gradients(cfg: PPOConfig, agent: A.AgentConfig, p: A.Params, mb: d
     return {k: grads[k] for k in p}, stats
 
 
-# ---- 6. the update ---------------------------------------------------------------------------------
+# ---- 6. the update ------------------------------------------------------------------------------
 
 
 def _gather(ro: Rollout, idx: Tensor) -> dict:
@@ -564,7 +564,7 @@ def update(cfg: PPOConfig, agent: A.AgentConfig, s: State, ro: Rollout, gen) -> 
     return out
 
 
-# ---- 7. the training loop ------------------------------------------------------------------------------
+# ---- 7. the training loop -----------------------------------------------------------------------
 
 
 def _open_run(cfg, learner: Learner, agent, run_dir: Path, gen):
@@ -757,7 +757,7 @@ def flops_per_step(cfg: PPOConfig, agent, s: State, ro: Rollout, gen) -> int:
     return int(acting + round(cfg.epochs * count_flops(learn) / size))
 
 
-# ---- 8. export: a ppo run as a streaming ac state -------------------------------------------------------
+# ---- 8. export: a ppo run as a streaming ac state -----------------------------------------------
 
 
 def to_streaming_state(cfg: PPOConfig, agent: A.AgentConfig, s: State):
@@ -786,7 +786,7 @@ def to_streaming_state(cfg: PPOConfig, agent: A.AgentConfig, s: State):
     return "ac", ac_cfg, out
 
 
-# ---- 9. what the learner declares ------------------------------------------------------------------------
+# ---- 9. what the learner declares ---------------------------------------------------------------
 
 
 def learn_step(cfg, agent, s, inputs):
