@@ -12,6 +12,7 @@ against the torch function, and export fails loudly when they disagree.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -34,7 +35,7 @@ from firmware_bridge import contract as C
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
 from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
-from rtu_edge.learners import Learner
+from rtu_edge.learners import Learner, get_learner
 
 OPSET = C.OPSET
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -228,6 +229,19 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 # ---- the export -------------------------------------------------------------------------------
 
 
+def streaming_run(run: rd.Run, state: dict) -> tuple[rd.Run, dict]:
+    """A run of a learner that does not learn per tick (ppo) as the streaming learner its
+    ``to_streaming`` converts the trained state to (ac): the bundle is that learner's."""
+    if run.learner.to_streaming is None:
+        raise ValueError(
+            f"learner {run.learner.name!r} does not learn one tick at a time and declares no "
+            "conversion to a streaming learner, so it cannot be exported"
+        )
+    algo, learner_cfg, state = run.learner.to_streaming(run.train.learner, run.agent, state)
+    train = dataclasses.replace(run.train, algo=algo, learner=learner_cfg)
+    return dataclasses.replace(run, train=train, learner=get_learner(algo)), state
+
+
 def export_run(cfg: ExportConfig, log=print) -> dict:
     """Export RUN_DIR to a bundle; returns the manifest. Raises ParityError on a parity failure."""
     if cfg.parity_steps < 200 and cfg.check_parity:
@@ -235,6 +249,10 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     if cfg.max_delta is not None and not (np.isfinite(cfg.max_delta) and cfg.max_delta > 0):
         raise ValueError(f"--max-delta must be a positive number, got {cfg.max_delta}")
     run, state = rd.load_run(cfg.run_dir)
+    trained_by = None
+    if not run.learner.streaming:  # trained off the robot (ppo): export what it converts to
+        trained_by = run.train
+        run, state = streaming_run(run, state)
     learner, agent = run.learner, run.agent
     if not agent.cell.online:
         raise ValueError(
@@ -316,7 +334,8 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         files={name: _sha256(data) for name, data in files.items()},
         protocol_version=protocol.PROTOCOL_VERSION,
         schema_hash=protocol.SCHEMA_HASH,
-        hyperparameters={"train": asdict(run.train), "export": asdict(cfg)},
+        hyperparameters={"train": asdict(run.train), "export": asdict(cfg)}
+        | ({"trained_by": asdict(trained_by)} if trained_by is not None else {}),
         parity=asdict(report) if report is not None else None,
     )
     # What the robot will check, checked here first: a bundle that breaks the contract is a bug.

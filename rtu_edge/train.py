@@ -201,6 +201,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown cell {cfg.net.cell!r}; choose one of {sorted(CELLS)}")
     if cfg.steps <= 0:
         raise ValueError("--steps must be positive")
+    if learner.train is not None:  # a learner with its own loop (ppo: rollouts and epochs)
+        return learner.train(cfg, progress=progress)
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} is a file; choose a directory for the run")

@@ -5,12 +5,13 @@ Adding a learner: one file that ends with ``LEARNER = Learner(...)``, and one li
 
 from __future__ import annotations
 
-from rtu_edge.learners import ac, td
+from rtu_edge.learners import ac, ppo, td
 from rtu_edge.learners.base import Learner
 
 LEARNERS: dict[str, Learner] = {
     "ac": ac.LEARNER,  # streaming actor-critic AC(lambda), ObGD
     "td": td.LEARNER,  # TD(lambda) prediction of a cumulant, Adam or SGD
+    "ppo": ppo.LEARNER,  # recurrent PPO (RTRL or T-BPTT), workstation only; exports as ac
 }
 
 

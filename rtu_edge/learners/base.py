@@ -40,6 +40,12 @@ class Learner:
     # Who picks the actions when training on a control environment: "own" (the learn step's
     # action output) or "random" (uniformly random actions: a prediction learner's behaviour).
     behaviour: str = "own"
+    # A learner with its own training loop (cfg: TrainConfig, progress) -> summary, which
+    # rtu_edge.train.train calls instead of the per-tick loop (ppo: rollouts and epochs).
+    train: Callable | None = None
+    # A non-streaming learner's export: (cfg, agent, state) -> (streaming algo, its config, its
+    # state); export/bundle.py then exports that learner's graphs (ppo -> ac).
+    to_streaming: Callable | None = None
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:

@@ -50,7 +50,7 @@ def test_train_rejects_bad_arguments(tmp_path):
             progress=False,
         )
     with pytest.raises(ValueError, match="unknown algo"):
-        train(TrainConfig(out=str(tmp_path / "b"), algo="ppo", steps=10), progress=False)
+        train(TrainConfig(out=str(tmp_path / "b"), algo="sac", steps=10), progress=False)
     with pytest.raises(ValueError, match="steps"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=0), progress=False)
 
