@@ -40,6 +40,17 @@ OPTION_VARIANTS: dict[str, list[dict]] = {
         {"param": "direct-direct"},
         {"param": "exp-direct", "activation": "tanh"},
     ],
+    "online-lru": [
+        # the architecture ablation (online_lru_math): no C, f on the output, f inside
+        {"projection": False},
+        {"projection": False, "activation": "relu"},
+        {"projection": False, "activation": "tanh"},
+        {"projection": False, "nonlinear": True, "activation": "relu"},
+        {"projection": False, "nonlinear": True, "activation": "tanh"},
+        {"activation": "relu"},
+        {"activation": "tanh"},
+        {"nonlinear": True, "activation": "tanh"},
+    ],
     "block-rnn": [{"activation": "relu"}, {"activation": "identity"}],
     "mlp": [{"activation": "tanh"}, {"activation": "identity"}],
     "lru": [{"skip": True}],
