@@ -16,6 +16,7 @@ import math
 import signal
 import threading
 import time
+from array import array
 from collections import deque
 from dataclasses import asdict
 from pathlib import Path
@@ -70,6 +71,33 @@ def sample_noise(spec: NoiseSpec | None, gen: torch.Generator) -> torch.Tensor |
         return torch.randn(1, spec.size, generator=gen)
     u = torch.rand(1, spec.size, generator=gen).clamp_(1e-10, 1 - 1e-7)
     return -torch.log(-torch.log(u))
+
+
+def random_action(spec: ActionSpec, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly random action (1, dims): the behaviour policy of a prediction learner."""
+    if spec.kind == "discrete":
+        return torch.randint(spec.num_actions, (1, 1), generator=gen).float()
+    low, high = torch.tensor(spec.low), torch.tensor(spec.high)
+    return low + (high - low) * torch.rand(1, spec.dims, generator=gen)
+
+
+def msre(values, cumulants, first, gamma: float) -> float | None:
+    """Mean squared return error of one window of learn-step calls, in call order.
+
+    ``values[i]`` is v(S_i), ``cumulants[i]`` the C_i that came with S_i, ``first[i]`` its flag.
+    The true return G_i = C_{i+1} + gamma G_{i+1} is summed backwards and cut (G = 0 beyond)
+    where an episode ends (the next call is first: after a terminal state or a truncation) and
+    at the end of the window. Each episode's final call (a terminal value is 0 by definition;
+    the learner never fits a truncated one) and the window's last call are left out.
+    """
+    errors, g = [], 0.0
+    for i in range(len(values) - 2, -1, -1):
+        if first[i + 1]:
+            g = 0.0
+            continue
+        g = cumulants[i + 1] + gamma * g
+        errors.append((values[i] - g) ** 2)
+    return float(np.mean(errors)) if errors else None
 
 
 def step_example(learner: Learner, agent: AgentConfig, dtype=torch.float32) -> dict:
@@ -210,6 +238,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     sources = {s.name: s.source for s in learner.step_inputs(agent)}
     action_name = next(o.name for o in learner.learn_outputs(agent) if o.use == "action")
     checked = [o.name for o in learner.learn_outputs(agent) if o.use == "check"]
+    # A learner with a "prediction" output gets its MSRE over the first and the last 10% of the
+    # steps: v, C and first of each call there (array("f"): 12 bytes a call).
+    predicting = "prediction" in {o.name for o in learner.learn_outputs(agent)}
+    windows = {"first_msre": (0, cfg.steps // 10), "msre": (cfg.steps - cfg.steps // 10, cfg.steps)}
+    logs = {k: tuple(array("f") for _ in range(3)) for k in windows}
 
     bar = None
     if progress:
@@ -266,6 +299,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 state.update(new)
                 if not all(math.isfinite(float(out[k].reshape(-1)[0])) for k in checked):
                     bad_updates += 1
+                for key, (lo, hi) in windows.items():
+                    if predicting and lo <= step < hi:
+                        for column, x in zip(logs[key], (out["prediction"], reward, first)):
+                            column.append(float(x))
                 if episode_over:  # the tick on the final observation: learn, then reset
                     episode += 1
                     recent.append(ep_return)
@@ -285,7 +322,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
                     ep_return, ep_len = 0.0, 0
                     continue
-                obs, r, term, trunc, _ = env.step(env_action(spec, out[action_name]))
+                if learner.behaviour == "random":
+                    action = random_action(spec, gen)
+                else:
+                    action = out[action_name]
+                obs, r, term, trunc, _ = env.step(env_action(spec, action))
                 reward, first, terminal = float(r), 0.0, float(term)
                 episode_over = term or trunc
                 ep_return += reward
@@ -328,6 +369,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "skipped_checkpoints": skipped_checkpoints,
         "wall_time_s": elapsed,
     }
+    if predicting:
+        gamma = cfg.learner.gamma
+        summary.update({k: msre(*logs[k], gamma) for k in windows})
     atomic_write_json(run_dir / rd.SUMMARY, summary)
     if returns:
         write_learning_curve_svg(

@@ -149,3 +149,37 @@ def test_cli_train_resume(tmp_path):
     assert (
         json.loads((out / "config.json").read_text())["train"]["net"]["hidden_size"] == 4
     )  # its own options
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module in ("firmware_bridge", "rtu_edge", "export"):  # from pkg import mod
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            else:
+                names.add(node.module)
+    return names
+
+
+def test_dependencies_point_one_way():
+    """cli -> {rtu_edge, export, firmware_bridge}; firmware_bridge imports nothing of rtu_edge
+    or export; rtu_edge and export use only the torch-free bottom of firmware_bridge."""
+    bottom = {"firmware_bridge.contract", "firmware_bridge.atomic", "firmware_bridge.protocol"}
+    problems = []
+    for pkg in ("firmware_bridge", "rtu_edge", "export"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for name in _imports(path):
+                top = name.split(".")[0]
+                if pkg == "firmware_bridge" and top in ("rtu_edge", "export", "cli", "torch"):
+                    problems.append(f"{path.relative_to(ROOT)} imports {name}")
+                if pkg == "rtu_edge" and (top in ("export", "cli", "cli_demo")):
+                    problems.append(f"{path.relative_to(ROOT)} imports {name}")
+                if pkg in ("rtu_edge", "export") and top == "firmware_bridge":
+                    if name not in bottom:
+                        problems.append(f"{path.relative_to(ROOT)} imports {name} (not the bottom)")
+    assert problems == []

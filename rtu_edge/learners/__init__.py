@@ -5,11 +5,12 @@ Adding a learner: one file that ends with ``LEARNER = Learner(...)``, and one li
 
 from __future__ import annotations
 
-from rtu_edge.learners import ac
+from rtu_edge.learners import ac, td
 from rtu_edge.learners.base import Learner
 
 LEARNERS: dict[str, Learner] = {
     "ac": ac.LEARNER,  # streaming actor-critic AC(lambda), ObGD
+    "td": td.LEARNER,  # TD(lambda) prediction of a cumulant, Adam or SGD
 }
 
 

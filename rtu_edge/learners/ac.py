@@ -154,6 +154,15 @@ def scale_reward(cfg: ACConfig, s: State, reward: Tensor, keep: Tensor) -> tuple
     }
 
 
+def _keep_if_finite(old: State, upd: State) -> State:
+    """`upd` if every tensor in it is finite, else the old values of the same tensors."""
+    ok = None
+    for v in upd.values():
+        part = torch.isfinite(v).all()
+        ok = part if ok is None else ok & part
+    return {k: torch.where(ok, v, old[k]) for k, v in upd.items()}
+
+
 # ---- ObGD ---------------------------------------------------------------------------------
 
 
@@ -193,11 +202,12 @@ def ac_step(
     p = params_of(s)
     new: State = {}
 
-    # 1. normalisers
+    # 1. normalisers (statistics that would become non-finite, e.g. after a burst of 1e38
+    # rewards, keep their old values: an infinite variance would silently zero every later reward)
     x, upd = normalise_obs(cfg, s, obs)
-    new.update(upd)
+    new.update(_keep_if_finite(s, upd))
     r, upd = scale_reward(cfg, s, reward, keep)
-    new.update(upd)
+    new.update(_keep_if_finite(s, upd))
 
     # 2. forward: encoder, cell with RTRL traces (reset by the `first` mask inside), heads
     ln = agent.net.layer_norm

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from firmware_bridge.contract import NoiseSpec, StepInput, StepOutput
 
+BEHAVIOURS = ("own", "random")  # values of Learner.behaviour
+
 
 @dataclass(frozen=True)
 class Learner:
@@ -35,3 +37,13 @@ class Learner:
     act_state_names: Callable[..., list[str]]  # (agent, state) -> the tensors act reads
     noise: Callable[..., NoiseSpec | None]  # (agent) -> exploration noise of the learn step
     streaming: bool = True  # learns one tick at a time, so it can keep learning on the robot
+    # Who picks the actions when training on a control environment: "own" (the learn step's
+    # action output) or "random" (uniformly random actions: a prediction learner's behaviour).
+    behaviour: str = "own"
+
+    def __post_init__(self) -> None:
+        if self.behaviour not in BEHAVIOURS:
+            raise ValueError(
+                f"learner {self.name!r}: behaviour must be one of {BEHAVIOURS}, "
+                f"got {self.behaviour!r}"
+            )

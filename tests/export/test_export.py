@@ -136,3 +136,29 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
                 worst = max(worst, err)
             state.update(new)
     assert worst < 1e-6, worst
+
+
+def test_export_cli_prints_what_it_did_and_nothing_else(runs, tmp_path):
+    """No third-party chatter (torch.onnx progress lines, "torchvision is not installed")."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "export",
+            str(runs["cartpole"]),
+            "--out",
+            str(tmp_path / "b"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
+    assert [ln.split()[0] for ln in lines] == ["exported", "parity:", "bundle"], lines

@@ -232,6 +232,38 @@ def test_non_finite_update_is_skipped():
         assert torch.equal(new[k], v), k
 
 
+def test_reward_burst_leaves_every_state_tensor_finite_and_rewards_count_afterwards():
+    """A burst of 1e38 rewards (a broken reward sensor) must not make the return normaliser
+    infinite: that would be checkpointed and silently zero every later reward."""
+    cfg = _agent("discrete")
+    ac = L.ACConfig()
+    s = L.initial_state(cfg, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    zero, one = torch.zeros(1), torch.ones(1)
+
+    def tick(reward, first=zero):
+        new, _, _, delta = L.ac_step(
+            ac, cfg, s, torch.randn(1, 3, generator=gen), torch.tensor([reward]), first, zero,
+            torch.zeros(1, 3),
+        )  # fmt: skip
+        s.update(new)
+        return float(delta)
+
+    with torch.no_grad():
+        tick(0.0, one)
+        for _ in range(50):
+            tick(1.0)
+        for _ in range(20):
+            tick(1e38)
+        assert all(bool(torch.isfinite(v).all()) for v in s.values())
+        deltas = [tick(1.0) for _ in range(20)]
+    assert float(s["norm.ret_m2"]) > 0 and math.isfinite(float(s["norm.ret_m2"]))
+    # rewards still reach the TD error (an infinite variance would make every delta ~ -v only)
+    assert max(abs(d) for d in deltas) > 0 and all(math.isfinite(d) for d in deltas)
+    scaled, _ = L.scale_reward(ac, s, torch.tensor([1.0]), one)
+    assert float(scaled) > 1e-6
+
+
 def test_learning_moves_value_toward_td_target():
     """One rewarded transition with a fresh trace: v(S) must move toward R + gamma v(S')."""
     cfg = _agent("discrete")
