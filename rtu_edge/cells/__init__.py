@@ -14,8 +14,11 @@ from rtu_edge.cells.base import Cell, math_cell, state_from_dict, state_to_dict
 from rtu_edge.cells.rtu import RTU, linear_rtu, nonlinear_rtu, recurrent_param_count
 from rtu_edge.cells.rtu_math import (
     ACTIVATIONS,
+    PARAMETERISATIONS,
     LinearTraces,
     NonlinearTraces,
+    RTUDirectParams,
+    RTUDirectThetaParams,
     RTUParams,
     RTUState,
     Traces,
@@ -32,6 +35,37 @@ CELLS: dict[str, Callable[..., Cell]] = {
 }
 
 
+# The paper's architecture ablation (rtu-rtrl.md section 6) for the RTU and the online LRU,
+# as (cell, options) per placement of the non-linearity f (relu here; tanh works as well).
+# docs/cells.md "Ablation options" explains each; the cell modules' docstrings give the math.
+PLACEMENTS = (
+    "linear recurrence",
+    "linear recurrence + nonlinear output",
+    "nonlinear recurrence",
+    "linear recurrence + nonlinear projection",
+    "linear recurrence + linear projection",
+)
+ARCHITECTURE_ABLATION: dict[str, dict[str, tuple[str, dict]]] = {
+    "rtu": {
+        PLACEMENTS[0]: ("rtu", {"activation": "identity"}),  # y = h
+        PLACEMENTS[1]: ("rtu", {"activation": "relu"}),  # y = f(h), the default
+        PLACEMENTS[2]: ("rtu-nonlinear", {"activation": "relu"}),  # h = f(a) feeds back
+        PLACEMENTS[3]: ("rtu", {"projection": True, "activation": "relu"}),  # f(h W + b)
+        PLACEMENTS[4]: ("rtu", {"projection": True, "activation": "identity"}),  # h W + b
+    },
+    "online-lru": {
+        PLACEMENTS[0]: ("online-lru", {"projection": False, "activation": "identity"}),  # y = h
+        PLACEMENTS[1]: ("online-lru", {"projection": False, "activation": "relu"}),  # f(h)
+        PLACEMENTS[2]: (
+            "online-lru",
+            {"projection": False, "nonlinear": True, "activation": "relu"},  # h = f(a)
+        ),
+        PLACEMENTS[3]: ("online-lru", {"activation": "relu"}),  # f(Re(h C))
+        PLACEMENTS[4]: ("online-lru", {}),  # Re(h C), the default
+    },
+}
+
+
 def make_cell(name: str, input_size: int, hidden_size: int, **options) -> Cell:
     """Build cell ``name``; an unknown name or option is a ValueError that lists the choices."""
     if name not in CELLS:
@@ -44,11 +78,16 @@ def make_cell(name: str, input_size: int, hidden_size: int, **options) -> Cell:
 
 __all__ = [
     "ACTIVATIONS",
+    "ARCHITECTURE_ABLATION",
     "CELLS",
+    "PARAMETERISATIONS",
+    "PLACEMENTS",
     "RTU",
     "Cell",
     "LinearTraces",
     "NonlinearTraces",
+    "RTUDirectParams",
+    "RTUDirectThetaParams",
     "RTUParams",
     "RTUState",
     "Traces",

@@ -135,19 +135,26 @@ class MathCell(Cell):
 
     @property
     def output_size(self) -> int:
-        return self.math.output_size(self.hidden_size)
+        return self.math.output_size(self.hidden_size, **self._options_for(self.math.output_size))
 
     def params(self, params: Params | None = None):
         p = self._p(params)
         return self.Params(*(p[k] for k in self.Params._fields))
 
-    def _traces(self, batch_size: int, dtype: torch.dtype):
+    def _options_for(self, fn) -> dict[str, object]:
+        """The run-time options that `fn` takes as keywords (e.g. a width that depends on one)."""
         import inspect
 
-        kw = inspect.signature(self.math.initial_traces).parameters
-        opts = {k: v for k, v in self.options.items() if k in kw}
+        kw = inspect.signature(fn).parameters
+        return {k: v for k, v in self.options.items() if k in kw}
+
+    def _traces(self, batch_size: int, dtype: torch.dtype):
         return self.math.initial_traces(
-            self.input_size, self.hidden_size, batch_size, dtype=dtype, **opts
+            self.input_size,
+            self.hidden_size,
+            batch_size,
+            dtype=dtype,
+            **self._options_for(self.math.initial_traces),
         )
 
     def initial_state(self, batch_size: int):

@@ -16,19 +16,48 @@ Real 2x2 form (what this file computes; no complex dtypes anywhere):
 - Linear RTU: the state (c1, c2) is the pre-activation a; y = f(concat[c1, c2]).
 - Non-linear RTU: c1 = f(a1), c2 = f(a2) feed back; y = concat[c1, c2].
 
+Parameterisations of (r, theta) (rtu-rtrl.md section 1, the paper's appendix), chosen by the
+type of the params tuple (`init_params(..., param=...)`; the functions branch on the type,
+a static choice). Always r = exp(-nu) and lam = exp(-nu + i*theta):
+
+    param            learned      nu            theta            type
+    "exp-exp"        nu_log,      exp(nu_log)   exp(theta_log)   RTUParams (the default)
+                     theta_log
+    "exp-direct"     nu_log,      exp(nu_log)   theta            RTUDirectThetaParams
+                     theta
+    "direct-direct"  nu, theta    nu            theta            RTUDirectParams
+
+The first word says how nu is obtained, the second how theta is. The RTRL traces only change
+through the chain-rule factors dnu = d nu / d(nu parameter) (nu, or 1 when nu is learned
+directly) and dth = d theta / d(theta parameter) (theta, or 1):
+
+    d lam / d p_nu    = -dnu * lam
+    d lam / d p_theta = i * dth * lam
+    d gamma / d p_nu  = dnu * r^2 / gamma
+
+The init gives the same r and theta for a seed in all three (ring init, same draws).
+
+Dense projection (the architecture ablation, `init_projection` / `project` /
+`project_grads`): the linear RTU's output may go through a learned dense layer,
+z = f(concat[c1, c2] @ proj_w + proj_b), with f then applied after the projection instead of
+directly to h (rtu.py composes it; the recurrence and its traces are unchanged). The
+projection's own gradient is immediate: z_t depends on proj_w, proj_b only through step t.
+
 Export rules (this code is exported to ONNX opset 18 inside the on-device learning step):
 real arithmetic only, elementwise ops and `x @ W` with weights in (in, out) layout,
 broadcasts with units on the last axis, no data-dependent control flow (Python `if`s below
-branch only on static flags: `nonlinear`, `activation`, `done is None`), no in-place ops,
-episode resets by masks. Every tensor created here takes the dtype of the inputs, so the
-same code runs in float32 (device) and float64 (tests).
+branch only on static flags: `nonlinear`, `activation`, `done is None`, the params type),
+no in-place ops, episode resets by masks. Every tensor created here takes the dtype of the
+inputs, so the same code runs in float32 (device) and float64 (tests).
 
 Numerical hazard: gamma = sqrt(1 - r^2) goes to 0 as r -> 1 (nu = exp(nu_log) -> 0), and
 d gamma / d nu_log = nu * r^2 / gamma divides by it. Analytically that ratio tends to
 sqrt(nu / 2) -> 0, but 1 - r^2 loses relative precision as r -> 1, and once r rounds to
 exactly 1 (nu_log below about -17.4 in float32, -37.6 in float64) gamma is 0 and the
 nu_log trace becomes inf/NaN. `init_params` keeps r well below that; a learner that drives
-nu_log that far down needs to clip it.
+nu_log that far down needs to clip it. With param="direct-direct" nothing keeps r < 1: nu
+itself is learned, r = exp(-nu) < 1 only while nu > 0, and nu <= 0 makes gamma 0 or NaN
+(the learners skip non-finite updates but do not clip nu).
 """
 
 from __future__ import annotations
@@ -43,12 +72,48 @@ ACTIVATIONS = ("relu", "tanh", "identity")
 
 
 class RTUParams(NamedTuple):
-    """Learnable parameters of one RTU layer (n units, input size d)."""
+    """Learnable parameters of one RTU layer (n units, input size d); param="exp-exp"."""
 
     nu_log: Tensor  # (n,)  r = exp(-exp(nu_log))
     theta_log: Tensor  # (n,)  theta = exp(theta_log)
     w1: Tensor  # (d, n) input weights of the real part, (in, out) layout
     w2: Tensor  # (d, n) input weights of the imaginary part
+
+
+class RTUDirectThetaParams(NamedTuple):
+    """param="exp-direct": r = exp(-exp(nu_log)), theta learned directly."""
+
+    nu_log: Tensor  # (n,)  r = exp(-exp(nu_log))
+    theta: Tensor  # (n,)
+    w1: Tensor  # (d, n)
+    w2: Tensor  # (d, n)
+
+
+class RTUDirectParams(NamedTuple):
+    """param="direct-direct": r = exp(-nu), theta learned directly (nu must stay > 0)."""
+
+    nu: Tensor  # (n,)  r = exp(-nu)
+    theta: Tensor  # (n,)
+    w1: Tensor  # (d, n)
+    w2: Tensor  # (d, n)
+
+
+AnyRTUParams = RTUParams | RTUDirectThetaParams | RTUDirectParams
+
+# The `param` option: its value -> the params type (first two fields: the nu and theta params).
+PARAMETERISATIONS: dict[str, type] = {
+    "exp-exp": RTUParams,
+    "exp-direct": RTUDirectThetaParams,
+    "direct-direct": RTUDirectParams,
+}
+DEFAULT_PARAM = "exp-exp"
+
+
+class RTUProjection(NamedTuple):
+    """The optional dense projection of the linear RTU's output: z = f(y @ proj_w + proj_b)."""
+
+    proj_w: Tensor  # (2n, m), (in, out) layout; m = 2n by default
+    proj_b: Tensor  # (m,)
 
 
 class RTUState(NamedTuple):
@@ -62,8 +127,9 @@ class LinearTraces(NamedTuple):
     """Lean complex RTRL traces of the linear RTU, stored as real and imaginary parts.
 
     E = e_re + i*e_im = dh/dw1 (and dh/dw2 = i*E, so w2 needs no trace of its own);
-    Tnu = dh/dnu_log, Tth = dh/dtheta_log. Unit k depends only on its own parameters, so
-    entry [b, i, k] is d h_k / d w1[i, k] for batch element b.
+    Tnu = dh/dnu_log, Tth = dh/dtheta_log (or dh/dnu, dh/dtheta: the nu and theta parameters
+    of the parameterisation in use). Unit k depends only on its own parameters, so entry
+    [b, i, k] is d h_k / d w1[i, k] for batch element b.
     """
 
     e_re: Tensor  # (B, d, n)
@@ -78,7 +144,8 @@ class NonlinearTraces(NamedTuple):
     """Per-component real RTRL traces of the non-linear RTU: `<param>_<j>` = d c_j / d param.
 
     f' differs between the real and imaginary parts, so the lean complex form does not
-    apply: four real (d, n) traces and four real (n,) traces per batch element.
+    apply: four real (d, n) traces and four real (n,) traces per batch element. nu_* and
+    th_* are w.r.t. the nu and theta parameters of the parameterisation in use.
     """
 
     w1_1: Tensor  # (B, d, n) dc1/dw1
@@ -97,12 +164,14 @@ Traces = LinearTraces | NonlinearTraces  # either kind, chosen by `nonlinear`
 class _Coeffs(NamedTuple):
     """Per-unit quantities derived from the parameters, each (n,)."""
 
-    nu: Tensor  # exp(nu_log)
-    theta: Tensor  # exp(theta_log)
+    nu: Tensor  # exp(nu_log), or nu
+    theta: Tensor  # exp(theta_log), or theta
+    dnu: Tensor  # d nu / d p_nu: nu (p_nu = nu_log) or 1 (p_nu = nu)
+    dth: Tensor  # d theta / d p_theta: theta (p_theta = theta_log) or 1 (p_theta = theta)
     g: Tensor  # r cos(theta) = Re(lam)
     phi: Tensor  # r sin(theta) = Im(lam)
     gamma: Tensor  # sqrt(1 - r^2), input normalisation
-    dgamma: Tensor  # d gamma / d nu_log = nu * r^2 / gamma
+    dgamma: Tensor  # d gamma / d p_nu = dnu * r^2 / gamma
 
 
 # --------------------------------------------------------------------------------------
@@ -115,24 +184,52 @@ def init_params(
     hidden_size: int,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
-) -> RTUParams:
+    *,
+    param: str = DEFAULT_PARAM,
+) -> AnyRTUParams:
     """Ring initialisation of the eigenvalues and LeCun-normal input weights.
 
-    u1, u2 ~ U[0, 1]; r = sqrt(u1) (nu_log = log(-0.5 log u1)); theta = 2*pi*u2;
-    w1, w2 ~ N(0, 1/d). Draws are made in float64 and then cast, so a seed gives the same
-    cell in float32 and float64. u1 is kept in [1e-12, 1 - 1e-6] and u2 in [1e-6, 1) so
-    r stays strictly inside (0, 1) after rounding to float32 and theta_log stays finite.
+    u1, u2 ~ U[0, 1]; r = sqrt(u1) (nu = -0.5 log u1, nu_log = log(nu)); theta = 2*pi*u2
+    (theta_log = log(theta)); w1, w2 ~ N(0, 1/d). Draws are made in float64 and then cast,
+    so a seed gives the same cell in float32 and float64, and (up to rounding) the same r
+    and theta under every `param` (see PARAMETERISATIONS; it picks the returned type). u1
+    is kept in [1e-12, 1 - 1e-6] and u2 in [1e-6, 1) so r stays strictly inside (0, 1)
+    after rounding to float32 and theta_log stays finite.
     """
     d, n = _check_sizes(input_size, hidden_size)
+    kind = _check_param(param)
     f64 = torch.float64
     u1 = torch.rand(n, generator=generator, dtype=f64).clamp(1e-12, 1.0 - 1e-6)
     u2 = torch.rand(n, generator=generator, dtype=f64).clamp_min(1e-6)
-    nu_log = torch.log(-0.5 * torch.log(u1))
-    theta_log = torch.log(2.0 * math.pi * u2)
+    nu = -0.5 * torch.log(u1)
+    theta = 2.0 * math.pi * u2
+    if kind is RTUDirectParams:
+        nu_p, theta_p = nu, theta
+    elif kind is RTUDirectThetaParams:
+        nu_p, theta_p = torch.log(nu), theta
+    else:
+        nu_p, theta_p = torch.log(nu), torch.log(theta)  # nu_log, theta_log
     std = 1.0 / math.sqrt(d)
     w1 = torch.randn(d, n, generator=generator, dtype=f64) * std
     w2 = torch.randn(d, n, generator=generator, dtype=f64) * std
-    return RTUParams(nu_log.to(dtype), theta_log.to(dtype), w1.to(dtype), w2.to(dtype))
+    return kind(nu_p.to(dtype), theta_p.to(dtype), w1.to(dtype), w2.to(dtype))
+
+
+def init_projection(
+    hidden_size: int,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    out_size: int | None = None,
+) -> RTUProjection:
+    """The dense projection of the 2n outputs: proj_w ~ N(0, 1/(2n)) (LeCun), proj_b = 0.
+
+    out_size defaults to 2n (the cell's output width is unchanged). Drawn in float64 and cast;
+    rtu.py draws it after `init_params`, so a seed gives the same recurrence with and without.
+    """
+    n = _check_positive_int(hidden_size, "hidden_size")
+    m = 2 * n if out_size is None else _check_positive_int(out_size, "out_size")
+    w = torch.randn(2 * n, m, generator=generator, dtype=torch.float64) / math.sqrt(2 * n)
+    return RTUProjection(w.to(dtype), torch.zeros(m, dtype=dtype))
 
 
 def initial_state(
@@ -172,7 +269,7 @@ def initial_traces(
 
 
 def step(
-    p: RTUParams,
+    p: AnyRTUParams,
     x: Tensor,
     state: RTUState,
     traces: Traces,
@@ -185,7 +282,9 @@ def step(
     x: (B, d). done: (B,) or None; done[b] = 1 means x[b] is the first input of a new
     episode, so the state and the traces of row b are multiplied by (1 - done) first.
     Returns y (B, 2n) ordered [real parts, imaginary parts], the new state and the new
-    traces; pass the returned state and traces to `grads` for this time step.
+    traces; pass the returned state and traces to `grads` for this time step. The type of
+    `p` chooses the parameterisation; below p_nu, p_theta are its first two fields
+    (nu_log, theta_log by default) and dnu, dth the chain-rule factors of the module docstring.
     """
     d, n = _check_params(p)
     b = _check_batch_input(x, d, p.w1.dtype, "x")
@@ -210,12 +309,14 @@ def step(
         # E_t = lam * E_{t-1} + gamma * x_t[:, None]
         e_re = g * tr.e_re - phi * tr.e_im + gx
         e_im = g * tr.e_im + phi * tr.e_re
-        # Tnu_t = lam * Tnu_{t-1} + (-nu * lam) * h_{t-1} + (nu * r^2 / gamma) * u_t
-        nu_re = g * tr.nu_re - phi * tr.nu_im - co.nu * lh1 + co.dgamma * u1
-        nu_im = g * tr.nu_im + phi * tr.nu_re - co.nu * lh2 + co.dgamma * u2
-        # Tth_t = lam * Tth_{t-1} + (i * theta * lam) * h_{t-1};  i*(lh1 + i*lh2) = -lh2 + i*lh1
-        th_re = g * tr.th_re - phi * tr.th_im - co.theta * lh2
-        th_im = g * tr.th_im + phi * tr.th_re + co.theta * lh1
+        # Tnu_t = lam * Tnu_{t-1} + (-dnu * lam) * h_{t-1} + (dnu * r^2 / gamma) * u_t
+        #   (p_nu = nu_log: dnu = nu, the paper's form; p_nu = nu: dnu = 1)
+        nu_re = g * tr.nu_re - phi * tr.nu_im - co.dnu * lh1 + co.dgamma * u1
+        nu_im = g * tr.nu_im + phi * tr.nu_re - co.dnu * lh2 + co.dgamma * u2
+        # Tth_t = lam * Tth_{t-1} + (i * dth * lam) * h_{t-1};  i*(lh1 + i*lh2) = -lh2 + i*lh1
+        #   (p_theta = theta_log: dth = theta; p_theta = theta: dth = 1)
+        th_re = g * tr.th_re - phi * tr.th_im - co.dth * lh2
+        th_im = g * tr.th_im + phi * tr.th_re + co.dth * lh1
         y = _act(activation, torch.cat([a1, a2], dim=-1))
         new_traces = LinearTraces(e_re, e_im, nu_re, nu_im, th_re, th_im)
         return y, RTUState(a1, a2), new_traces
@@ -235,12 +336,12 @@ def step(
     w1_2 = _scale(fp2_b, g * tr.w1_2 + phi * tr.w1_1)
     w2_1 = _scale(fp1_b, g * tr.w2_1 - phi * tr.w2_2)
     w2_2 = _scale(fp2_b, g * tr.w2_2 + phi * tr.w2_1 + gx)
-    # nu_log: s = (-nu * (lam c)_1 + dgamma * u1, -nu * (lam c)_2 + dgamma * u2)
-    nu_1 = _scale(fp1, g * tr.nu_1 - phi * tr.nu_2 - co.nu * lh1 + co.dgamma * u1)
-    nu_2 = _scale(fp2, g * tr.nu_2 + phi * tr.nu_1 - co.nu * lh2 + co.dgamma * u2)
-    # theta_log: s = Re/Im of i * theta * lam * c = (-theta * (lam c)_2, theta * (lam c)_1)
-    th_1 = _scale(fp1, g * tr.th_1 - phi * tr.th_2 - co.theta * lh2)
-    th_2 = _scale(fp2, g * tr.th_2 + phi * tr.th_1 + co.theta * lh1)
+    # p_nu: s = (-dnu * (lam c)_1 + dgamma * u1, -dnu * (lam c)_2 + dgamma * u2)
+    nu_1 = _scale(fp1, g * tr.nu_1 - phi * tr.nu_2 - co.dnu * lh1 + co.dgamma * u1)
+    nu_2 = _scale(fp2, g * tr.nu_2 + phi * tr.nu_1 - co.dnu * lh2 + co.dgamma * u2)
+    # p_theta: s = Re/Im of i * dth * lam * c = (-dth * (lam c)_2, dth * (lam c)_1)
+    th_1 = _scale(fp1, g * tr.th_1 - phi * tr.th_2 - co.dth * lh2)
+    th_2 = _scale(fp2, g * tr.th_2 + phi * tr.th_1 + co.dth * lh1)
     y = torch.cat([c1_new, c2_new], dim=-1)
     new_traces = NonlinearTraces(w1_1, w1_2, w2_1, w2_2, nu_1, nu_2, th_1, th_2)
     return y, RTUState(c1_new, c2_new), new_traces
@@ -252,7 +353,7 @@ def step(
 
 
 def grads(
-    p: RTUParams,
+    p: AnyRTUParams,
     dL_dy: Tensor,
     state: RTUState,
     traces: Traces,
@@ -263,14 +364,22 @@ def grads(
     """Exact gradient of sum(dL_dy * y_t) w.r.t. the parameters, through all past steps.
 
     `state` and `traces` are those returned by `step` for this time step; dL_dy is (B, 2n).
-    Returns {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)}, summed over
-    the batch (the cotangent already carries any 1/B of the loss). Summing these over the
-    steps of a sequence with fixed parameters equals full BPTT.
+    Returns {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)} (keyed by the
+    fields of p: "theta" / "nu" under the other parameterisations), summed over the batch
+    (the cotangent already carries any 1/B of the loss). Summing these over the steps of a
+    sequence with fixed parameters equals full BPTT.
 
     authors_theta_grad=True reproduces the authors' code, whose theta_log gradient lacks the
-    chain-rule factor theta (it is the gradient for a directly learned theta).
+    chain-rule factor theta (it is the gradient for a directly learned theta). It exists only
+    for param="exp-exp" (an `RTUParams` p); any other parameterisation is a ValueError.
     """
     d, n = _check_params(p)
+    if authors_theta_grad and not isinstance(p, RTUParams):
+        raise ValueError(
+            "authors_theta_grad reproduces the authors' theta_log gradient and exists only for "
+            f"param='exp-exp'; p is a {type(p).__name__} ({_param_name(p)!r}), whose theta "
+            "gradient has no such defect"
+        )
     _check_activation(activation)
     b = _check_batch_input(dL_dy, 2 * n, p.w1.dtype, "dL_dy")
     _check_state(state, b, n, p.w1.dtype)
@@ -297,18 +406,19 @@ def grads(
         # dL/dw1 = Re(conj(D) E);  dL/dw2 = Re(conj(D) i E) = -Im(conj(D) E)
         g_w1 = d1_b * tr.e_re + d2_b * tr.e_im
         g_w2 = d2_b * tr.e_re - d1_b * tr.e_im
-        # dL/dnu_log = Re(conj(D) Tnu);  dL/dtheta_log = Re(conj(D) Tth)
+        # dL/dp_nu = Re(conj(D) Tnu);  dL/dp_theta = Re(conj(D) Tth)
         g_nu = d1 * tr.nu_re + d2 * tr.nu_im
         g_th = d1 * tr.th_re + d2 * tr.th_im
 
     g_th = g_th.sum(0)
     if authors_theta_grad:
         g_th = g_th / torch.exp(p.theta_log)
-    return {"nu_log": g_nu.sum(0), "theta_log": g_th, "w1": g_w1.sum(0), "w2": g_w2.sum(0)}
+    nu_key, th_key = type(p)._fields[:2]
+    return {nu_key: g_nu.sum(0), th_key: g_th, "w1": g_w1.sum(0), "w2": g_w2.sum(0)}
 
 
 def input_grad(
-    p: RTUParams, dL_dy: Tensor, state: RTUState, nonlinear: bool, activation: str
+    p: AnyRTUParams, dL_dy: Tensor, state: RTUState, nonlinear: bool, activation: str
 ) -> Tensor:
     """One-step gradient of sum(dL_dy * y_t) w.r.t. x_t, (B, d): no temporal credit.
 
@@ -337,12 +447,53 @@ def input_grad(
 
 
 # --------------------------------------------------------------------------------------
+# Dense projection of the output (the architecture ablation)
+# --------------------------------------------------------------------------------------
+
+
+def project(q: RTUProjection, y: Tensor, activation: str) -> Tensor:
+    """z = f(y @ proj_w + proj_b) for y (..., 2n) the linear RTU's output taken with f = identity.
+
+    activation identity: "linear recurrence + linear projection"; relu / tanh: "linear
+    recurrence + nonlinear projection" (the paper's architecture ablation).
+    """
+    _check_activation(activation)
+    _check_projection(q, y.shape[-1], y.dtype)
+    return _act(activation, y @ q.proj_w + q.proj_b)
+
+
+def project_grads(
+    q: RTUProjection, y: Tensor, dL_dz: Tensor, activation: str
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Backward of `project` at one step: (dL/dy (B, 2n), {"proj_w", "proj_b"} summed over B).
+
+    y (B, 2n) is the projection's input (the RTU state concat[c1, c2]); the pre-activation is
+    recomputed. With delta = dL/dz * f'(y @ proj_w + proj_b):
+    dL/dproj_w = y^T delta, dL/dproj_b = sum_b delta, dL/dy = delta @ proj_w^T. The gradient
+    is immediate (z_t depends on the projection only through step t: no trace); dL/dy is
+    the cotangent that `grads` / `input_grad` then take with activation identity.
+    """
+    _check_activation(activation)
+    _check_projection(q, y.shape[-1], y.dtype)
+    m = q.proj_w.shape[1]
+    b = _check_batch_input(dL_dz, m, y.dtype, "dL_dz")
+    _check_batch_input(y, q.proj_w.shape[0], y.dtype, "y")
+    if y.shape[0] != b:
+        raise ValueError(f"y has batch {y.shape[0]} but dL_dz has batch {b}")
+    delta = _scale(_act_grad_from_pre(activation, y @ q.proj_w + q.proj_b), dL_dz)  # (B, m)
+    g_w = (y[:, :, None] * delta[:, None, :]).sum(0)  # (2n, m)
+    # Broadcast-and-reduce keeps proj_w in (in, out) layout (no transposed weight in the graph).
+    dL_dy = (delta[:, None, :] * q.proj_w).sum(-1)  # (B, 2n)
+    return dL_dy, {"proj_w": g_w, "proj_b": delta.sum(0)}
+
+
+# --------------------------------------------------------------------------------------
 # Unrolled forward (the BPTT oracle)
 # --------------------------------------------------------------------------------------
 
 
 def sequence(
-    p: RTUParams,
+    p: AnyRTUParams,
     xs: Tensor,
     state: RTUState,
     nonlinear: bool,
@@ -389,24 +540,34 @@ def sequence(
 # --------------------------------------------------------------------------------------
 
 
-def _coeffs(p: RTUParams) -> _Coeffs:
-    nu = torch.exp(p.nu_log)
+def _coeffs(p: AnyRTUParams) -> _Coeffs:
+    if isinstance(p, RTUDirectParams):
+        nu, dnu = p.nu, torch.ones_like(p.nu)  # r = exp(-nu)
+    else:
+        nu = torch.exp(p.nu_log)  # r = exp(-exp(nu_log))
+        dnu = nu
     r = torch.exp(-nu)
-    theta = torch.exp(p.theta_log)
+    if isinstance(p, RTUParams):
+        theta = torch.exp(p.theta_log)
+        dth = theta
+    else:
+        theta, dth = p.theta, torch.ones_like(p.theta)
     r2 = r * r
     gamma = torch.sqrt(1 - r2)  # -> 0 as r -> 1: see the module docstring
     return _Coeffs(
         nu=nu,
         theta=theta,
+        dnu=dnu,
+        dth=dth,
         g=r * torch.cos(theta),
         phi=r * torch.sin(theta),
         gamma=gamma,
-        dgamma=nu * r2 / gamma,
+        dgamma=dnu * r2 / gamma,
     )
 
 
 def _recur_terms(
-    p: RTUParams, co: _Coeffs, x: Tensor, c1: Tensor, c2: Tensor
+    p: AnyRTUParams, co: _Coeffs, x: Tensor, c1: Tensor, c2: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """lam * h_{t-1} as (lh1, lh2) and the raw input drive u = (x@w1, x@w2), each (B, n)."""
     lh1 = co.g * c1 - co.phi * c2
@@ -481,20 +642,50 @@ def _check_activation(activation: object) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
 
 
-def _check_params(p: RTUParams) -> tuple[int, int]:
-    if not isinstance(p, RTUParams):
-        raise ValueError(f"p must be an RTUParams; got {type(p).__name__}")
-    if p.w1.dim() != 2:
+def _check_param(param: object) -> type:
+    if param not in PARAMETERISATIONS:
+        raise ValueError(
+            f"param must be one of {tuple(PARAMETERISATIONS)} (how r and theta are "
+            f"parameterised, see rtu_math); got {param!r}"
+        )
+    return PARAMETERISATIONS[param]
+
+
+def _param_name(p: AnyRTUParams) -> str:
+    """The `param` option value of a params tuple."""
+    return next(k for k, v in PARAMETERISATIONS.items() if isinstance(p, v))
+
+
+def _check_params(p: AnyRTUParams) -> tuple[int, int]:
+    if not isinstance(p, AnyRTUParams):
+        raise ValueError(
+            "p must be an RTUParams, RTUDirectThetaParams or RTUDirectParams; "
+            f"got {type(p).__name__}"
+        )
+    if not isinstance(p.w1, Tensor) or p.w1.dim() != 2:
         raise ValueError(f"w1 must have shape (d, n); got {_shape_of(p.w1)}")
     d, n = p.w1.shape
-    expected = {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)}
+    nu_key, th_key = type(p)._fields[:2]
+    expected = {nu_key: (n,), th_key: (n,), "w1": (d, n), "w2": (d, n)}
     for name, shape in expected.items():
         t = getattr(p, name)
-        if tuple(t.shape) != shape:
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} (d={d}, n={n}); got {_shape_of(t)}")
         if t.dtype != p.w1.dtype:
             raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
     return d, n
+
+
+def _check_projection(q: object, width: int, dtype: torch.dtype) -> None:
+    if not isinstance(q, RTUProjection):
+        raise ValueError(f"q must be an RTUProjection(proj_w, proj_b); got {type(q).__name__}")
+    w, b = q
+    if not isinstance(w, Tensor) or w.dim() != 2 or w.shape[0] != width:
+        raise ValueError(f"proj_w must have shape ({width}, m); got {_shape_of(w)}")
+    if not isinstance(b, Tensor) or tuple(b.shape) != (w.shape[1],):
+        raise ValueError(f"proj_b must have shape ({w.shape[1]},); got {_shape_of(b)}")
+    if w.dtype != dtype or b.dtype != dtype:
+        raise ValueError(f"the projection must have dtype {dtype}; got {w.dtype}, {b.dtype}")
 
 
 def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:

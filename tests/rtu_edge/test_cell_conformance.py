@@ -20,8 +20,37 @@ F64 = torch.float64
 
 # Option sets checked for each cell besides its defaults (the paper's ablations as options).
 OPTION_VARIANTS: dict[str, list[dict]] = {
-    "rtu": [{"activation": "tanh"}, {"activation": "identity"}],
-    "rtu-nonlinear": [{"activation": "tanh"}, {"activation": "identity"}],
+    "rtu": [
+        {"activation": "tanh"},
+        {"activation": "identity"},
+        # (r, theta) parameterisations (rtu_math.PARAMETERISATIONS)
+        {"param": "exp-direct"},
+        {"param": "direct-direct"},
+        {"param": "direct-direct", "activation": "tanh"},
+        # linear recurrence + nonlinear / linear projection
+        {"projection": True},
+        {"projection": True, "activation": "identity"},
+        {"projection": True, "activation": "tanh", "param": "exp-direct"},
+        {"projection": True, "activation": "identity", "param": "direct-direct"},
+    ],
+    "rtu-nonlinear": [
+        {"activation": "tanh"},
+        {"activation": "identity"},
+        {"param": "exp-direct"},
+        {"param": "direct-direct"},
+        {"param": "exp-direct", "activation": "tanh"},
+    ],
+    "online-lru": [
+        # the architecture ablation (online_lru_math): no C, f on the output, f inside
+        {"projection": False},
+        {"projection": False, "activation": "relu"},
+        {"projection": False, "activation": "tanh"},
+        {"projection": False, "nonlinear": True, "activation": "relu"},
+        {"projection": False, "nonlinear": True, "activation": "tanh"},
+        {"activation": "relu"},
+        {"activation": "tanh"},
+        {"nonlinear": True, "activation": "tanh"},
+    ],
     "block-rnn": [{"activation": "relu"}, {"activation": "identity"}],
     "mlp": [{"activation": "tanh"}, {"activation": "identity"}],
     "lru": [{"skip": True}],

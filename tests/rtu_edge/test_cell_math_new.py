@@ -3,6 +3,7 @@ forward semantics, resets, the authors' online-LRU defect, torch.nn.GRU parity, 
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -18,6 +19,16 @@ TOL = 1e-10
 # (id, module, options): every RTRL cell with every option value.
 RTRL_CASES = [
     ("online_lru", online_lru_math, {}),
+    # the architecture ablation: no projection C, f on the output, f inside the recurrence
+    ("online_lru-noproj", online_lru_math, {"projection": False}),
+    ("online_lru-noproj-relu", online_lru_math, {"projection": False, "activation": "relu"}),
+    ("online_lru-proj-tanh", online_lru_math, {"activation": "tanh"}),
+    (
+        "online_lru-nonlinear-relu",
+        online_lru_math,
+        {"projection": False, "nonlinear": True, "activation": "relu"},
+    ),
+    ("online_lru-nonlinear-tanh-proj", online_lru_math, {"nonlinear": True, "activation": "tanh"}),
     ("block_rnn-tanh", block_rnn_math, {"activation": "tanh"}),
     ("block_rnn-relu", block_rnn_math, {"activation": "relu"}),
     ("block_rnn-identity", block_rnn_math, {"activation": "identity"}),
@@ -32,7 +43,8 @@ TBPTT_CASES = [
     ("lru", lru_math, {"skip": False}),
     ("lru-skip", lru_math, {"skip": True}),
 ]
-INIT_ONLY = ("skip",)  # options that init_params takes but the params type then carries
+# options that init_params takes and the params type then carries
+INIT_ONLY = ("skip", "projection")
 
 
 # --------------------------------------------------------------------------------------
@@ -50,8 +62,14 @@ def _problem(mod, opts, d, n, dtype=F64, seed=0, jitter=0.1):
     dones = torch.zeros(T_LEN, BATCH, dtype=dtype)
     dones[5, 0] = 1.0
     dones[8, :] = 1.0
-    cs = torch.randn(T_LEN, BATCH, mod.output_size(n), generator=gen, dtype=F64).to(dtype)
+    cs = torch.randn(T_LEN, BATCH, _out(mod, n, opts), generator=gen, dtype=F64).to(dtype)
     return p, xs, dones, cs
+
+
+def _out(mod, n, opts):
+    """output_size with the options it takes (the online LRU's width depends on projection)."""
+    kw = inspect.signature(mod.output_size).parameters
+    return mod.output_size(n, **{k: v for k, v in opts.items() if k in kw})
 
 
 def _run_opts(opts):
@@ -179,7 +197,7 @@ def test_step_forward_equals_step(case):
         y_b, s_b, traces = mod.step(p, xs[t], s_b, traces, dones[t], **opts)
         assert torch.equal(y_a, y_b)
         assert all(torch.equal(a, b) for a, b in zip(s_a, s_b, strict=True))
-    assert y_a.shape == (BATCH, mod.output_size(n))
+    assert y_a.shape == (BATCH, _out(mod, n, opts))
 
 
 @pytest.mark.parametrize("case", RTRL_CASES, ids=RTRL_IDS)
@@ -218,7 +236,7 @@ def test_float32_runs(case):
     assert all(t.dtype == F32 for t in p)
     state = mod.initial_state(n, BATCH, dtype=F32)
     ys, final = mod.sequence(p, xs, state, dones, **run)
-    assert ys.dtype == F32 and ys.shape == (T_LEN, BATCH, mod.output_size(n))
+    assert ys.dtype == F32 and ys.shape == (T_LEN, BATCH, _out(mod, n, opts))
     assert torch.isfinite(ys).all()
     y, s = mod.step_forward(p, xs[0], state, dones[0], **run)
     assert y.dtype == F32 and all(t.dtype == F32 for t in s)
@@ -249,7 +267,7 @@ def test_param_count_output_size_and_seeded_init(case):
     p32 = mod.init_params(d, n, generator=torch.Generator().manual_seed(3), dtype=F32, **opts)
     assert all(torch.equal(a.float(), b) for a, b in zip(p, p32, strict=True))
     ys, _ = mod.sequence(p, torch.randn(2, 1, d, dtype=F64), mod.initial_state(n, 1, F64))
-    assert ys.shape[-1] == mod.output_size(n)
+    assert ys.shape[-1] == _out(mod, n, opts)
 
 
 def test_parameter_budgets_of_the_paper():
