@@ -202,7 +202,8 @@ def td_step(
     new.update(state_to_dict("carry", state))
     new.update(state_to_dict("trace", traces))
     new["carry.v_prev"] = value * 1.0
-    return new, value, delta
+    # the TD error as reported: NaN when the update was skipped, so the host counts it as bad
+    return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan")))
 
 
 def _no_action(agent: A.AgentConfig, like: Tensor) -> Tensor:
@@ -253,7 +254,9 @@ def learn_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
     return (
         StepOutput("action", "action", (1, agent.action_dims), "zeros: td does not act"),
         StepOutput("prediction", "check", (1,), "v(S_t)"),
-        StepOutput("td_error", "check", (1,), "TD error of the previous transition"),
+        StepOutput(
+            "td_error", "check", (1,), "TD error of the previous transition; NaN: update skipped"
+        ),
     )
 
 

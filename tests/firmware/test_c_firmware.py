@@ -307,7 +307,11 @@ def bundle(tmp_path_factory):
     from rtu_edge.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("c-firmware-bundle")
-    train(TrainConfig(out=str(root / "run"), steps=800, hidden_size=8), progress=False)
+    from rtu_edge.config import NetConfig
+
+    train(
+        TrainConfig(out=str(root / "run"), steps=800, net=NetConfig(hidden_size=8)), progress=False
+    )
     export_run(
         ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
         log=lambda m: None,

@@ -234,11 +234,12 @@ def test_interrupt_while_compiling_is_honoured_and_leaves_a_resumable_run(
 ):
     import signal
 
-    from rtu_edge.train import _read_progress, resume_config
+    from rtu_edge.run_dir import read_progress as _read_progress
+    from rtu_edge.train import resume_config
 
     fake_compile(getattr(signal, sig), swallow)
     out = tmp_path / "run"
-    cfg = TrainConfig(out=str(out), steps=300, hidden_size=4, compile="yes")
+    cfg = TrainConfig(out=str(out), steps=300, net=NetConfig(hidden_size=4), compile="yes")
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     assert _read_progress(out)["step"] == "0"  # the starting state, saved
