@@ -35,6 +35,7 @@ from firmware_bridge import contract as C
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
 from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
+from rtu_edge.cells import CELLS
 from rtu_edge.learners import Learner, get_learner
 
 OPSET = C.OPSET
@@ -91,11 +92,15 @@ class GraphPlan:
 
 
 def plan_graphs(learner: Learner, agent: AgentConfig, state: dict) -> dict[str, GraphPlan]:
+    """The graphs a bundle of this agent holds: learn and act, or act only for a cell without
+    exact RTRL (it cannot learn on the robot)."""
     act_names = learner.act_state_names(agent, state)
-    return {
-        "learn": GraphPlan(
+    plans = {}
+    if agent.cell.online:
+        plans["learn"] = GraphPlan(
             list(state), list(state), learner.step_inputs(agent), learner.learn_outputs(agent)
-        ),
+        )
+    return plans | {
         "act": GraphPlan(
             act_names,
             [k for k in act_names if k.startswith("carry.")],
@@ -255,9 +260,9 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         run, state = streaming_run(run, state)
     learner, agent = run.learner, run.agent
     if not agent.cell.online:
-        raise ValueError(
-            f"cell {agent.net.cell!r} has no exact RTRL: it cannot learn on the robot, so it "
-            "exports an act bundle only (not supported by this version)"
+        log(
+            f"cell {agent.net.cell!r} has no exact RTRL, so it cannot learn on the robot: "
+            "writing an act-only bundle (`rtu-edge run --no-learn`)"
         )
     bad = rd.non_finite(state)
     if bad:
@@ -273,12 +278,13 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     plans = plan_graphs(learner, agent, state)
 
     t0 = time.perf_counter()
-    models = {g: export_graph(learner, g, run.train.learner, agent, state) for g in C.GRAPHS}
+    models = {g: export_graph(learner, g, run.train.learner, agent, state) for g in plans}
     for m in models.values():
         check_standard_ops(m)
     log(
-        f"exported learn.onnx ({len(models['learn'].graph.node)} nodes) and act.onnx "
-        f"({len(models['act'].graph.node)} nodes) in {time.perf_counter() - t0:.1f}s"
+        "exported "
+        + " and ".join(f"{g}.onnx ({len(m.graph.node)} nodes)" for g, m in models.items())
+        + f" in {time.perf_counter() - t0:.1f}s"
     )
     blobs = {g: m.SerializeToString() for g, m in models.items()}
     report = None
@@ -295,7 +301,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
 
     info = run.env_info
     state_np = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in state.items()}
-    files = {f"{g}.onnx": blobs[g] for g in C.GRAPHS} | {C.STATE_FILE: _npz_bytes(state_np)}
+    files = {f"{g}.onnx": blobs[g] for g in models} | {C.STATE_FILE: _npz_bytes(state_np)}
     n_act = agent.action_dims
     protocol = _protocol()
     graphs = {}
@@ -327,7 +333,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             safe=tuple(info["safe_action"]),
             max_delta=None if cfg.max_delta is None else (float(cfg.max_delta),) * n_act,
         ),
-        noise=learner.noise(agent),
+        noise=learner.noise(agent) if "learn" in graphs else None,
         graphs=graphs,
         state_file=C.STATE_FILE,
         state_names=tuple(state),
@@ -337,6 +343,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         hyperparameters={"train": asdict(run.train), "export": asdict(cfg)}
         | ({"trained_by": asdict(trained_by)} if trained_by is not None else {}),
         parity=asdict(report) if report is not None else None,
+        rtrl_cells=tuple(name for name, f in CELLS.items() if getattr(f, "online", True)),
     )
     # What the robot will check, checked here first: a bundle that breaks the contract is a bug.
     written = manifest.to_json()
@@ -354,10 +361,8 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(
-        f"bundle written to {out} (learn {len(blobs['learn']) / 1024:.0f} KB, "
-        f"act {len(blobs['act']) / 1024:.0f} KB)"
-    )
+    sizes = ", ".join(f"{g} {len(b) / 1024:.0f} KB" for g, b in blobs.items())
+    log(f"bundle written to {out} ({sizes})")
     return json.loads((out / C.MANIFEST).read_text())
 
 

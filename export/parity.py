@@ -94,15 +94,21 @@ def check_parity(
     state = {k: v.clone() for k, v in state.items()}
     obs, _ = env.reset()
     reward, first, terminal, over = 0.0, 1.0, 0.0, False
-    action_name = next(o.name for o in plans["learn"].step_outputs if o.use == "action")
+    action_name = next(
+        o.name
+        for o in plans["learn" if "learn" in plans else "act"].step_outputs
+        if o.use == "action"
+    )
 
     direct: dict[str, tuple[float, int]] = {}  # name -> (worst |ort - torch32|, at tick)
     vs64: dict[str, float] = {}  # name -> worst |ort - torch64|
     own64: dict[str, float] = {}  # name -> worst |torch32 - torch64|: float32's own rounding
 
+    driver = "learn" if "learn" in plans else "act"  # whose action drives the trajectory
+
     def compare(t: int, state: dict, values: dict):
-        """Both graphs against torch on one tick; returns the learn step's (new state, outputs)."""
-        learn_new = learn_out = None
+        """Every graph against torch on one tick; returns the driver's (new state, outputs)."""
+        results = {}
         for g, plan in plans.items():
             inputs = {s.name: values[s.source] for s in plan.step_inputs}
             feeds = {k: state[k].numpy() for k in plan.state_names} | inputs
@@ -120,9 +126,8 @@ def check_parity(
                     direct[key] = (e, t)
                 vs64[key] = max(vs64.get(key, 0.0), rel_error(got[name].astype(np.float64), ref))
                 own64[key] = max(own64.get(key, 0.0), rel_error(r.numpy().astype(np.float64), ref))
-            if g == "learn":
-                learn_new, learn_out = new, out
-        return learn_new, learn_out
+            results[g] = (new, out)
+        return results[driver]
 
     with torch.inference_mode():
         for t in range(steps):
@@ -144,7 +149,8 @@ def check_parity(
             reward, first, terminal, over = float(r), 0.0, float(term), bool(term or trunc)
         # a robot at rest, from a fresh state: one observation held for rest_steps ticks
         rest_obs = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-        state = learner.initial_state(agent, cfg, seed)
+        if driver == "learn":
+            state = learner.initial_state(agent, cfg, seed)
         for t in range(rest_steps):
             values = {
                 "obs": rest_obs,

@@ -28,7 +28,10 @@ import numpy as np
 
 FORMAT_VERSION = 2  # 2: step I/O declared with sources and uses; cell-generic tensor names
 OPSET = 18  # ai.onnx opset of every exported graph
-GRAPHS = ("learn", "act")  # a bundle holds both; the robot runs one of them
+GRAPHS = ("learn", "act")  # the graphs a bundle may hold; the robot runs one of them
+# act.onnx is always there; learn.onnx only when the cell has exact RTRL (a cell trained by
+# truncated BPTT cannot learn on the robot, so its bundle is act-only: `run --no-learn`).
+REQUIRED_GRAPHS = ("act",)
 MANIFEST = "manifest.json"
 NEXT_SUFFIX = ".next"
 STATE_FILE = "state.npz"
@@ -221,6 +224,14 @@ class Manifest:
     schema_hash: int
     hyperparameters: dict = field(default_factory=dict)  # recorded once, free-form
     parity: dict | None = None  # the export's parity report
+    # the cells that can learn on the robot with the exporting rtu-edge (named in the robot's
+    # message when an act-only bundle is asked to learn; the robot side has no cell registry)
+    rtrl_cells: tuple[str, ...] = ()
+
+    @property
+    def learns(self) -> bool:
+        """Whether the bundle can keep learning on the robot (it holds learn.onnx)."""
+        return "learn" in self.graphs
 
     # -- writing ------------------------------------------------------------------------
 
@@ -274,6 +285,7 @@ class Manifest:
             "state": {"file": self.state_file, "names": list(self.state_names)},
             "parity": self.parity,
             "files": dict(self.files),
+            "rtrl_cells": list(self.rtrl_cells),
         }
 
     # -- reading ------------------------------------------------------------------------
@@ -322,9 +334,12 @@ class Manifest:
             files[name] = digest
 
         graphs_in = r.obj(r.get(m, "graphs"), "graphs")
-        if sorted(graphs_in) != sorted(GRAPHS):
-            raise r.bad(f"'graphs' must describe exactly {list(GRAPHS)}, got {sorted(graphs_in)}")
-        graphs = {g: _read_graph(r, g, graphs_in[g]) for g in GRAPHS}
+        if not set(REQUIRED_GRAPHS) <= set(graphs_in) <= set(GRAPHS):
+            raise r.bad(
+                f"'graphs' must describe {list(REQUIRED_GRAPHS)} and may add 'learn'; "
+                f"got {sorted(graphs_in)}"
+            )
+        graphs = {g: _read_graph(r, g, graphs_in[g]) for g in GRAPHS if g in graphs_in}
 
         state = r.obj(r.get(m, "state"), "state")
         state_file = r.str_(state, "file", ctx="state")
@@ -355,6 +370,13 @@ class Manifest:
         parity = m.get("parity")
         if parity is not None and not isinstance(parity, dict):
             raise r.bad("'parity' must be an object or null")
+        rtrl = m.get("rtrl_cells", [])
+        if (
+            not isinstance(rtrl, list)
+            or not all(isinstance(c, str) for c in rtrl)
+            or len(rtrl) > 100
+        ):
+            raise r.bad("'rtrl_cells' must be a list of cell names")
         return cls(
             format_version=version,
             created_utc=r.str_(m, "created_utc"),
@@ -374,6 +396,7 @@ class Manifest:
             schema_hash=int(schema, 16),
             hyperparameters=hyper,
             parity=parity,
+            rtrl_cells=tuple(rtrl),
         )
 
     def check_step_io(self) -> None:

@@ -158,6 +158,12 @@ def _source_value(source: str, o, first: bool, noise: NoiseSpec | None, rng) -> 
     raise RunError(f"the bundle declares an input source {source!r} this rtu-edge cannot fill")
 
 
+def _bundle_id(bundle: Bundle) -> str:
+    """What checkpoints are tied to: the learn graph's SHA-256 (act's for an act-only bundle)."""
+    m = bundle.manifest
+    return m.files[m.graphs["learn" if m.learns else "act"].file]
+
+
 def default_checkpoint_dir(bundle_dir: str | Path) -> Path:
     b = Path(bundle_dir).resolve()
     return b.with_name(b.name + "-checkpoints")
@@ -174,9 +180,7 @@ def _resume(cfg: RunConfig, bundle: Bundle, store: CheckpointStore, log) -> tupl
         log(f"no checkpoint in {store.directory}: starting from the bundle's state")
         return state, {}
     tensors, meta, path = found
-    m = bundle.manifest
-    learn_sha = m.files[m.graphs["learn"].file]
-    if meta.get("bundle_learn_sha256") != learn_sha:
+    if meta.get("bundle_learn_sha256") != _bundle_id(bundle):
         raise RunError(
             f"the checkpoints in {store.directory} were written by another bundle; "
             "pass --fresh to start from this bundle's state or choose another --checkpoint-dir"
@@ -199,6 +203,13 @@ def run(cfg: RunConfig, log=print) -> dict:
     bundle = load_bundle(cfg.bundle)
     m = bundle.manifest
     graph = "learn" if cfg.learn else "act"
+    if cfg.learn and not m.learns:
+        cells = ", ".join(m.rtrl_cells) or "the cells with exact RTRL"
+        raise RunError(
+            f"bundle {cfg.bundle} cannot learn on the robot: its cell {m.cell!r} was trained by "
+            f"truncated BPTT and has no exact RTRL, so the bundle holds act.onnx only. Run it "
+            f"frozen with --no-learn, or train a cell that learns on the robot ({cells})."
+        )
     spec = m.graphs[graph]  # what each per-step input is filled with, what each output is for
     action_out = spec.output_with_use("action")[0].name
     checked = [o.name for o in spec.output_with_use("check")]
@@ -274,7 +285,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         meta = {
             "format": CHECKPOINT_FORMAT,
             "tick": c["ticks_before"] + c["ticks"],
-            "bundle_learn_sha256": m.files[m.graphs["learn"].file],
+            "bundle_learn_sha256": _bundle_id(bundle),
             "counters": {"ticks": c["ticks_before"] + c["ticks"]},
             "reason": reason,
         }

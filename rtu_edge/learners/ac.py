@@ -379,6 +379,18 @@ def act_state_names(agent: A.AgentConfig, s: State) -> list[str]:
     return names
 
 
+def act_only_state(agent: A.AgentConfig, trained: State) -> State:
+    """What the act step reads, from a trained state: parameters, the observation normaliser,
+    and a zero cell state (for cells without RTRL, which get an act-only bundle)."""
+    out = {
+        k: v.detach().clone().contiguous() for k, v in trained.items() if k.startswith("params.")
+    }
+    for k in ("norm.obs_count", "norm.obs_mean", "norm.obs_m2"):
+        out[k] = trained[k].detach().clone().contiguous()
+    out.update(state_to_dict("carry", agent.cell.initial_state(1)))
+    return out
+
+
 def noise(agent: A.AgentConfig) -> NoiseSpec:
     return NoiseSpec("normal" if agent.action_kind == "continuous" else "gumbel", agent.noise_size)
 

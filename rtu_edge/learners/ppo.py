@@ -763,19 +763,18 @@ def flops_per_step(cfg: PPOConfig, agent, s: State, ro: Rollout, gen) -> int:
 def to_streaming_state(cfg: PPOConfig, agent: A.AgentConfig, s: State):
     """The trained ppo state as an ``ac`` learner's: returns ("ac", ACConfig, ac state).
 
+    For a cell without RTRL (gru, lru) the state is what ac's act step reads (parameters, the
+    observation normaliser, a zero cell state): export writes an act-only bundle of it.
     ``params.*`` (the same names) and the observation normaliser (``norm.obs_*``) carry over;
     eligibility traces, RTRL traces, carries, the previous value and the reward scaler start
     fresh (the robot's reward stream starts anew). The ACConfig takes ppo's discount and
     normaliser settings and ac's defaults otherwise. Adam moments are dropped.
     """
-    if not agent.cell.online:
-        raise ValueError(
-            f"cell {agent.net.cell!r} is trained by truncated BPTT and has no exact RTRL, so it "
-            f"cannot keep learning on the robot; only runs of the RTRL cells {rtrl_cells()} "
-            "export (an act-only bundle for T-BPTT cells is not supported by this version)"
-        )
     keep = ("obs_clip", "norm_clip", "stats_clip", "stats_warmup", "eps")
     ac_cfg = ac.ACConfig(gamma=cfg.gamma, **{k: getattr(cfg, k) for k in keep})
+    if not agent.cell.online:  # truncated BPTT: no learning on the robot, an act-only bundle
+        out = ac.act_only_state(agent, s)
+        return "ac", ac_cfg, out
     out = ac.initial_state(agent, ac_cfg, seed=0)
     names = [k for k in out if k.startswith("params.")]
     missing = sorted(set(names) ^ {k for k in s if k.startswith("params.")})

@@ -255,14 +255,46 @@ def test_tbptt_sequences_match_single_steps_at_truncation_1():
         assert a[k] == pytest.approx(b[k], abs=1e-12), k
 
 
-def test_export_of_a_tbptt_run_names_the_rtrl_cells(tmp_path):
+@pytest.mark.parametrize("cell", ["gru", "lru"])
+def test_a_tbptt_run_exports_an_act_only_bundle_that_runs_frozen(tmp_path, cell):
+    """A cell without RTRL cannot learn on the robot: export writes act.onnx only (parity-
+    checked), `run --no-learn` drives the simulated robot with it, and `run --learn` refuses
+    with a message that names the cells that can learn."""
     from export.bundle import ExportConfig, export_run
+    from firmware_bridge.bundle import load_bundle
+    from firmware_bridge.robot_loop import RunConfig, RunError, run
+    from firmware_bridge.sim_robot import SimRobot
+    from rtu_edge import envs
 
-    net = NetConfig(cell="gru", hidden_size=4, encoder_size=8, head_size=8)
-    cfg = TrainConfig(out=str(tmp_path / "r"), algo="ppo", steps=64, net=net, learner=quick())
+    net = NetConfig(cell=cell, hidden_size=4, encoder_size=8, head_size=8)
+    cfg = TrainConfig(out=str(tmp_path / "r"), algo="ppo", steps=256, net=net, learner=quick())
     train(cfg, progress=False)
-    with pytest.raises(ValueError, match="truncated BPTT.*'rtu', 'rtu-nonlinear'"):
-        export_run(ExportConfig(run_dir=str(tmp_path / "r"), out=str(tmp_path / "b")))
+    manifest = export_run(
+        ExportConfig(run_dir=str(tmp_path / "r"), out=str(tmp_path / "b"), parity_steps=200),
+        log=lambda m: None,
+    )
+    assert sorted(manifest["graphs"]) == ["act"] and manifest["parity"]["ok"]
+    assert manifest["noise"] is None and "rtu" in manifest["rtrl_cells"]
+    b = load_bundle(tmp_path / "b")
+    assert not b.manifest.learns and b.manifest.cell == cell
+
+    info = envs.env_info(envs.DEFAULT_ENV)
+    robot = SimRobot(
+        envs.make(envs.DEFAULT_ENV, seed=1),
+        action_kind=info.action_kind,
+        safe_action=list(info.safe_action),
+        seed=2,
+        link_path=str(tmp_path / "tty"),
+    )
+    robot.start()
+    try:
+        base = dict(bundle=str(tmp_path / "b"), port=str(tmp_path / "tty"), status_every_s=0)
+        with pytest.raises(RunError, match=r"cannot learn on the robot.*--no-learn.*rtu, rtu-nonl"):
+            run(RunConfig(**base, checkpoint_dir=str(tmp_path / "ck")), log=lambda m: None)
+        summary = run(RunConfig(**base, learn=False, steps=300), log=lambda m: None)
+    finally:
+        robot.close()
+    assert summary["graph"] == "act" and summary["ticks"] == 300
 
 
 def test_rtrl_mode_refuses_a_tbptt_cell(tmp_path):
