@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtu_edge.envs import animal, env_info, make
+from rtu_edge.envs import animal, env_info, make, memory
 from rtu_edge.train import msre
 
 # --- animal/ ----------------------------------------------------------------------------------
@@ -257,3 +257,24 @@ def test_reacher_pomdp_visible_steps_option():
     for _ in range(3):
         seen.append(env.step(env.action_space.sample())[0][4:6])
     assert [bool(np.any(s)) for s in seen] == [True, True, False, False]
+
+
+# --- docs -------------------------------------------------------------------------------------
+
+
+def test_docs_environments_cover_every_family_and_the_new_ids():
+    from pathlib import Path
+
+    from rtu_edge.envs import list_envs
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "environments.md").read_text()
+    ids = [env_id for env_id, _ in list_envs()]
+    for family in {env_id.split("/")[0] for env_id in ids}:
+        assert f"## {family}/" in text, family
+    for env_id in ids:
+        family, name = env_id.split("/")
+        if family == "animal":
+            assert f"`animal/{name.removesuffix('-isi30')}`" in text, env_id
+    lengths = "{" + ", ".join(str(n) for n in memory.LENGTHS) + "}"
+    assert f"L in {lengths}" in text
+    assert "## mujoco/Reacher-POMDP" in text
