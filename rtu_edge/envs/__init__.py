@@ -6,14 +6,16 @@
 
 Every env from ``make`` has a flat float32 Box observation space, a Discrete(n) or float32 Box
 action space, the gymnasium reset/step API and a TimeLimit. Families: ``classic`` (gymnasium
-classic control, masked), ``mujoco`` (v5 locomotion, -P positions / -V velocities only) and
-``popgym`` (the POPGym memory tasks). ``rtu-edge envs`` lists them.
+classic control, masked), ``mujoco`` (v5 locomotion, -P positions / -V velocities only, and
+Reacher-POMDP), ``popgym`` (the POPGym memory tasks), ``animal`` (trace conditioning and
+patterning prediction streams) and ``memory`` (bsuite's memory chain). ``rtu-edge envs`` lists
+them; docs/environments.md defines each.
 
 Importing this package is cheap and needs neither gymnasium, MuJoCo nor popgym (nor torch):
 factories import them when called.
 """
 
-from rtu_edge.envs import classic, mujoco_pomdp, popgym_envs
+from rtu_edge.envs import animal, classic, memory, mujoco_pomdp, popgym_envs, reacher_pomdp
 from rtu_edge.envs.registry import (
     DEFAULT_ENV,
     EnvInfo,
@@ -36,6 +38,13 @@ __all__ = [
     "register",
 ]
 
-for _env_id, _factory, _description in (*classic.ENVS, *mujoco_pomdp.ENVS, *popgym_envs.ENVS):
+for _env_id, _factory, _description in (
+    *classic.ENVS,
+    *mujoco_pomdp.ENVS,
+    *reacher_pomdp.ENVS,
+    *popgym_envs.ENVS,
+    *animal.ENVS,
+    *memory.ENVS,
+):
     register(_env_id, _factory, _description)
 del _env_id, _factory, _description

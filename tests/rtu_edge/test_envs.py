@@ -1,5 +1,6 @@
 """The environment registry: one conformance test for every registered env, the MuJoCo -P/-V
-masks checked against the simulator state, the popgym adapters, and the registry's errors."""
+masks checked against the simulator state, the popgym adapters, and the registry's errors.
+(The animal/, memory/ and Reacher-POMDP tasks' own definitions: test_envs_tasks.py.)"""
 
 from __future__ import annotations
 
@@ -77,8 +78,10 @@ def test_conformance_spaces_and_seeded_replay(env_id):
     first = rollout(env_id, seed=7)
     again = rollout(env_id, seed=7)
     assert first == again, f"{env_id}: same seed did not replay identically"
-    other = rollout(env_id, seed=8)
-    assert first != other, f"{env_id}: a different seed gave the same trajectory"
+    # Some seed must change the trajectory. Several are tried: memory/chain-128 has one random
+    # bit (the context) in these steps, so one other seed gives the same trajectory half the time.
+    differs = (rollout(env_id, seed=s) != first for s in (8, 9, 10))
+    assert any(differs), f"{env_id}: seeds 8, 9 and 10 all replayed seed 7's trajectory"
 
 
 @pytest.mark.parametrize("env_id", ALL_IDS)
