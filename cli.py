@@ -158,7 +158,7 @@ def train(
             )
         _fail("interrupted before any checkpoint was written; start the run again", 130)
     typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"run written to {out} (metrics.csv, learning_curve.svg, checkpoint.safetensors)")
+    typer.echo(f"run written to {out} (metrics.csv, learning_curve.png, checkpoint.safetensors)")
 
 
 @app.command()
@@ -419,6 +419,31 @@ def demo(
         log=typer.echo,
     )
     typer.echo(report)
+
+
+@app.command()
+def plot(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories, or directories holding runs (a sweep).")
+    ],
+    out: Annotated[Path, typer.Option(help="Figure to write: .png or .svg.")] = Path("curves.png"),
+    group: Annotated[str, typer.Option(help="Group runs by cell | algo | env.")] = "cell",
+    title: Annotated[str | None, typer.Option(help="Figure title [default: the env ids].")] = None,
+) -> None:
+    """Learning curves: each group's mean over seeds with a 95% confidence band."""
+    _usage(out.suffix.lower() in (".png", ".svg"), f"--out {out} must end in .png or .svg")
+    _usage(group in ("cell", "algo", "env"), f"--group must be cell, algo or env, got {group!r}")
+    try:
+        from rtu_edge.plots import plot_runs
+    except ImportError as e:
+        _fail(str(e))
+    try:
+        groups = plot_runs(runs, out, by=group, title=title)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+        _fail(str(e))
+    for name, g in groups.items():
+        typer.echo(f"{name}: {g['seeds']} seed(s), final mean return {g['mean'][-1]:.2f}")
+    typer.echo(f"figure written to {out}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ all three packages, so it lives beside cli.py, not inside the library).
    a. run the exported policy frozen (act graph, greedy) -> returns before on-robot learning;
    b. keep learning on the robot (learn graph) for `robot_steps` ticks, checkpointing;
    c. run the frozen policy again, resumed from the newest checkpoint -> returns after;
-5. print what happened and write report.json and robot_learning.svg.
+5. print what happened and write report.json and robot_learning.png.
 
 Steps 4a-4c run the same code as `rtu-edge run` (firmware_bridge.robot_loop.run).
 """
@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from firmware_bridge.atomic import atomic_write_json
-from rtu_edge.plots import write_learning_curve_svg
+from rtu_edge.plots import write_learning_curve
 
 
 @dataclass
@@ -151,8 +151,8 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
     atomic_write_json(work / "report.json", report)
     if rets:
         pts = [(i + 1, r) for i, r in enumerate(rets)]
-        write_learning_curve_svg(
-            work / "robot_learning.svg",
+        write_learning_curve(
+            work / "robot_learning.png",
             pts,
             title=f"on-robot learning, {cfg.env}",
             x_label="episode on the robot",
@@ -172,6 +172,6 @@ def run_demo(cfg: DemoConfig, log=print) -> str:
         f"  learn.onnx step latency p50 {lr['learn_latency_us']['p50']:.0f} us, "
         f"p99 {lr['learn_latency_us']['p99']:.0f} us; whole tick incl. serial p50 "
         f"{lr['tick_latency_us']['p50']:.0f} us; {lr['ticks_per_second']:.0f} ticks/s",
-        f"  report: {work / 'report.json'}, curve: {work / 'robot_learning.svg'}",
+        f"  report: {work / 'report.json'}, curve: {work / 'robot_learning.png'}",
     ]
     return "\n".join(lines)

@@ -6,7 +6,7 @@ RUN_DIR/
                           and the noise RNG as metadata. Never holds a non-finite value.
   metrics.csv             one row per finished episode (METRICS_HEADER)
   summary.json            final_return, steps_per_second, recurrent_params, flops_per_step, ...
-  learning_curve.svg      episode returns over steps
+  learning_curve.png      episode returns over steps
 
 Every error names the file and says what to do.
 """

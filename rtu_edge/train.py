@@ -33,7 +33,7 @@ from rtu_edge.cells import CELLS
 from rtu_edge.config import TrainConfig
 from rtu_edge.flops import count_flops
 from rtu_edge.learners import Learner, get_learner
-from rtu_edge.plots import write_learning_curve_svg
+from rtu_edge.plots import write_learning_curve
 
 METRICS_HEADER = rd.METRICS_HEADER
 CHECKPOINT = rd.CHECKPOINT
@@ -396,8 +396,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         summary.update({k: msre(*logs[k], gamma) for k in windows})
     atomic_write_json(run_dir / rd.SUMMARY, summary)
     if returns:
-        write_learning_curve_svg(
-            run_dir / "learning_curve.svg",
+        write_learning_curve(
+            run_dir / "learning_curve.png",
             returns,
             title=f"{cfg.env} {cfg.net.cell} {cfg.algo} seed {cfg.seed}",
         )

@@ -104,7 +104,7 @@ def test_cli_train_writes_a_run_directory(tmp_path):
     header = (out / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("step,episode,episode_return")
     assert (out / "checkpoint.safetensors").stat().st_size > 0
-    assert (out / "learning_curve.svg").read_text().startswith("<svg")
+    assert (out / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_cli_ports_runs():

@@ -613,7 +613,7 @@ def train_ppo(cfg, progress: bool = True) -> dict:
     from rtu_edge import envs as envs_mod
     from rtu_edge import run_dir as rd
     from rtu_edge.learners import get_learner
-    from rtu_edge.plots import write_learning_curve_svg
+    from rtu_edge.plots import write_learning_curve
     from rtu_edge.train import _signals_interrupt, action_spec, agent_config_for
 
     pc: PPOConfig = cfg.learner
@@ -716,8 +716,8 @@ def train_ppo(cfg, progress: bool = True) -> dict:
     }
     atomic_write_json(run_dir / rd.SUMMARY, summary)
     if returns:
-        write_learning_curve_svg(
-            run_dir / "learning_curve.svg",
+        write_learning_curve(
+            run_dir / "learning_curve.png",
             returns,
             title=f"{cfg.env} {cfg.net.cell} ppo seed {cfg.seed}",
         )
