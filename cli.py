@@ -446,5 +446,22 @@ def plot(
     typer.echo(f"figure written to {out}")
 
 
+@app.command()
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="A TOML spec (see rtu_edge/sweep.py).")],
+) -> None:
+    """Run a grid of trainings in parallel processes; rerun the same spec to resume it."""
+    _need_train_extra()
+    from rtu_edge.sweep import SweepError, load_spec, run_sweep
+
+    try:
+        index = run_sweep(load_spec(spec), log=lambda m: typer.echo(m, err=True))
+    except SweepError as e:
+        _fail(str(e))
+    failed = [r["name"] for r in index["runs"] if r["status"] == "failed"]
+    if failed:
+        _fail(f"{len(failed)} run(s) failed after a retry: {failed[:5]}")
+
+
 if __name__ == "__main__":
     sys.exit(app())

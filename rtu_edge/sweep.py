@@ -1,0 +1,225 @@
+"""`rtu-edge sweep SPEC.toml`: a grid of training runs in parallel processes, resumable.
+
+A spec names the grid; every combination is one run of `rtu-edge train` in its own process
+(a crash or a kill of one run never takes the others down):
+
+    # sweep.toml
+    out = "runs/cells"              # the sweep directory (runs and the index go here)
+    steps = 20000
+    workers = 2                     # parallel processes (default: the CPU count)
+    envs = ["classic/CartPole-P"]
+    cells = ["rtu", "mlp"]
+    algos = ["ac"]
+    seeds = [0, 1]
+    [[variants]]                    # optional: named sets of `--set` overrides, crossed too
+    name = "lam0.8"
+    set = ["learner.lam=0.8"]
+
+`OUT/index.json` lists every run with its status (pending, running, done, failed), attempts and
+directory, rewritten atomically after every change. Running the same spec again skips the runs
+that are done, resumes the interrupted ones from their checkpoints, and retries a failed run
+once more. Progress: runs done / running / failed and the time left, estimated from the runs
+finished so far.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from firmware_bridge.atomic import atomic_write_json
+
+INDEX = "index.json"
+MAX_ATTEMPTS = 2  # a crashed run is retried once
+
+
+class SweepError(ValueError):
+    """A spec that cannot be run; the message names the field."""
+
+
+@dataclass
+class Spec:
+    out: str
+    steps: int
+    envs: list[str]
+    cells: list[str]
+    algos: list[str] = field(default_factory=lambda: ["ac"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    variants: list[dict] = field(default_factory=lambda: [{"name": "default", "set": []}])
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    extra: list[str] = field(default_factory=list)  # more `rtu-edge train` options, verbatim
+
+
+def load_spec(path: str | Path) -> Spec:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise SweepError(f"cannot read the sweep spec {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SweepError(f"{path} is not valid TOML: {e}") from None
+    known = {f for f in Spec.__dataclass_fields__}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SweepError(f"{path}: unknown fields {unknown}; the fields are {sorted(known)}")
+    for key in ("out", "steps", "envs", "cells"):
+        if key not in raw:
+            raise SweepError(f"{path}: missing field '{key}'")
+    try:
+        spec = Spec(**raw)
+    except TypeError as e:
+        raise SweepError(f"{path}: {e}") from None
+    if not isinstance(spec.steps, int) or spec.steps < 1:
+        raise SweepError(f"{path}: steps must be a positive integer, got {spec.steps!r}")
+    if not isinstance(spec.workers, int) or spec.workers < 1:
+        raise SweepError(f"{path}: workers must be a positive integer, got {spec.workers!r}")
+    for key in ("envs", "cells", "algos", "seeds", "variants"):
+        value = getattr(spec, key)
+        if not isinstance(value, list) or not value:
+            raise SweepError(f"{path}: {key} must be a non-empty list")
+    for v in spec.variants:
+        if (
+            not isinstance(v, dict)
+            or not isinstance(v.get("name"), str)
+            or not isinstance(v.get("set", []), list)
+        ):
+            raise SweepError(f"{path}: each [[variants]] needs a name and a list 'set'")
+    return spec
+
+
+@dataclass
+class RunEntry:
+    name: str  # directory name inside the sweep
+    env: str
+    cell: str
+    algo: str
+    seed: int
+    variant: str
+    sets: list[str]
+    status: str = "pending"  # pending | running | done | failed
+    attempts: int = 0
+    seconds: float | None = None
+    error: str | None = None
+
+
+def grid(spec: Spec) -> list[RunEntry]:
+    runs = []
+    for env, cell, algo, variant, seed in itertools.product(
+        spec.envs, spec.cells, spec.algos, spec.variants, spec.seeds
+    ):
+        name = f"{env.replace('/', '_')}__{cell}__{algo}__{variant['name']}__s{seed}"
+        runs.append(
+            RunEntry(
+                name, env, cell, algo, int(seed), variant["name"], list(variant.get("set", []))
+            )
+        )
+    return runs
+
+
+def _command(spec: Spec, run: RunEntry, run_dir: Path) -> list[str]:
+    base = [sys.executable, "-m", "cli", "train", "--out", str(run_dir), "--no-progress"]
+    if (run_dir / "checkpoint.safetensors").is_file() and (run_dir / "config.json").is_file():
+        return base + ["--resume", "--steps", str(spec.steps)]  # continue an interrupted run
+    cmd = base + ["--overwrite", "--env", run.env, "--cell", run.cell, "--algo", run.algo]
+    cmd += ["--seed", str(run.seed), "--steps", str(spec.steps), *spec.extra]
+    for s in run.sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _launch(cmd: list[str], log_path: Path) -> int:
+    root = Path(__file__).resolve().parents[1]  # where cli.py lives
+    with open(log_path, "ab") as log:
+        return subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_sweep(spec: Spec, log=print) -> dict:
+    """Run (or continue) the sweep; returns the index as written to OUT/index.json."""
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index_path = out / INDEX
+    previous = {}
+    if index_path.is_file():
+        try:
+            previous = {r["name"]: r for r in json.loads(index_path.read_text())["runs"]}
+        except (ValueError, KeyError, TypeError):
+            raise SweepError(
+                f"{index_path} is damaged; move it away to start the index anew"
+            ) from None
+    runs = grid(spec)
+    for r in runs:
+        old = previous.get(r.name)
+        if old:
+            r.attempts = int(old.get("attempts", 0))
+            r.status = old.get("status", "pending")
+        if (out / r.name / "summary.json").is_file():
+            r.status = "done"
+        elif r.status == "running":  # the sweep was killed: the run resumes from its checkpoint
+            r.status = "pending"
+        elif r.status == "failed" and r.attempts < MAX_ATTEMPTS:
+            r.status = "pending"
+
+    def write_index() -> dict:
+        index = {"spec": asdict(spec), "runs": [asdict(r) for r in runs]}
+        atomic_write_json(index_path, index)
+        return index
+
+    write_index()
+    todo = [r for r in runs if r.status == "pending"]
+    t0, durations = time.monotonic(), []
+
+    def progress() -> None:
+        done = sum(r.status == "done" for r in runs)
+        running = sum(r.status == "running" for r in runs)
+        failed = sum(r.status == "failed" for r in runs)
+        left = len(runs) - done - failed
+        eta = ""
+        if durations:
+            eta = (
+                f", about {sum(durations) / len(durations) * left / spec.workers / 60:.1f} min left"
+            )
+        log(f"sweep {out}: {done}/{len(runs)} done, {running} running, {failed} failed{eta}")
+
+    def one(r: RunEntry) -> int:
+        run_dir = out / r.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _launch(_command(spec, r, run_dir), out / f"{r.name}.log")
+
+    with ThreadPoolExecutor(max_workers=spec.workers) as pool:
+        active: dict[Future, tuple[RunEntry, float]] = {}
+        queue = list(todo)
+        while queue or active:
+            while queue and len(active) < spec.workers:
+                r = queue.pop(0)
+                r.status, r.attempts = "running", r.attempts + 1
+                write_index()
+                active[pool.submit(one, r)] = (r, time.monotonic())
+            progress()
+            finished, _ = wait(active, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                r, started = active.pop(fut)
+                r.seconds = time.monotonic() - started
+                rc = fut.result()
+                if rc == 0 and (out / r.name / "summary.json").is_file():
+                    r.status, r.error = "done", None
+                    durations.append(r.seconds)
+                elif r.attempts < MAX_ATTEMPTS:
+                    r.status, r.error = "pending", f"exit code {rc}; retrying"
+                    queue.append(r)
+                else:
+                    r.status, r.error = "failed", f"exit code {rc}; see {out / (r.name + '.log')}"
+                write_index()
+    progress()
+    log(f"sweep finished in {time.monotonic() - t0:.0f}s; index: {index_path}")
+    return write_index()
