@@ -266,10 +266,17 @@ def run(
     ] = False,
     baud: Annotated[int, typer.Option(help="Baud rate of a real UART.")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Exploration noise seed.")] = 0,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="Seconds between checkpoints while learning (and one at exit).")
+    ] = 30.0,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
     _usage(baud > 0, f"--baud must be the MCU's UART rate (e.g. 1000000), got {baud}")
+    _usage(
+        math.isfinite(checkpoint_every) and checkpoint_every > 0,
+        f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}",
+    )
     _usage(
         steps is None or steps > 0,
         f"--steps must be at least 1 (leave it out to run until Ctrl-C), got {steps}",
@@ -290,6 +297,7 @@ def run(
         fresh=fresh,
         baud=baud,
         seed=seed,
+        checkpoint_every_s=checkpoint_every,
     )
     try:
         summary = run_robot(cfg, log=lambda m: typer.echo(m, err=True))

@@ -27,6 +27,10 @@ def _refused(args: list[str], *words: str):
         ("--baud", "-9600", ("--baud",)),
         ("--steps", "0", ("--steps", "at least 1", "Ctrl-C")),
         ("--steps", "-5", ("--steps",)),
+        ("--checkpoint-every", "0", ("--checkpoint-every", "positive")),
+        ("--checkpoint-every", "-1", ("--checkpoint-every",)),
+        ("--checkpoint-every", "nan", ("--checkpoint-every",)),
+        ("--checkpoint-every", "inf", ("--checkpoint-every",)),
     ],
 )
 def test_run_refuses_bad_numbers_before_loading_anything(tmp_path, option, value, words):

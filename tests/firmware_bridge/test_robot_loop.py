@@ -320,3 +320,25 @@ def test_cli_run_exit_code_and_summary_with_an_unusable_checkpoint_dir(bundle, t
     assert "act run ended (steps): 30 ticks" in frozen.output and "WARNING" in frozen.output
     assert learning.exit_code == 2 and isinstance(learning.exception, SystemExit)
     assert "error: checkpoint directory" in learning.output and "Traceback" not in learning.output
+
+
+def test_cli_run_checkpoint_every_writes_checkpoints_during_the_run(bundle, tmp_path):
+    """`run --checkpoint-every 0.1`: periodic checkpoints while the run goes on, not only the
+    one at exit (the CLI used to fix the period at 30 s)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    args = ["run", str(bundle), "--port", str(tmp_path / "tty"), "--steps", "300"]
+    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "0.1"]
+    with _robot(tmp_path, faults=SimFaults(delay_s=0.003)):  # >= 0.9 s for 300 ticks
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "ck").glob("ckpt-*.json"))]
+    periodic = [x for x in records if x["meta"]["reason"] == "periodic"]
+    assert periodic and all(x["step"] < 300 for x in periodic), records
+    assert records[-1]["meta"]["reason"] == "exit" and records[-1]["step"] == 300
+    checkpoints = int(r.output.split("checkpoints ")[1].split()[0])
+    assert checkpoints >= 4, r.output  # several periodic ones (3 kept on disk) and the last
