@@ -188,6 +188,7 @@ _HOST_COUNTERS = (
     "actions_rate_limited",  # change per step above max_delta
     "actions_nonfinite",  # NaN/Inf action replaced by the safe action (fault 23)
     "safe_actions_sent",
+    "safe_actions_skipped",  # send_safe() with the newest OBS already answered: no ACTION sent
     "stops",
     "stops_unconfirmed",
     "reboots",  # new boot id seen (fault 15)
@@ -580,18 +581,27 @@ class RobotConnection:
         self._last_answered = obs_seq
         self._c["actions_sent"] += 1
 
-    def send_safe(self) -> None:
-        """Send the safe action, answering the newest observation (no-op while disarmed).
+    def send_safe(self) -> bool:
+        """Answer the newest observation with the safe action, if it is still unanswered.
 
-        Use it when no observation came in time (fault 16) or the loop must hold still; the
-        rate limiter restarts from the safe action.
+        Use it when the loop must hold still (shutdown, a wrong-length streak, no new
+        observation in time). Returns whether an ACTION was sent: an MCU rejects an ACTION for
+        an OBS that was already answered (docs/protocol.md, section 6), so none is sent then
+        (counted in `safe_actions_skipped`); the MCU keeps the action it applied until the next
+        OBS is answered, a STOP (which applies the safe action) or its watchdog. Nothing is sent
+        while disarmed or before the first OBS. After a send the rate limiter restarts from the
+        safe action.
         """
         if self.link is None or not self.link.is_open or not self.armed:
-            return
+            return False
         if self._last_obs_seq is None:
-            return  # nothing to answer yet; the MCU re-sends its OBS and holds the safe action
+            return False  # nothing to answer yet: the MCU re-sends its OBS, holds the safe action
+        if self._last_answered == self._last_obs_seq:
+            self._c["safe_actions_skipped"] += 1
+            return False
         self._send_action(self.safe.copy(), self._last_obs_seq)
         self._c["safe_actions_sent"] += 1
+        return True
 
     # ---------------------------------------------------------------- stop / close
 

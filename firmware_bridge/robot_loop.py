@@ -324,7 +324,7 @@ def run(cfg: RunConfig, log=print) -> dict:
                     if silent >= cfg.max_silent_timeouts:
                         raise RunError(
                             f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
-                            "is the robot powered and armed? (safe action sent)"
+                            "is the robot powered and armed? (STOP is sent; its watchdog holds the safe action)"
                         )
                     continue
                 silent = 0
@@ -393,11 +393,11 @@ def run(cfg: RunConfig, log=print) -> dict:
             signal.signal(sig, handler)
         if cfg.status_every_s:
             print(file=sys.stderr)
-        try:
-            conn.send_safe()  # hold still first...
+        try:  # an OBS still unanswered gets the safe action (an answered one cannot be
+            conn.send_safe()  # answered again: the MCU would reject it)...
         except LinkError:
             pass  # the link may be why we stopped; the MCU watchdog applies the safe action
-        conn.close()  # ...then STOP: the MCU disarms and keeps the safe action
+        conn.close()  # ...then STOP: the MCU applies the safe action, disarms and holds it
         checkpoint("exit")
 
     elapsed = time.monotonic() - t_start

@@ -342,3 +342,15 @@ def test_cli_run_checkpoint_every_writes_checkpoints_during_the_run(bundle, tmp_
     assert records[-1]["meta"]["reason"] == "exit" and records[-1]["step"] == 300
     checkpoints = int(r.output.split("checkpoints ")[1].split()[0])
     assert checkpoints >= 4, r.output  # several periodic ones (3 kept on disk) and the last
+
+
+def test_shutdown_sends_no_action_the_mcu_would_reject(bundle, tmp_path):
+    """At exit the last OBS was answered by the last tick: the shutdown safe action used to be a
+    second ACTION for it, which the MCU rejects (stale). Now STOP alone holds the robot safe."""
+    with _robot(tmp_path) as robot:
+        s = _loop(bundle, tmp_path, steps=100)
+        assert robot.stats.stops == 1 and not robot.armed
+    assert s["ticks"] == 100
+    assert robot.stats.actions_rejected == 0, robot.stats
+    assert robot.applied_action.tolist() == list(envs.env_info(envs.DEFAULT_ENV).safe_action)
+    assert s["counters"]["link"]["safe_actions_skipped"] == 1
