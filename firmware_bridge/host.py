@@ -183,6 +183,7 @@ _HOST_COUNTERS = (
     "obs_timeouts",  # observe() returned None (fault 16)
     "nonfinite_obs",  # NaN/Inf obs or reward (fault 5)
     "action_resends",  # last action re-sent because its OBS came again (lost ACTION)
+    "action_resends_suppressed",  # such duplicates drained with a newer copy or a new OBS
     "actions_sent",
     "actions_clamped",  # action outside [low, high]
     "actions_rate_limited",  # change per step above max_delta
@@ -263,6 +264,7 @@ class RobotConnection:
         self._last_answered: int | None = None  # OBS seq the last ACTION answered
         self._last_sent = self.safe.copy()  # rate-limiter reference
         self._pending: Observation | None = None  # OBS that arrived while arming
+        self._resend_due = 0  # duplicates of the answered OBS seen in the current drain
         self._bad_length_mark = 0
 
     # ---------------------------------------------------------------- connect
@@ -450,12 +452,26 @@ class RobotConnection:
         deadline = time.monotonic() + wait
         while True:
             newest = None
-            for f in link.recv(max(0.0, deadline - time.monotonic())):
-                obs = self._dispatch(f)
-                if obs is not None:
-                    if newest is not None:
-                        self._c["obs_skipped"] += 1
-                    newest = obs
+            self._resend_due = 0
+            batch = link.recv(max(0.0, deadline - time.monotonic()))
+            while batch:
+                for f in batch:
+                    obs = self._dispatch(f)
+                    if obs is not None:
+                        if newest is not None:
+                            self._c["obs_skipped"] += 1
+                        newest = obs
+                # A duplicate of the answered OBS asks for its action again (the ACTION was
+                # lost), but after a stall the MCU's re-sends queue up: drain what is already
+                # waiting and answer only the newest, once (docs/protocol.md, section 6).
+                batch = link.recv(0) if self._resend_due and newest is None else []
+            if self._resend_due:
+                due, self._resend_due = self._resend_due, 0
+                if newest is None:
+                    self._send_action(self._last_sent, self._last_answered)
+                    self._c["action_resends"] += 1
+                    due -= 1
+                self._c["action_resends_suppressed"] += due
             bad = link.parser.counters["bad_length"]
             if newest is not None:
                 self._bad_length_mark = bad
@@ -520,8 +536,7 @@ class RobotConnection:
             if d == 0:
                 self._c["obs_duplicates"] += 1
                 if self._last_answered == seq:
-                    self._send_action(self._last_sent, seq)
-                    self._c["action_resends"] += 1
+                    self._resend_due += 1  # observe() re-sends its action once per drain
                 return None
             if d < 0:
                 self._c["obs_stale"] += 1

@@ -391,3 +391,28 @@ def test_send_safe_answers_only_an_unanswered_obs_and_the_mcu_rejects_nothing():
         assert sim.applied_action.tolist() == [0.0]
         assert sim.stats.actions_applied >= applied + 1
         assert sim.stats.actions_rejected == 0, sim.stats
+
+
+def test_after_a_host_stall_the_queued_duplicates_are_answered_once_at_most():
+    """The host pauses between reading an OBS and answering it (GC, a slow disk, a busy core):
+    the MCU re-sends that OBS every resend_s and the copies queue up. Once answered, the host
+    reads them as duplicates of an answered OBS. It used to re-send its ACTION for each copy,
+    and the MCU rejected every one but none; now it drains the queue and answers once at most."""
+    with make_sim(seed=5, resend_s=0.01) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        o = conn.observe()
+        time.sleep(0.3)  # the host stalls: ~30 re-sends of o pile up
+        conn.act([1], o.seq)
+        nxt = conn.observe()
+        assert nxt is not None and nxt.seq != o.seq
+        for _ in range(5):  # the lock-step goes on normally
+            conn.act([1], nxt.seq)
+            nxt = conn.observe()
+        c = conn.counters
+        queued = sim.stats.obs_resent
+        assert queued >= 10 and c["obs_duplicates"] >= 10, (queued, c)
+        assert c["action_resends"] <= 1, c
+        assert c["action_resends"] + c["action_resends_suppressed"] >= 10, c
+        conn.close()  # STOP confirmed: every ACTION before it was handled
+        assert sim.stats.actions_rejected <= 1, sim.stats
