@@ -39,6 +39,7 @@ __all__ = [
     "HelloInfo",
     "LinkConfig",
     "LinkError",
+    "MCU_COUNTERS",
     "Observation",
     "RobotConnection",
     "RobotRebooted",
@@ -46,6 +47,16 @@ __all__ = [
     "WatchdogLatched",
     "check_hello",
 ]
+
+
+# STATUS fields that count since the MCU's boot (docs/protocol.md, STATUS)
+MCU_COUNTERS = (
+    "frames_ok",
+    "frame_errors",
+    "watchdog_trips",
+    "actions_applied",
+    "actions_rejected",
+)
 
 
 class HandshakeError(LinkError):
@@ -192,6 +203,8 @@ _HOST_COUNTERS = (
     "safe_actions_skipped",  # send_safe() with the newest OBS already answered: no ACTION sent
     "stops",
     "stops_unconfirmed",
+    "status_requests",  # STATUS_REQ sent (request_status())
+    "status_received",  # STATUS frames read while armed (their counters: mcu_counters)
     "reboots",  # new boot id seen (fault 15)
     "watchdog_latched",  # STATUS with the watchdog latched (fault 17)
     "bad_length_streaks",  # wrong-length frames in a row -> re-handshake (fault 4)
@@ -506,6 +519,7 @@ class RobotConnection:
             if self._obs_floor is not None and seq_diff(f.seq, self._obs_floor) < 0:
                 return None  # sent before the arm was confirmed
             self.mcu_status = fl
+            self._c["status_received"] += 1
             if fl["boot_id"] != boot:
                 self._rebooted(fl["boot_id"])
             if fl["watchdog_latched"]:
@@ -617,6 +631,18 @@ class RobotConnection:
         self._send_action(self.safe.copy(), self._last_obs_seq)
         self._c["safe_actions_sent"] += 1
         return True
+
+    def request_status(self) -> None:
+        """Send STATUS_REQ. The MCU answers STATUS(REPLY) at once; it arrives with the next OBS
+        and `observe()` reads it (updating `mcu_status`) without disturbing the lock-step."""
+        self._require_armed().send("STATUS_REQ")
+        self._c["status_requests"] += 1
+
+    @property
+    def mcu_counters(self) -> dict[str, int]:
+        """The MCU's own counters from its latest STATUS (since its boot); {} before any."""
+        st = self.mcu_status or {}
+        return {k: int(st[k]) for k in MCU_COUNTERS if k in st}
 
     # ---------------------------------------------------------------- stop / close
 

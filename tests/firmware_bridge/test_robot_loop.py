@@ -354,3 +354,27 @@ def test_shutdown_sends_no_action_the_mcu_would_reject(bundle, tmp_path):
     assert robot.stats.actions_rejected == 0, robot.stats
     assert robot.applied_action.tolist() == list(envs.env_info(envs.DEFAULT_ENV).safe_action)
     assert s["counters"]["link"]["safe_actions_skipped"] == 1
+
+
+def test_run_polls_the_mcu_status_and_reports_its_counters(bundle, tmp_path, capsys):
+    """`run` sends STATUS_REQ every mcu_status_every_s between ticks (the lock-step goes on);
+    the MCU's counters appear in the live line, the JSON counters and format_summary."""
+    from firmware_bridge.link import SerialLink
+    from firmware_bridge.protocol import Sizes
+    from firmware_bridge.robot_loop import format_summary
+
+    with _robot(tmp_path, faults=SimFaults(delay_s=0.002)) as robot:
+        with SerialLink(str(tmp_path / "tty"), sizes=Sizes(2, 1)) as link:
+            link.write(b"\x05\x11\x00")  # one chunk the MCU rejects (invalid COBS)
+        s = _loop(bundle, tmp_path, steps=300, status_every_s=0.05, mcu_status_every_s=0.05)
+        applied, rejected = robot.stats.actions_applied, robot.stats.actions_rejected
+    live = capsys.readouterr().err
+    c = s["counters"]
+    assert s["ticks"] == 300 and c["link"]["status_requests"] >= 5, c["link"]
+    assert c["link"]["status_received"] >= c["link"]["status_requests"] - 1, c["link"]
+    assert c["timeouts"] == 0 and c["link"]["obs_stale"] == 0  # lock-step undisturbed
+    assert "mcu frame errors 1 rejected 0" in live, live[-500:]
+    mcu = c["mcu"]  # from the STATUS(STOPPED) at exit: the MCU's final counts
+    assert mcu["frame_errors"] == 1 and mcu["watchdog_trips"] == 0, mcu
+    assert mcu["actions_applied"] == applied and mcu["actions_rejected"] == rejected == 0
+    assert "frame errors 1, actions applied" in format_summary(s)
