@@ -498,7 +498,8 @@ class RobotConnection:
                 raise LinkError(
                     f"{streak} frames in a row from {self.config.port} had "
                     f"the wrong length (expected obs_size={self.obs_size}): the firmware "
-                    "changed its sizes; safe action sent. Call connect() to handshake again."
+                    "changed its sizes. Call connect() to handshake again (HELLO_REQ makes the MCU "
+                    "apply its safe action and disarm)."
                 )
             if time.monotonic() >= deadline:
                 self._c["obs_timeouts"] += 1
