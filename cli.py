@@ -266,10 +266,17 @@ def run(
     ] = False,
     baud: Annotated[int, typer.Option(help="Baud rate of a real UART.")] = 1_000_000,
     seed: Annotated[int, typer.Option(help="Exploration noise seed.")] = 0,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="Seconds between checkpoints while learning (and one at exit).")
+    ] = 30.0,
     summary_json: Annotated[Path | None, typer.Option(help="Also write the summary here.")] = None,
 ) -> None:
     """Run an exported agent on the robot with onnxruntime only (no torch)."""
     _usage(baud > 0, f"--baud must be the MCU's UART rate (e.g. 1000000), got {baud}")
+    _usage(
+        math.isfinite(checkpoint_every) and checkpoint_every > 0,
+        f"--checkpoint-every must be a positive number of seconds, got {checkpoint_every}",
+    )
     _usage(
         steps is None or steps > 0,
         f"--steps must be at least 1 (leave it out to run until Ctrl-C), got {steps}",
@@ -290,6 +297,7 @@ def run(
         fresh=fresh,
         baud=baud,
         seed=seed,
+        checkpoint_every_s=checkpoint_every,
     )
     try:
         summary = run_robot(cfg, log=lambda m: typer.echo(m, err=True))
@@ -317,8 +325,44 @@ def sim_robot(
         float, typer.Option(help="Safe action after this long without an action.")
     ] = 0.5,
     max_steps: Annotated[int | None, typer.Option(help="Exit after this many env steps.")] = None,
+    drop_prob: Annotated[float, typer.Option(help="Fault: outgoing frame lost.")] = 0.0,
+    corrupt_prob: Annotated[float, typer.Option(help="Fault: one byte of a frame flipped.")] = 0.0,
+    duplicate_prob: Annotated[float, typer.Option(help="Fault: frame written twice.")] = 0.0,
+    garbage_prob: Annotated[
+        float, typer.Option(help="Fault: random bytes before a frame (boot logs).")
+    ] = 0.0,
+    rx_drop_prob: Annotated[
+        float, typer.Option(help="Fault: valid incoming frame ignored (host -> MCU loss).")
+    ] = 0.0,
+    split_writes: Annotated[
+        bool, typer.Option(help="Fault: frames written in random 1..7-byte pieces.")
+    ] = False,
+    delay_s: Annotated[float, typer.Option(help="Fault: latency added before each write.")] = 0.0,
+    reboot_after_steps: Annotated[
+        int | None, typer.Option(help="Fault: reboot once after this many env steps.")
+    ] = None,
+    hang_after_steps: Annotated[
+        int | None, typer.Option(help="Fault: stop reading and writing after this many steps.")
+    ] = None,
 ) -> None:
     """Play the robot's microcontroller on a pseudo-terminal, driving a simulated environment."""
+    for name, v in (
+        ("drop-prob", drop_prob),
+        ("corrupt-prob", corrupt_prob),
+        ("duplicate-prob", duplicate_prob),
+        ("garbage-prob", garbage_prob),
+        ("rx-drop-prob", rx_drop_prob),
+    ):
+        _usage(0.0 <= v <= 1.0, f"--{name} must be a probability in [0, 1], got {v}")
+    _usage(
+        math.isfinite(delay_s) and delay_s >= 0,
+        f"--delay-s must be a number of seconds >= 0, got {delay_s}",
+    )
+    for name, n in (
+        ("reboot-after-steps", reboot_after_steps),
+        ("hang-after-steps", hang_after_steps),
+    ):
+        _usage(n is None or n > 0, f"--{name} must be at least 1 (leave it out for none), got {n}")
     _usage(
         math.isfinite(watchdog_s) and watchdog_s > 0,
         f"--watchdog-s must be a positive number of seconds, got {watchdog_s}",
@@ -330,7 +374,7 @@ def sim_robot(
     import signal
     import threading
 
-    from firmware_bridge.sim_robot import SimRobot
+    from firmware_bridge.sim_robot import SimFaults, SimRobot
     from rtu_edge import envs as envs_mod
 
     try:
@@ -345,6 +389,17 @@ def sim_robot(
             safe_action=list(info.safe_action),
             watchdog_s=watchdog_s,
             seed=seed,
+            faults=SimFaults(
+                drop_prob=drop_prob,
+                corrupt_prob=corrupt_prob,
+                duplicate_prob=duplicate_prob,
+                split_writes=split_writes,
+                garbage_prob=garbage_prob,
+                rx_drop_prob=rx_drop_prob,
+                delay_s=delay_s,
+                reboot_after_steps=reboot_after_steps,
+                hang_after_steps=hang_after_steps,
+            ),
             link_path=str(link) if link else None,
         )
     except OSError as e:  # --link: something else is at the path, or its directory is missing

@@ -39,6 +39,7 @@ __all__ = [
     "HelloInfo",
     "LinkConfig",
     "LinkError",
+    "MCU_COUNTERS",
     "Observation",
     "RobotConnection",
     "RobotRebooted",
@@ -46,6 +47,16 @@ __all__ = [
     "WatchdogLatched",
     "check_hello",
 ]
+
+
+# STATUS fields that count since the MCU's boot (docs/protocol.md, STATUS)
+MCU_COUNTERS = (
+    "frames_ok",
+    "frame_errors",
+    "watchdog_trips",
+    "actions_applied",
+    "actions_rejected",
+)
 
 
 class HandshakeError(LinkError):
@@ -183,13 +194,17 @@ _HOST_COUNTERS = (
     "obs_timeouts",  # observe() returned None (fault 16)
     "nonfinite_obs",  # NaN/Inf obs or reward (fault 5)
     "action_resends",  # last action re-sent because its OBS came again (lost ACTION)
+    "action_resends_suppressed",  # such duplicates drained with a newer copy or a new OBS
     "actions_sent",
     "actions_clamped",  # action outside [low, high]
     "actions_rate_limited",  # change per step above max_delta
     "actions_nonfinite",  # NaN/Inf action replaced by the safe action (fault 23)
     "safe_actions_sent",
+    "safe_actions_skipped",  # send_safe() with the newest OBS already answered: no ACTION sent
     "stops",
     "stops_unconfirmed",
+    "status_requests",  # STATUS_REQ sent (request_status())
+    "status_received",  # STATUS frames read while armed (their counters: mcu_counters)
     "reboots",  # new boot id seen (fault 15)
     "watchdog_latched",  # STATUS with the watchdog latched (fault 17)
     "bad_length_streaks",  # wrong-length frames in a row -> re-handshake (fault 4)
@@ -262,6 +277,7 @@ class RobotConnection:
         self._last_answered: int | None = None  # OBS seq the last ACTION answered
         self._last_sent = self.safe.copy()  # rate-limiter reference
         self._pending: Observation | None = None  # OBS that arrived while arming
+        self._resend_due = 0  # duplicates of the answered OBS seen in the current drain
         self._bad_length_mark = 0
 
     # ---------------------------------------------------------------- connect
@@ -449,12 +465,26 @@ class RobotConnection:
         deadline = time.monotonic() + wait
         while True:
             newest = None
-            for f in link.recv(max(0.0, deadline - time.monotonic())):
-                obs = self._dispatch(f)
-                if obs is not None:
-                    if newest is not None:
-                        self._c["obs_skipped"] += 1
-                    newest = obs
+            self._resend_due = 0
+            batch = link.recv(max(0.0, deadline - time.monotonic()))
+            while batch:
+                for f in batch:
+                    obs = self._dispatch(f)
+                    if obs is not None:
+                        if newest is not None:
+                            self._c["obs_skipped"] += 1
+                        newest = obs
+                # A duplicate of the answered OBS asks for its action again (the ACTION was
+                # lost), but after a stall the MCU's re-sends queue up: drain what is already
+                # waiting and answer only the newest, once (docs/protocol.md, section 6).
+                batch = link.recv(0) if self._resend_due and newest is None else []
+            if self._resend_due:
+                due, self._resend_due = self._resend_due, 0
+                if newest is None:
+                    self._send_action(self._last_sent, self._last_answered)
+                    self._c["action_resends"] += 1
+                    due -= 1
+                self._c["action_resends_suppressed"] += due
             bad = link.parser.counters["bad_length"]
             if newest is not None:
                 self._bad_length_mark = bad
@@ -468,7 +498,8 @@ class RobotConnection:
                 raise LinkError(
                     f"{streak} frames in a row from {self.config.port} had "
                     f"the wrong length (expected obs_size={self.obs_size}): the firmware "
-                    "changed its sizes; safe action sent. Call connect() to handshake again."
+                    "changed its sizes. Call connect() to handshake again (HELLO_REQ makes the MCU "
+                    "apply its safe action and disarm)."
                 )
             if time.monotonic() >= deadline:
                 self._c["obs_timeouts"] += 1
@@ -489,6 +520,7 @@ class RobotConnection:
             if self._obs_floor is not None and seq_diff(f.seq, self._obs_floor) < 0:
                 return None  # sent before the arm was confirmed
             self.mcu_status = fl
+            self._c["status_received"] += 1
             if fl["boot_id"] != boot:
                 self._rebooted(fl["boot_id"])
             if fl["watchdog_latched"]:
@@ -519,8 +551,7 @@ class RobotConnection:
             if d == 0:
                 self._c["obs_duplicates"] += 1
                 if self._last_answered == seq:
-                    self._send_action(self._last_sent, seq)
-                    self._c["action_resends"] += 1
+                    self._resend_due += 1  # observe() re-sends its action once per drain
                 return None
             if d < 0:
                 self._c["obs_stale"] += 1
@@ -580,18 +611,39 @@ class RobotConnection:
         self._last_answered = obs_seq
         self._c["actions_sent"] += 1
 
-    def send_safe(self) -> None:
-        """Send the safe action, answering the newest observation (no-op while disarmed).
+    def send_safe(self) -> bool:
+        """Answer the newest observation with the safe action, if it is still unanswered.
 
-        Use it when no observation came in time (fault 16) or the loop must hold still; the
-        rate limiter restarts from the safe action.
+        Use it when the loop must hold still (shutdown, a wrong-length streak, no new
+        observation in time). Returns whether an ACTION was sent: an MCU rejects an ACTION for
+        an OBS that was already answered (docs/protocol.md, section 6), so none is sent then
+        (counted in `safe_actions_skipped`); the MCU keeps the action it applied until the next
+        OBS is answered, a STOP (which applies the safe action) or its watchdog. Nothing is sent
+        while disarmed or before the first OBS. After a send the rate limiter restarts from the
+        safe action.
         """
         if self.link is None or not self.link.is_open or not self.armed:
-            return
+            return False
         if self._last_obs_seq is None:
-            return  # nothing to answer yet; the MCU re-sends its OBS and holds the safe action
+            return False  # nothing to answer yet: the MCU re-sends its OBS, holds the safe action
+        if self._last_answered == self._last_obs_seq:
+            self._c["safe_actions_skipped"] += 1
+            return False
         self._send_action(self.safe.copy(), self._last_obs_seq)
         self._c["safe_actions_sent"] += 1
+        return True
+
+    def request_status(self) -> None:
+        """Send STATUS_REQ. The MCU answers STATUS(REPLY) at once; it arrives with the next OBS
+        and `observe()` reads it (updating `mcu_status`) without disturbing the lock-step."""
+        self._require_armed().send("STATUS_REQ")
+        self._c["status_requests"] += 1
+
+    @property
+    def mcu_counters(self) -> dict[str, int]:
+        """The MCU's own counters from its latest STATUS (since its boot); {} before any."""
+        st = self.mcu_status or {}
+        return {k: int(st[k]) for k in MCU_COUNTERS if k in st}
 
     # ---------------------------------------------------------------- stop / close
 

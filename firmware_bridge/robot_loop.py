@@ -59,6 +59,7 @@ class RunConfig:
     snapshot_every: int = 1000  # ticks between in-memory "last good" snapshots for rollback
     seed: int = 0  # exploration noise
     status_every_s: float = 1.0  # live line period (0 disables it)
+    mcu_status_every_s: float = 1.0  # STATUS_REQ period: the MCU's counters (0 disables it)
     max_silent_timeouts: int = 20  # consecutive timeouts before giving up with an error
     reconnect_tries: int = 5  # after a link error: handshake attempts before giving up
     reconnect_backoff_s: float = 0.5  # first wait between attempts; doubles each time
@@ -299,7 +300,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             log(f"WARNING: checkpoint failed ({e}); the previous one is intact; control continues")
 
     t_start = time.monotonic()
-    last_status = last_ckpt = t_start
+    last_status = last_ckpt = last_status_req = t_start
     silent = 0
     exit_reason = "steps"
     try:
@@ -324,7 +325,7 @@ def run(cfg: RunConfig, log=print) -> dict:
                     if silent >= cfg.max_silent_timeouts:
                         raise RunError(
                             f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
-                            "is the robot powered and armed? (safe action sent)"
+                            "is the robot powered and armed? (STOP is sent; its watchdog holds the safe action)"
                         )
                     continue
                 silent = 0
@@ -347,6 +348,12 @@ def run(cfg: RunConfig, log=print) -> dict:
                     force_first = True
                     log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
                 conn.act(out[action_out][0], o.seq)
+                # the MCU answers at once; the STATUS comes in with the next OBS
+                if cfg.mcu_status_every_s and time.monotonic() - last_status_req >= (
+                    cfg.mcu_status_every_s
+                ):
+                    last_status_req = time.monotonic()
+                    conn.request_status()
             except HandshakeError:
                 raise  # firmware and bundle disagree: retrying cannot help
             except LinkError as e:
@@ -381,7 +388,7 @@ def run(cfg: RunConfig, log=print) -> dict:
                     f"\rtick {c['ticks']:>8} | {c['ticks'] / (now - t_start):7.0f} ticks/s | "
                     f"episodes {c['episodes']:>5} | return(avg10) {avg:>8} | "
                     f"{graph} p50 {p50 * 1e6:6.0f}us p99 {p99 * 1e6:6.0f}us | "
-                    f"bad {c['bad_updates']}",
+                    f"bad {c['bad_updates']}{_mcu_status_text(conn.mcu_counters)}",
                     end="",
                     file=sys.stderr,
                     flush=True,
@@ -393,11 +400,11 @@ def run(cfg: RunConfig, log=print) -> dict:
             signal.signal(sig, handler)
         if cfg.status_every_s:
             print(file=sys.stderr)
-        try:
-            conn.send_safe()  # hold still first...
+        try:  # an OBS still unanswered gets the safe action (an answered one cannot be
+            conn.send_safe()  # answered again: the MCU would reject it)...
         except LinkError:
             pass  # the link may be why we stopped; the MCU watchdog applies the safe action
-        conn.close()  # ...then STOP: the MCU disarms and keeps the safe action
+        conn.close()  # ...then STOP: the MCU applies the safe action, disarms and holds it
         checkpoint("exit")
 
     elapsed = time.monotonic() - t_start
@@ -415,7 +422,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         "last_episodes_return": float(np.mean(list(returns)[-k:])) if returns else None,
         "graph_latency_us": {"p50": gp50 * 1e6, "p99": gp99 * 1e6},
         "tick_latency_us": {"p50": tp50 * 1e6, "p99": tp99 * 1e6},
-        "counters": c | {"link": dict(conn.counters)},
+        "counters": c | {"link": dict(conn.counters), "mcu": conn.mcu_counters},
         "checkpoint_dir": str(ckpt_dir),
         "config": {k: v for k, v in asdict(cfg).items() if k != "link"},
     }
@@ -459,6 +466,16 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _mcu_status_text(m: dict) -> str:
+    """The MCU's counters for the live line ('' before its first STATUS)."""
+    if not m:
+        return ""
+    return (
+        f" | mcu frame errors {m['frame_errors']} rejected {m['actions_rejected']} "
+        f"watchdog {m['watchdog_trips']}"
+    )
+
+
 def format_summary(s: dict) -> str:
     lines = [
         f"{s['graph']} run ended ({s['exit']}): {s['ticks']} ticks at {s['ticks_per_second']:.0f}/s, "
@@ -477,6 +494,13 @@ def format_summary(s: dict) -> str:
         f"  bad updates {c['bad_updates']}, rollbacks {c['rollbacks']}, timeouts {c['timeouts']}, "
         f"reboots {c['reboots']}, non-finite obs {c['non_finite_obs']}, checkpoints {c['checkpoints']}"
     )
+    m = c.get("mcu")
+    if m:
+        lines.append(
+            f"  MCU (its last STATUS, counts since its boot): frames ok {m['frames_ok']}, "
+            f"frame errors {m['frame_errors']}, actions applied {m['actions_applied']}, "
+            f"rejected {m['actions_rejected']}, watchdog trips {m['watchdog_trips']}"
+        )
     return "\n".join(lines)
 
 

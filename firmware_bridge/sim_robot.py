@@ -90,7 +90,7 @@ class SimStats:
     obs_sent: int = 0
     obs_resent: int = 0  # OBS re-sent because its ACTION had not arrived
     actions_applied: int = 0
-    actions_stale: int = 0  # obs_seq not the current OBS
+    actions_stale: int = 0  # obs_seq not the current OBS, or the current OBS already answered
     actions_ignored: int = 0  # arrived while disarmed or latched
     actions_nonfinite: int = 0  # NaN/Inf action: safe action applied instead
     actions_clipped: int = 0  # outside the action space: clipped
@@ -102,6 +102,12 @@ class SimStats:
     rx_frames: int = 0  # valid frames received
     rx_dropped: int = 0  # valid frames ignored by rx_drop_prob
     tx_overflow: int = 0  # bytes dropped because the host did not read (pty buffer full)
+
+    @property
+    def actions_rejected(self) -> int:
+        """ACTIONs rejected by the rules of docs/protocol.md section 6 (STATUS.actions_rejected):
+        stale or already answered, disarmed or latched, non-finite."""
+        return self.actions_stale + self.actions_ignored + self.actions_nonfinite
 
 
 class SimRobot:
@@ -580,8 +586,7 @@ class SimRobot:
             frame_errors=sum(c[k] for k in _FRAME_ERRORS) % (1 << 32),
             watchdog_trips=s.watchdog_trips,
             actions_applied=s.actions_applied % (1 << 32),
-            actions_rejected=(s.actions_stale + s.actions_ignored + s.actions_nonfinite)
-            % (1 << 32),
+            actions_rejected=s.actions_rejected % (1 << 32),
         )
 
     def _send_obs(self, flags: int, reward: float, obs) -> None:

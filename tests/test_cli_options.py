@@ -27,6 +27,10 @@ def _refused(args: list[str], *words: str):
         ("--baud", "-9600", ("--baud",)),
         ("--steps", "0", ("--steps", "at least 1", "Ctrl-C")),
         ("--steps", "-5", ("--steps",)),
+        ("--checkpoint-every", "0", ("--checkpoint-every", "positive")),
+        ("--checkpoint-every", "-1", ("--checkpoint-every",)),
+        ("--checkpoint-every", "nan", ("--checkpoint-every",)),
+        ("--checkpoint-every", "inf", ("--checkpoint-every",)),
     ],
 )
 def test_run_refuses_bad_numbers_before_loading_anything(tmp_path, option, value, words):
@@ -76,3 +80,52 @@ def test_export_refuses_a_bad_max_delta_before_writing_a_bundle(tmp_path, value)
         "positive",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--drop-prob", "-0.1"),
+        ("--corrupt-prob", "1.5"),
+        ("--duplicate-prob", "nan"),
+        ("--garbage-prob", "2"),
+        ("--rx-drop-prob", "-1"),
+    ],
+)
+def test_sim_robot_refuses_a_probability_outside_0_1(no_serving, option, value):
+    _refused(["sim-robot", option, value], option, "probability in [0, 1]")
+
+
+@pytest.mark.parametrize("value", ["-0.01", "nan", "inf"])
+def test_sim_robot_refuses_a_bad_delay(no_serving, value):
+    _refused(["sim-robot", "--delay-s", value], "--delay-s", ">= 0")
+
+
+@pytest.mark.parametrize("option", ["--reboot-after-steps", "--hang-after-steps"])
+def test_sim_robot_refuses_bad_fault_step_counts(no_serving, option):
+    _refused(["sim-robot", option, "0"], option, "at least 1")
+
+
+def test_sim_robot_fault_options_reach_simfaults(monkeypatch):
+    from firmware_bridge.sim_robot import SimFaults, SimRobot
+
+    seen = {}
+    monkeypatch.setattr(SimRobot, "serve", lambda self, *a, **k: seen.update(f=self.faults))
+    args = ["sim-robot", "--drop-prob", "0.1", "--corrupt-prob", "0.2", "--duplicate-prob", "0.3"]
+    args += ["--garbage-prob", "0.4", "--rx-drop-prob", "0.5", "--split-writes"]
+    args += ["--delay-s", "0.001", "--reboot-after-steps", "7", "--hang-after-steps", "9"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert seen["f"] == SimFaults(
+        drop_prob=0.1,
+        corrupt_prob=0.2,
+        duplicate_prob=0.3,
+        split_writes=True,
+        garbage_prob=0.4,
+        rx_drop_prob=0.5,
+        delay_s=0.001,
+        reboot_after_steps=7,
+        hang_after_steps=9,
+    )
+    r = CliRunner().invoke(app, ["sim-robot"])
+    assert r.exit_code == 0 and seen["f"] == SimFaults()  # defaults: no faults

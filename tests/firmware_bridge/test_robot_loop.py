@@ -320,3 +320,61 @@ def test_cli_run_exit_code_and_summary_with_an_unusable_checkpoint_dir(bundle, t
     assert "act run ended (steps): 30 ticks" in frozen.output and "WARNING" in frozen.output
     assert learning.exit_code == 2 and isinstance(learning.exception, SystemExit)
     assert "error: checkpoint directory" in learning.output and "Traceback" not in learning.output
+
+
+def test_cli_run_checkpoint_every_writes_checkpoints_during_the_run(bundle, tmp_path):
+    """`run --checkpoint-every 0.1`: periodic checkpoints while the run goes on, not only the
+    one at exit (the CLI used to fix the period at 30 s)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    args = ["run", str(bundle), "--port", str(tmp_path / "tty"), "--steps", "300"]
+    args += ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "0.1"]
+    with _robot(tmp_path, faults=SimFaults(delay_s=0.003)):  # >= 0.9 s for 300 ticks
+        r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "ck").glob("ckpt-*.json"))]
+    periodic = [x for x in records if x["meta"]["reason"] == "periodic"]
+    assert periodic and all(x["step"] < 300 for x in periodic), records
+    assert records[-1]["meta"]["reason"] == "exit" and records[-1]["step"] == 300
+    checkpoints = int(r.output.split("checkpoints ")[1].split()[0])
+    assert checkpoints >= 4, r.output  # several periodic ones (3 kept on disk) and the last
+
+
+def test_shutdown_sends_no_action_the_mcu_would_reject(bundle, tmp_path):
+    """At exit the last OBS was answered by the last tick: the shutdown safe action used to be a
+    second ACTION for it, which the MCU rejects (stale). Now STOP alone holds the robot safe."""
+    with _robot(tmp_path) as robot:
+        s = _loop(bundle, tmp_path, steps=100)
+        assert robot.stats.stops == 1 and not robot.armed
+    assert s["ticks"] == 100
+    assert robot.stats.actions_rejected == 0, robot.stats
+    assert robot.applied_action.tolist() == list(envs.env_info(envs.DEFAULT_ENV).safe_action)
+    assert s["counters"]["link"]["safe_actions_skipped"] == 1
+
+
+def test_run_polls_the_mcu_status_and_reports_its_counters(bundle, tmp_path, capsys):
+    """`run` sends STATUS_REQ every mcu_status_every_s between ticks (the lock-step goes on);
+    the MCU's counters appear in the live line, the JSON counters and format_summary."""
+    from firmware_bridge.link import SerialLink
+    from firmware_bridge.protocol import Sizes
+    from firmware_bridge.robot_loop import format_summary
+
+    with _robot(tmp_path, faults=SimFaults(delay_s=0.002)) as robot:
+        with SerialLink(str(tmp_path / "tty"), sizes=Sizes(2, 1)) as link:
+            link.write(b"\x05\x11\x00")  # one chunk the MCU rejects (invalid COBS)
+        s = _loop(bundle, tmp_path, steps=300, status_every_s=0.05, mcu_status_every_s=0.05)
+        applied, rejected = robot.stats.actions_applied, robot.stats.actions_rejected
+    live = capsys.readouterr().err
+    c = s["counters"]
+    assert s["ticks"] == 300 and c["link"]["status_requests"] >= 5, c["link"]
+    assert c["link"]["status_received"] >= c["link"]["status_requests"] - 1, c["link"]
+    assert c["timeouts"] == 0 and c["link"]["obs_stale"] == 0  # lock-step undisturbed
+    assert "mcu frame errors 1 rejected 0" in live, live[-500:]
+    mcu = c["mcu"]  # from the STATUS(STOPPED) at exit: the MCU's final counts
+    assert mcu["frame_errors"] == 1 and mcu["watchdog_trips"] == 0, mcu
+    assert mcu["actions_applied"] == applied and mcu["actions_rejected"] == rejected == 0
+    assert "frame errors 1, actions applied" in format_summary(s)

@@ -366,3 +366,53 @@ def test_watchdog_ms_zero_means_no_watchdog():
         st = inbox.wait("STATUS", event=EVENT["REPLY"])
         assert st.fields["armed"] == 1 and st.fields["watchdog_latched"] == 0
         assert sim.stats.watchdog_trips == 0 and 2 <= sim.stats.obs_resent <= 10
+
+
+def test_send_safe_answers_only_an_unanswered_obs_and_the_mcu_rejects_nothing():
+    """The safe action is an ACTION for the newest OBS, so it is sent only while that OBS is
+    unanswered; for an answered one a conforming MCU would reject it (stale), and STOP alone
+    makes it apply and hold the safe action."""
+    with make_sim(seed=4) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        o = conn.observe()
+        conn.act([1], o.seq)
+        o = conn.observe()  # not answered yet
+        applied = sim.stats.actions_applied
+        assert conn.send_safe() is True  # answers it: applied by the MCU
+        assert conn.send_safe() is False  # answered now: nothing is sent
+        o = conn.observe()
+        conn.act([1], o.seq)
+        assert conn.send_safe() is False
+        c = conn.counters
+        assert c["safe_actions_sent"] == 1 and c["safe_actions_skipped"] == 2
+        conn.close()  # STOP(SHUTDOWN), confirmed: every earlier frame was handled
+        assert sim.stats.stops == 1 and not sim.armed
+        assert sim.applied_action.tolist() == [0.0]
+        assert sim.stats.actions_applied >= applied + 1
+        assert sim.stats.actions_rejected == 0, sim.stats
+
+
+def test_after_a_host_stall_the_queued_duplicates_are_answered_once_at_most():
+    """The host pauses between reading an OBS and answering it (GC, a slow disk, a busy core):
+    the MCU re-sends that OBS every resend_s and the copies queue up. Once answered, the host
+    reads them as duplicates of an answered OBS. It used to re-send its ACTION for each copy,
+    and the MCU rejected every one but none; now it drains the queue and answers once at most."""
+    with make_sim(seed=5, resend_s=0.01) as sim, make_conn(sim.device_path) as conn:
+        sim.start()
+        conn.connect()
+        o = conn.observe()
+        time.sleep(0.3)  # the host stalls: ~30 re-sends of o pile up
+        conn.act([1], o.seq)
+        nxt = conn.observe()
+        assert nxt is not None and nxt.seq != o.seq
+        for _ in range(5):  # the lock-step goes on normally
+            conn.act([1], nxt.seq)
+            nxt = conn.observe()
+        c = conn.counters
+        queued = sim.stats.obs_resent
+        assert queued >= 10 and c["obs_duplicates"] >= 10, (queued, c)
+        assert c["action_resends"] <= 1, c
+        assert c["action_resends"] + c["action_resends_suppressed"] >= 10, c
+        conn.close()  # STOP confirmed: every ACTION before it was handled
+        assert sim.stats.actions_rejected <= 1, sim.stats
