@@ -455,9 +455,8 @@ def format_table(report: dict) -> str:
         + f"; {meta['machine']}, {meta['cpus_usable']} usable CPUs ({meta['cpu']}); "
         + f"subnormals {meta['denormals']['text']}",
         f"{meta['steps']} timed steps per path and case in {meta['rounds']} interleaved rounds, "
-        f"after {meta['warmup']} warm-up steps (the first {meta['lead_in_moving']} moving); "
-        "times in microseconds; copy = one numpy copy of the graph's state "
-        "(in cache / from memory)",
+        f"after {meta['warmup']} warm-up steps (the first {meta['lead_in_moving']} moving)",
+        "times in microseconds; copy = one numpy copy of the graph's state, in cache / from memory",
     ]
     header = "".join(
         c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths))
