@@ -89,8 +89,10 @@ _libm = None
 def _lib():
     global _libm
     if _libm is None:
-        name = ctypes.util.find_library("m") or "libm.so.6"
-        lib = ctypes.CDLL(name)
+        try:
+            lib = ctypes.CDLL("libm.so.6")  # glibc; find_library spawns a subprocess
+        except OSError:
+            lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so")
         for fn in (lib.fegetenv, lib.fesetenv):
             fn.argtypes = [ctypes.c_void_p]
             fn.restype = ctypes.c_int

@@ -95,3 +95,12 @@ def test_subnormal_count_ignores_zero_normal_and_integer_values():
         "b": np.array([1, 0, 2], np.int64),
     }
     assert fpenv.subnormal_count(state) == 2
+
+
+def test_an_unsupported_platform_changes_nothing(monkeypatch):
+    monkeypatch.setattr(fpenv, "_layout", lambda: None)
+    assert fpenv.mechanism() is None
+    with fpenv.flush_denormals() as fp:
+        assert not fp.active and fp.mechanism is None
+        assert "no flush-to-zero support" in fp.describe()
+        assert not fpenv.denormals_flushed()
