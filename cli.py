@@ -431,7 +431,7 @@ def bench(
         str | None,
         typer.Option(
             help="Without BUNDLE: sizes to build, export and time against torch eager: "
-            "tiny, demo, paper [default: demo,paper]."
+            "tiny, demo, paper (default: demo,paper)."
         ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per path, graph and case.")] = 2000,
