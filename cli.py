@@ -518,5 +518,99 @@ def sweep(
         _fail(f"{len(failed)} run(s) failed after a retry: {failed[:5]}")
 
 
+@app.command()
+def bench(
+    bundle: Annotated[
+        Path | None,
+        typer.Argument(help="Time this bundle (onnxruntime only: works on the robot install)."),
+    ] = None,
+    sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="Without BUNDLE: sizes to build, export and time against torch eager: "
+            "tiny, demo, paper (default: demo,paper)."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Timed steps per path, graph and case.")] = 2000,
+    warmup: Annotated[
+        int,
+        typer.Option(help="Untimed steps before timing (the first quarter with a moving robot)."),
+    ] = 2000,
+    rounds: Annotated[
+        int, typer.Option(help="Interleaved rounds the timed steps are split in.")
+    ] = 10,
+    cases: Annotated[
+        str, typer.Option(help="Comma-separated: moving, rest (obs held, noise as usual), zero.")
+    ] = "moving,rest,zero",
+    denormals: Annotated[
+        str,
+        typer.Option(
+            help="flush subnormal floats as `rtu-edge run` does, or keep them (to compare)."
+        ),
+    ] = "flush",
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the full report and machine info here."),
+    ] = None,
+) -> None:
+    """Act and learn step p50/p99 (onnxruntime, torch eager) against the memory-copy floor."""
+    from firmware_bridge.bench import CASES, DENORMALS
+
+    case_list = [c.strip() for c in cases.split(",") if c.strip()]
+    _usage(steps > 0, f"--steps must be at least 1, got {steps}")
+    _usage(warmup >= 0, f"--warmup must be 0 or more, got {warmup}")
+    _usage(0 < rounds <= steps, f"--rounds must be between 1 and --steps ({steps}), got {rounds}")
+    _usage(
+        bool(case_list) and all(c in CASES for c in case_list),
+        f"--cases must be a comma-separated list of {', '.join(CASES)}; got {cases!r}",
+    )
+    _usage(denormals in DENORMALS, f"--denormals must be flush or keep, got {denormals!r}")
+    _usage(
+        json_out is None or not json_out.is_dir(),
+        f"--json {json_out} is a directory; give a file name",
+    )
+    if bundle is not None:
+        _usage(sizes is None, "give a BUNDLE or --sizes, not both")
+        size_list: list[str] = []
+    else:
+        from export.bench_sizes import DEFAULT_SIZES, SIZES  # torch-free
+
+        names = ",".join(DEFAULT_SIZES) if sizes is None else sizes
+        size_list = [x.strip() for x in names.split(",") if x.strip()]
+        _usage(
+            bool(size_list) and all(x in SIZES for x in size_list),
+            f"--sizes must be a comma-separated list of {', '.join(SIZES)}; got {sizes!r}",
+        )
+    from cli_bench import BenchConfig, run_bench_command
+    from firmware_bridge.bench import BenchError, format_table
+    from firmware_bridge.bundle import BundleError
+
+    cfg = BenchConfig(
+        bundle=None if bundle is None else str(bundle),
+        sizes=size_list,
+        steps=steps,
+        warmup=warmup,
+        rounds=rounds,
+        cases=case_list,
+        denormals=denormals,
+        json_out=None if json_out is None else str(json_out),
+    )
+    if bundle is None:
+        _need_train_extra()
+    try:
+        report = run_bench_command(cfg, log=lambda m: typer.echo(m, err=True))
+    except (BundleError, BenchError) as e:
+        _fail(f"{type(e).__name__}: {e}", code=2)
+    typer.echo(format_table(report))
+    if json_out:
+        from firmware_bridge.atomic import atomic_write_json
+
+        try:
+            atomic_write_json(json_out, report)
+        except OSError as e:  # the table was printed above
+            _fail(f"could not write --json {json_out}: {e}")
+        typer.echo(f"report written to {json_out}", err=True)
+
+
 if __name__ == "__main__":
     sys.exit(app())

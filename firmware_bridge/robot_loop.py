@@ -28,6 +28,7 @@ from firmware_bridge.atomic import atomic_write_json
 from firmware_bridge.bundle import Bundle, load_bundle
 from firmware_bridge.checkpoints import CheckpointError, CheckpointStore
 from firmware_bridge.contract import NoiseSpec, sample_noise
+from firmware_bridge.fpenv import flush_denormals
 from firmware_bridge.host import (
     HandshakeError,
     LinkConfig,
@@ -303,6 +304,11 @@ def run(cfg: RunConfig, log=print) -> dict:
     last_status = last_ckpt = last_status_req = t_start
     silent = 0
     exit_reason = "steps"
+    # Subnormal floats flushed to zero on this thread, which runs the graph, so that a robot
+    # at rest does not step slower (fpenv.py); set after load_bundle built the sessions.
+    fp = flush_denormals()
+    if not fp.active:
+        log(f"note: subnormal floats {fp.describe()}; steps may slow down while the robot rests")
     try:
         hello = conn.connect()
         log(
@@ -396,6 +402,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     except KeyboardInterrupt:
         exit_reason = "Ctrl-C"
     finally:
+        fp.restore()  # the caller's thread as it was
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
         if cfg.status_every_s:
@@ -422,6 +429,7 @@ def run(cfg: RunConfig, log=print) -> dict:
         "last_episodes_return": float(np.mean(list(returns)[-k:])) if returns else None,
         "graph_latency_us": {"p50": gp50 * 1e6, "p99": gp99 * 1e6},
         "tick_latency_us": {"p50": tp50 * 1e6, "p99": tp99 * 1e6},
+        "subnormals_flushed": fp.active,
         "counters": c | {"link": dict(conn.counters), "mcu": conn.mcu_counters},
         "checkpoint_dir": str(ckpt_dir),
         "config": {k: v for k, v in asdict(cfg).items() if k != "link"},

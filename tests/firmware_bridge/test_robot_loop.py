@@ -122,6 +122,27 @@ def test_loop_survives_noise_drops_reboot_and_sensor_glitches(bundle, tmp_path):
     assert _last_checkpoint_is_finite(tmp_path)
 
 
+def test_loop_flushes_subnormals_on_its_thread_and_restores_it(bundle, tmp_path, monkeypatch):
+    """Every graph step runs with subnormals flushed (a robot at rest must not step slower,
+    firmware_bridge/fpenv.py); the caller's thread is as it was afterwards."""
+    from firmware_bridge import fpenv, robot_loop
+
+    seen = []
+    real_step = robot_loop.UpdateGuard.step
+
+    def step(self, inputs, tick):
+        seen.append(fpenv.denormals_flushed())
+        return real_step(self, inputs, tick)
+
+    monkeypatch.setattr(robot_loop.UpdateGuard, "step", step)
+    with _robot(tmp_path):
+        s = _loop(bundle, tmp_path, steps=50)
+    expected = fpenv.mechanism() is not None
+    assert s["subnormals_flushed"] is expected
+    assert len(seen) == 50 and set(seen) == {expected}
+    assert not fpenv.denormals_flushed()
+
+
 def test_wrong_schema_hash_is_refused_naming_both(bundle, tmp_path):
     with _robot(tmp_path, schema_hash=0x12345678):
         with pytest.raises(HandshakeError) as e:
