@@ -62,6 +62,9 @@ class RunConfig:
     status_every_s: float = 1.0  # live line period (0 disables it)
     mcu_status_every_s: float = 1.0  # STATUS_REQ period: the MCU's counters (0 disables it)
     max_silent_timeouts: int = 20  # consecutive timeouts before giving up with an error
+    # consecutive timeouts before the host handshakes again: a rebooted MCU whose boot HELLO
+    # was lost on the wire waits, disarmed, for a HELLO_REQ; nothing else would wake it
+    rehandshake_after_timeouts: int = 3
     reconnect_tries: int = 5  # after a link error: handshake attempts before giving up
     reconnect_backoff_s: float = 0.5  # first wait between attempts; doubles each time
     link: LinkConfig | None = field(
@@ -261,6 +264,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             "reboots",
             "checkpoints",
             "checkpoint_failures",
+            "silent_rehandshakes",
         )
     }
     c["ticks_before"] = int(counters.get("ticks", 0))
@@ -333,6 +337,12 @@ def run(cfg: RunConfig, log=print) -> dict:
                             f"no observation from {cfg.port} for {silent * cfg.obs_timeout_s:.1f}s; "
                             "is the robot powered and armed? (STOP is sent; its watchdog holds the safe action)"
                         )
+                    if silent % cfg.rehandshake_after_timeouts == 0:
+                        c["silent_rehandshakes"] += 1
+                        raise SessionInterrupted(
+                            f"no observation for {silent * cfg.obs_timeout_s:.1f}s (a reboot "
+                            "whose HELLO was lost, or a latched MCU)"
+                        )
                     continue
                 silent = 0
                 t0 = time.perf_counter()
@@ -370,7 +380,10 @@ def run(cfg: RunConfig, log=print) -> dict:
                 else:
                     c["link_errors"] += 1
                 log(f"{e}; resetting recurrent state and handshaking again")
-                _reconnect(conn, cfg, log)
+                new_hello = _reconnect(conn, cfg, log)
+                if new_hello.boot_id != hello.boot_id and not isinstance(e, RobotRebooted):
+                    c["reboots"] += 1  # found by the new handshake (its boot HELLO was lost)
+                hello = new_hello
                 force_first, ep_return = True, 0.0
                 continue
             tick_lat.add(time.perf_counter() - t0)
@@ -446,13 +459,13 @@ def run(cfg: RunConfig, log=print) -> dict:
     return summary
 
 
-def _reconnect(conn: RobotConnection, cfg: RunConfig, log) -> None:
-    """Handshake again, with exponential backoff (no busy loop); the last failure propagates."""
+def _reconnect(conn: RobotConnection, cfg: RunConfig, log):
+    """Handshake again, with exponential backoff (no busy loop); returns the new HELLO. The
+    last failure propagates."""
     wait = cfg.reconnect_backoff_s
     for attempt in range(1, cfg.reconnect_tries + 1):
         try:
-            conn.connect()
-            return
+            return conn.connect()
         except HandshakeError:
             raise
         except LinkError as e:

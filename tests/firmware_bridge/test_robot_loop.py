@@ -399,3 +399,27 @@ def test_run_polls_the_mcu_status_and_reports_its_counters(bundle, tmp_path, cap
     assert mcu["frame_errors"] == 1 and mcu["watchdog_trips"] == 0, mcu
     assert mcu["actions_applied"] == applied and mcu["actions_rejected"] == rejected == 0
     assert "frame errors 1, actions applied" in format_summary(s)
+
+
+def test_reboot_whose_boot_hello_is_lost_is_found_by_handshaking_again(bundle, tmp_path):
+    """The MCU reboots and its unsolicited boot HELLO is lost on the wire: it waits, disarmed,
+    for a HELLO_REQ, and the host sees only silence. After `rehandshake_after_timeouts` silent
+    ticks the host handshakes again, finds the new boot id (counted as a reboot) and learns on.
+    Before, the host waited out `max_silent_timeouts` and gave up."""
+    with _robot(tmp_path, faults=SimFaults(reboot_after_steps=150)) as robot:
+        real_boot = robot._boot  # the power-on boot already ran (its HELLO went out)
+
+        def boot_hello_lost():
+            # the reboot: the same state change, but the HELLO frame never arrives
+            real_send = robot._send
+            robot._send = lambda msg, **f: None if msg == "HELLO" else real_send(msg, **f)
+            try:
+                return real_boot()
+            finally:
+                robot._send = real_send
+
+        robot._boot = boot_hello_lost
+        s = _loop(bundle, tmp_path, steps=400, obs_timeout_s=0.2)
+    c = s["counters"]
+    assert s["ticks"] == 400 and robot.stats.reboots == 1
+    assert c["silent_rehandshakes"] >= 1 and c["reboots"] == 1, c
