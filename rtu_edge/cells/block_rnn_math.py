@@ -47,6 +47,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rtu_edge.cells._common import (
+    _act,
+    _act_grad_from_post,
+    _act_grad_from_pre,
+    _check_batch_input,
+    _check_positive_int,
+    _keep_mask,
+    _mask,
+    _scale,
+    _shape_of,
+)
+
 ACTIVATIONS = ("tanh", "relu", "identity")
 OPTIONS: dict[str, object] = {"activation": "tanh"}
 
@@ -377,61 +389,6 @@ def _propagate(
     return _scale(f1, q1), _scale(f2, q2)
 
 
-def _act(activation: str, a: Tensor) -> Tensor:
-    if activation == "relu":
-        return torch.relu(a)
-    if activation == "tanh":
-        return torch.tanh(a)
-    return a
-
-
-def _act_grad_from_pre(activation: str, a: Tensor) -> Tensor | None:
-    """f'(a) from the pre-activation; None for identity (f' = 1, skip the multiply)."""
-    if activation == "relu":
-        return (a > 0).to(a.dtype)  # 0 at the kink, as torch autograd
-    if activation == "tanh":
-        t = torch.tanh(a)
-        return 1 - t * t
-    return None
-
-
-def _act_grad_from_post(activation: str, c: Tensor) -> Tensor | None:
-    """f'(a) from the post-activation c = f(a); None for identity."""
-    if activation == "relu":
-        return (c > 0).to(c.dtype)
-    if activation == "tanh":
-        return 1 - c * c
-    return None
-
-
-def _scale(factor: Tensor | None, t: Tensor) -> Tensor:
-    return t if factor is None else factor * t
-
-
-def _mask(t: Tensor, keep: Tensor) -> Tensor:
-    """Multiply row b of t (B, ...) by keep[b]."""
-    return t * keep.reshape((keep.shape[0],) + (1,) * (t.dim() - 1))
-
-
-def _keep_mask(done: object, b: int, dtype: torch.dtype) -> Tensor:
-    if not isinstance(done, Tensor) or tuple(done.shape) != (b,):
-        raise ValueError(
-            f"done must be None or a tensor of shape ({b},) (1 = first step of a new "
-            f"episode); got {_shape_of(done)}"
-        )
-    return 1 - done.to(dtype)
-
-
-def _shape_of(t: object) -> str:
-    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
-
-
-def _check_positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v!r}")
-    return v
-
-
 def _check_hidden(hidden_size: object) -> int:
     n = _check_positive_int(hidden_size, "hidden_size")
     if n % 2:
@@ -458,14 +415,6 @@ def _check_params(p: object) -> tuple[int, int]:
         if t.dtype != p.w1.dtype:
             raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
     return d, m
-
-
-def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
-    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
-        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
-    return t.shape[0]
 
 
 def _check_sequence(xs: object, dones: object, d: int, dtype: torch.dtype) -> tuple[int, int]:

@@ -28,6 +28,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rtu_edge.cells._common import (
+    _check_batch_input,
+    _check_positive_int,
+    _check_sizes,
+    _keep_mask,
+    _mask,
+    _shape_of,
+)
+
 OPTIONS: dict[str, object] = {}
 
 
@@ -138,36 +147,6 @@ def _cell(p: GRUParams, n: int, x: Tensor, h: Tensor) -> Tensor:
     return (1 - z) * c + z * h
 
 
-def _mask(t: Tensor, keep: Tensor) -> Tensor:
-    return t * keep[:, None]
-
-
-def _keep_mask(done: object, b: int, dtype: torch.dtype) -> Tensor:
-    if not isinstance(done, Tensor) or tuple(done.shape) != (b,):
-        raise ValueError(
-            f"done must be None or a tensor of shape ({b},) (1 = first step of a new "
-            f"episode); got {_shape_of(done)}"
-        )
-    return 1 - done.to(dtype)
-
-
-def _shape_of(t: object) -> str:
-    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
-
-
-def _check_positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v!r}")
-    return v
-
-
-def _check_sizes(input_size: object, hidden_size: object) -> tuple[int, int]:
-    return (
-        _check_positive_int(input_size, "input_size"),
-        _check_positive_int(hidden_size, "hidden_size"),
-    )
-
-
 def _check_params(p: object) -> tuple[int, int]:
     if not isinstance(p, GRUParams):
         raise ValueError(f"p must be a GRUParams; got {type(p).__name__}")
@@ -185,14 +164,6 @@ def _check_params(p: object) -> tuple[int, int]:
         if t.dtype != p.w_i.dtype:
             raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
     return d, n
-
-
-def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
-    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
-        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
-    return t.shape[0]
 
 
 def _check_state(state: object, b: int, n: int, dtype: torch.dtype) -> None:

@@ -37,6 +37,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rtu_edge.cells._common import (
+    _act,
+    _act_grad_from_pre,
+    _check_batch_input,
+    _check_positive_int,
+    _check_sizes,
+    _scale,
+    _shape_of,
+)
+
 ACTIVATIONS = ("relu", "tanh", "identity")
 OPTIONS: dict[str, object] = {"activation": "relu"}
 
@@ -240,45 +250,6 @@ def sequence(
 # --------------------------------------------------------------------------------------
 
 
-def _act(activation: str, a: Tensor) -> Tensor:
-    if activation == "relu":
-        return torch.relu(a)
-    if activation == "tanh":
-        return torch.tanh(a)
-    return a
-
-
-def _act_grad_from_pre(activation: str, a: Tensor) -> Tensor | None:
-    """f'(a) from the pre-activation; None for identity (f' = 1, skip the multiply)."""
-    if activation == "relu":
-        return (a > 0).to(a.dtype)  # 0 at the kink, as torch autograd
-    if activation == "tanh":
-        t = torch.tanh(a)
-        return 1 - t * t
-    return None
-
-
-def _scale(factor: Tensor | None, t: Tensor) -> Tensor:
-    return t if factor is None else factor * t
-
-
-def _shape_of(t: object) -> str:
-    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
-
-
-def _check_positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v!r}")
-    return v
-
-
-def _check_sizes(input_size: object, hidden_size: object) -> tuple[int, int]:
-    return (
-        _check_positive_int(input_size, "input_size"),
-        _check_positive_int(hidden_size, "hidden_size"),
-    )
-
-
 def _check_activation(activation: object) -> None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
@@ -295,14 +266,6 @@ def _check_params(p: object) -> tuple[int, int]:
     if p.b.dtype != p.w.dtype:
         raise ValueError(f"all parameters must share one dtype; b is {p.b.dtype}")
     return d, n
-
-
-def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
-    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
-        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
-    return t.shape[0]
 
 
 def _check_done(done: object, b: int) -> None:

@@ -101,6 +101,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rtu_edge.cells._common import (
+    _check_batch_input,
+    _check_positive_int,
+    _check_sizes,
+    _keep_mask,
+    _mask,
+    _scale,
+    _shape_of,
+)
 from rtu_edge.cells.rtu_math import ACTIVATIONS, _act, _act_grad_from_post, _act_grad_from_pre
 
 # Run-time options (passed to every function); init-only ones are init_params keywords.
@@ -613,41 +622,6 @@ def _width(p: AnyOnlineLRUParams, n: int) -> int:
     return n if isinstance(p, OnlineLRUParams) else 2 * n
 
 
-def _scale(factor: Tensor | None, t: Tensor) -> Tensor:
-    return t if factor is None else factor * t
-
-
-def _mask(t: Tensor, keep: Tensor) -> Tensor:
-    """Multiply row b of t (B, ...) by keep[b]."""
-    return t * keep.reshape((keep.shape[0],) + (1,) * (t.dim() - 1))
-
-
-def _keep_mask(done: object, b: int, dtype: torch.dtype) -> Tensor:
-    if not isinstance(done, Tensor) or tuple(done.shape) != (b,):
-        raise ValueError(
-            f"done must be None or a tensor of shape ({b},) (1 = first step of a new "
-            f"episode); got {_shape_of(done)}"
-        )
-    return 1 - done.to(dtype)
-
-
-def _shape_of(t: object) -> str:
-    return f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else f"{type(t).__name__}"
-
-
-def _check_positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} must be a positive int; got {v!r}")
-    return v
-
-
-def _check_sizes(input_size: object, hidden_size: object) -> tuple[int, int]:
-    return (
-        _check_positive_int(input_size, "input_size"),
-        _check_positive_int(hidden_size, "hidden_size"),
-    )
-
-
 def _check_ring(r_min: object, r_max: object, max_phase: object) -> tuple[float, float, float]:
     vals = (r_min, r_max, max_phase)
     if any(isinstance(v, bool) or not isinstance(v, int | float) for v in vals):
@@ -706,14 +680,6 @@ def _check_params(p: object) -> tuple[int, int]:
         if t.dtype != p.B_re.dtype:
             raise ValueError(f"all parameters must share one dtype; {name} is {t.dtype}")
     return d, n
-
-
-def _check_batch_input(t: object, width: int, dtype: torch.dtype, name: str) -> int:
-    if not isinstance(t, Tensor) or t.dim() != 2 or t.shape[1] != width:
-        raise ValueError(f"{name} must be a tensor of shape (B, {width}); got {_shape_of(t)}")
-    if t.dtype != dtype:
-        raise ValueError(f"{name} has dtype {t.dtype} but the parameters are {dtype}")
-    return t.shape[0]
 
 
 def _check_sequence(xs: object, dones: object, d: int, dtype: torch.dtype) -> tuple[int, int]:
