@@ -1,7 +1,8 @@
 """A simulated microcontroller that speaks the real protocol over a pseudo-terminal.
 
 `SimRobot` wraps any gymnasium-style env (flat float32 Box observations; Discrete or Box
-actions) and plays the MCU side of docs/protocol.md: HELLO, ARM, lock-step OBS/ACTION with
+actions) and plays the MCU side of docs/protocol.md: HELLO, ARM, lock-step OBS/ACTION (or, with
+`period_s`, free-running at a fixed control period: late ACTIONs dropped, the last one held) with
 episode flags, OBS re-sends while an ACTION is missing, a watchdog that applies the safe action
 and latches until re-armed, STOP, STATUS. `SimFaults` injects what real links do: drops,
 corruption, duplicates, split writes, garbage, latency, reboots and hangs.
