@@ -325,6 +325,13 @@ def sim_robot(
         float, typer.Option(help="Safe action after this long without an action.")
     ] = 0.5,
     max_steps: Annotated[int | None, typer.Option(help="Exit after this many env steps.")] = None,
+    period_ms: Annotated[
+        int,
+        typer.Option(
+            help="Free-run at this control period (declared in HELLO): an OBS every period, "
+            "answered or not; 0: lock-step (step when the ACTION arrives)."
+        ),
+    ] = 0,
     drop_prob: Annotated[float, typer.Option(help="Fault: outgoing frame lost.")] = 0.0,
     corrupt_prob: Annotated[float, typer.Option(help="Fault: one byte of a frame flipped.")] = 0.0,
     duplicate_prob: Annotated[float, typer.Option(help="Fault: frame written twice.")] = 0.0,
@@ -371,6 +378,11 @@ def sim_robot(
         max_steps is None or max_steps > 0,
         f"--max-steps must be at least 1 (leave it out to run until stopped), got {max_steps}",
     )
+    _usage(
+        0 <= period_ms <= 0xFFFF,
+        f"--period-ms must be a whole number of milliseconds in [0, 65535] (0: lock-step), "
+        f"got {period_ms}",
+    )
     import signal
     import threading
 
@@ -388,6 +400,7 @@ def sim_robot(
             action_kind=info.action_kind,
             safe_action=list(info.safe_action),
             watchdog_s=watchdog_s,
+            period_s=period_ms / 1000,
             seed=seed,
             faults=SimFaults(
                 drop_prob=drop_prob,
@@ -421,6 +434,11 @@ def sim_robot(
         typer.echo(
             f"sim-robot: {st.steps} steps, {st.episodes} episodes (mean return {mean:.1f}), "
             f"watchdog trips {st.watchdog_trips}, safe actions {st.safe_applied}"
+            + (
+                f", late actions {st.actions_late}, periods held {st.steps_held}"
+                if period_ms
+                else ""
+            )
         )
 
 

@@ -265,6 +265,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             "checkpoints",
             "checkpoint_failures",
             "silent_rehandshakes",
+            "overruns",
         )
     }
     c["ticks_before"] = int(counters.get("ticks", 0))
@@ -307,6 +308,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     t_start = time.monotonic()
     last_status = last_ckpt = last_status_req = t_start
     silent = 0
+    period_s = 0.0  # HELLO.control_period_ms in seconds; 0: lock-step, nothing to overrun
     exit_reason = "steps"
     # Subnormal floats flushed to zero on this thread, which runs the graph, so that a robot
     # at rest does not step slower (fpenv.py); set after load_bundle built the sessions.
@@ -317,8 +319,10 @@ def run(cfg: RunConfig, log=print) -> dict:
         hello = conn.connect()
         log(
             f"connected to {cfg.port}: boot id {hello.boot_id:#010x}, obs {hello.obs_size}, "
-            f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms"
+            f"action {hello.action_size}, watchdog {hello.watchdog_ms} ms, control period "
+            + (f"{hello.control_period_ms} ms" if hello.control_period_ms else "0 (lock-step)")
         )
+        period_s = hello.control_period_ms / 1000
         while cfg.steps is None or c["ticks"] < cfg.steps:
             if stop["reason"]:
                 exit_reason = stop["reason"]
@@ -384,9 +388,13 @@ def run(cfg: RunConfig, log=print) -> dict:
                 if new_hello.boot_id != hello.boot_id and not isinstance(e, RobotRebooted):
                     c["reboots"] += 1  # found by the new handshake (its boot HELLO was lost)
                 hello = new_hello
+                period_s = hello.control_period_ms / 1000
                 force_first, ep_return = True, 0.0
                 continue
-            tick_lat.add(time.perf_counter() - t0)
+            tick_s = time.perf_counter() - t0
+            tick_lat.add(tick_s)
+            if period_s and tick_s > period_s:  # the MCU sent its next OBS before our ACTION
+                c["overruns"] += 1
             c["ticks"] += 1
             if not o.first:  # the robot's own episode bookkeeping, for reporting
                 ep_return += o.reward
@@ -407,7 +415,8 @@ def run(cfg: RunConfig, log=print) -> dict:
                     f"\rtick {c['ticks']:>8} | {c['ticks'] / (now - t_start):7.0f} ticks/s | "
                     f"episodes {c['episodes']:>5} | return(avg10) {avg:>8} | "
                     f"{graph} p50 {p50 * 1e6:6.0f}us p99 {p99 * 1e6:6.0f}us | "
-                    f"bad {c['bad_updates']}{_mcu_status_text(conn.mcu_counters)}",
+                    f"bad {c['bad_updates']}{_period_text(period_s, c, tick_lat)}"
+                    f"{_mcu_status_text(conn.mcu_counters)}",
                     end="",
                     file=sys.stderr,
                     flush=True,
@@ -442,6 +451,10 @@ def run(cfg: RunConfig, log=print) -> dict:
         "last_episodes_return": float(np.mean(list(returns)[-k:])) if returns else None,
         "graph_latency_us": {"p50": gp50 * 1e6, "p99": gp99 * 1e6},
         "tick_latency_us": {"p50": tp50 * 1e6, "p99": tp99 * 1e6},
+        # the MCU's declared control period (HELLO.control_period_ms of the last session; 0:
+        # lock-step) and the whole-tick p99 as a fraction of it (None in lock-step)
+        "control_period_ms": round(period_s * 1000),
+        "tick_p99_over_period": tp99 / period_s if period_s and c["ticks"] else None,
         "subnormals_flushed": fp.active,
         "counters": c | {"link": dict(conn.counters), "mcu": conn.mcu_counters},
         "checkpoint_dir": str(ckpt_dir),
@@ -487,6 +500,15 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _period_text(period_s: float, c: dict, tick_lat: LatencyRing) -> str:
+    """Overruns and the tick p99 against the control period for the live line ('' in
+    lock-step)."""
+    if not period_s:
+        return ""
+    (p99,) = tick_lat.percentiles(99)
+    return f" | period {period_s * 1e3:.0f}ms overruns {c['overruns']} p99 {p99 / period_s:.0%}"
+
+
 def _mcu_status_text(m: dict) -> str:
     """The MCU's counters for the live line ('' before its first STATUS)."""
     if not m:
@@ -515,6 +537,14 @@ def format_summary(s: dict) -> str:
         f"  bad updates {c['bad_updates']}, rollbacks {c['rollbacks']}, timeouts {c['timeouts']}, "
         f"reboots {c['reboots']}, non-finite obs {c['non_finite_obs']}, checkpoints {c['checkpoints']}"
     )
+    if s.get("control_period_ms"):
+        ratio = s["tick_p99_over_period"]
+        lines.append(
+            f"  control period {s['control_period_ms']} ms: overruns {c['overruns']} "
+            f"(ticks longer than the period), whole tick p99 "
+            + ("-" if ratio is None else f"{ratio:.0%}")
+            + " of the period"
+        )
     m = c.get("mcu")
     if m:
         lines.append(

@@ -1,7 +1,8 @@
 """A simulated microcontroller that speaks the real protocol over a pseudo-terminal.
 
 `SimRobot` wraps any gymnasium-style env (flat float32 Box observations; Discrete or Box
-actions) and plays the MCU side of docs/protocol.md: HELLO, ARM, lock-step OBS/ACTION with
+actions) and plays the MCU side of docs/protocol.md: HELLO, ARM, lock-step OBS/ACTION (or, with
+`period_s`, free-running at a fixed control period: late ACTIONs dropped, the last one held) with
 episode flags, OBS re-sends while an ACTION is missing, a watchdog that applies the safe action
 and latches until re-armed, STOP, STATUS. `SimFaults` injects what real links do: drops,
 corruption, duplicates, split writes, garbage, latency, reboots and hangs.
@@ -22,6 +23,7 @@ import stat
 import threading
 import time
 import tty
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -94,6 +96,9 @@ class SimStats:
     actions_ignored: int = 0  # arrived while disarmed or latched
     actions_nonfinite: int = 0  # NaN/Inf action: safe action applied instead
     actions_clipped: int = 0  # outside the action space: clipped
+    # free-running only (period_s > 0):
+    actions_late: int = 0  # answered an OBS after the next one went out: rejected, not applied
+    steps_held: int = 0  # periods whose OBS got no ACTION in time: the previous action was held
     frames_sent: int = 0
     frames_dropped: int = 0
     frames_corrupted: int = 0
@@ -106,8 +111,10 @@ class SimStats:
     @property
     def actions_rejected(self) -> int:
         """ACTIONs rejected by the rules of docs/protocol.md section 6 (STATUS.actions_rejected):
-        stale or already answered, disarmed or latched, non-finite."""
-        return self.actions_stale + self.actions_ignored + self.actions_nonfinite
+        stale or already answered, late (free-running), disarmed or latched, non-finite."""
+        return (
+            self.actions_stale + self.actions_late + self.actions_ignored + self.actions_nonfinite
+        )
 
 
 class SimRobot:
@@ -133,6 +140,7 @@ class SimRobot:
         link_path: str | os.PathLike | None = None,
         schema_hash: int | None = None,
         protocol_version: int | None = None,
+        period_s: float = 0.0,
     ):
         if action_kind not in ("discrete", "continuous"):
             raise ValueError(f"action_kind must be 'discrete' or 'continuous', not {action_kind!r}")
@@ -144,6 +152,12 @@ class SimRobot:
         if resend_s is None:
             resend_s = min(0.05, watchdog_s / 4) if watchdog_s > 0 else 0.05
         self.resend_s = resend_s
+        # 0: lock-step (the env steps when the ACTION for the current OBS arrives). > 0:
+        # free-running at this period (declared in HELLO.control_period_ms): every period the
+        # env steps with the action held and the next OBS goes out, answered or not.
+        if not (period_s >= 0 and period_s * 1000 <= 0xFFFF):
+            raise ValueError(f"period_s must be in [0, 65.535] seconds, got {period_s}")
+        self.period_s = float(period_s)
         self.faults = faults or SimFaults()
         self.schema_hash = protocol.SCHEMA_HASH if schema_hash is None else schema_hash
         self.protocol_version = (
@@ -194,6 +208,9 @@ class SimRobot:
         self._in_episode = False
         self._reset_seeded = False
         self._reboot_done = False
+        self._next_tick = 0.0  # free-running: when the next period starts
+        self._fed_at = 0.0  # free-running: last accepted ACTION (or ARM), for the watchdog
+        self._unanswered: deque[int] = deque(maxlen=64)  # free-running: recent missed OBS seqs
 
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)
@@ -350,7 +367,12 @@ class SimRobot:
 
     def _next_deadline(self, now: float) -> float:
         t = now + 0.02
-        if self.armed and self._awaiting:
+        if self.period_s > 0:
+            if self.armed:
+                t = min(t, self._next_tick)
+                if self.watchdog_s > 0:
+                    t = min(t, self._fed_at + self.watchdog_s)
+        elif self.armed and self._awaiting:
             t = min(t, self._last_obs_tx + self.resend_s)
             if self.watchdog_s > 0:
                 t = min(t, self._obs_sent_at + self.watchdog_s)
@@ -359,7 +381,12 @@ class SimRobot:
         return t
 
     def _timers(self, now: float) -> None:
-        if self.armed and self._awaiting:
+        if self.period_s > 0:
+            if self.armed and self.watchdog_s > 0 and now - self._fed_at >= self.watchdog_s:
+                self._trip_watchdog()
+            elif self.armed and now >= self._next_tick:
+                self._tick(now)
+        elif self.armed and self._awaiting:
             if self.watchdog_s > 0 and now - self._obs_sent_at >= self.watchdog_s:
                 self._trip_watchdog()
             elif now - self._last_obs_tx >= self.resend_s and self._obs_frame is not None:
@@ -435,6 +462,9 @@ class SimRobot:
         self.stats.arms += 1
         self._send_status("ARMED")
         self._interrupt_episode()
+        now = time.monotonic()
+        self._fed_at, self._next_tick = now, now + self.period_s
+        self._unanswered.clear()
         self._start_episode()
 
     def _on_stop(self, f: Frame) -> None:
@@ -454,6 +484,9 @@ class SimRobot:
                 self._last_disarmed_reply = now
                 self._send_status("REPLY")
             return
+        if self.period_s > 0:
+            self._on_action_free(f)
+            return
         if not self._awaiting or f.fields["obs_seq"] != self._obs_seq:
             self.stats.actions_stale += 1
             return
@@ -461,10 +494,56 @@ class SimRobot:
         if self._need_reset:  # the answered OBS ended the episode: its action is ignored
             self._start_episode()
             return
-        action = self._env_action(f.fields["action"])
+        self._step_env(self._env_action(f.fields["action"]))
+
+    def _on_action_free(self, f: Frame) -> None:
+        """Free-running: an ACTION for the current OBS becomes the action held from now on (the
+        env steps with it at the next period); one for an OBS already superseded is late: it was
+        computed from an old sample, so it is rejected and counted, never applied."""
+        seq = f.fields["obs_seq"]
+        if not self._awaiting or seq != self._obs_seq:
+            if seq in self._unanswered:
+                self._unanswered.remove(seq)
+                self.stats.actions_late += 1
+            else:
+                self.stats.actions_stale += 1
+            return
+        if not np.all(np.isfinite(f.fields["action"])):
+            self._env_action(f.fields["action"])  # counts it and applies the safe action
+            return  # still unanswered: the watchdog keeps running
+        self._awaiting = False
+        self._fed_at = time.monotonic()
+        if self._need_reset:  # it answered the episode's last OBS: nothing to apply it to
+            return
+        self._env_action(f.fields["action"])  # sets applied_action: held until the next one
+        self.stats.actions_applied += 1
+
+    def _tick(self, now: float) -> None:
+        """One free-running period: step the env with the action held, send the next OBS."""
+        self._next_tick += self.period_s
+        if self._next_tick <= now:  # we fell behind (a busy machine): do not bunch periods
+            self._next_tick = now + self.period_s
+        if self._awaiting:  # no ACTION in time: the previous action is held for this period
+            self.stats.steps_held += 1
+            self._unanswered.append(self._obs_seq)
+        self._awaiting = False
+        if self._need_reset:
+            self._start_episode()
+            return
+        self._step_env(self._held_env_action(), applied=False)
+
+    def _held_env_action(self):
+        a = self.applied_action
+        if self.action_kind == "discrete":
+            return int(a[0])
+        space = self.env.action_space
+        return a.astype(np.float64).reshape(space.shape).astype(space.dtype)
+
+    def _step_env(self, action, applied: bool = True) -> None:
         obs, reward, terminated, truncated, _ = self.env.step(action)
         self.stats.steps += 1
-        self.stats.actions_applied += 1
+        if applied:
+            self.stats.actions_applied += 1
         self._ep_return += float(reward)
         self._ep_len += 1
         flags = (OBS_TERMINAL if terminated else 0) | (OBS_TRUNCATED if truncated else 0)
@@ -565,7 +644,7 @@ class SimRobot:
             "HELLO",
             boot_id=self.boot_id,
             nonce=nonce,
-            control_period_ms=0,
+            control_period_ms=round(self.period_s * 1000),
             watchdog_ms=min(0xFFFF, round(self.watchdog_s * 1000)),
             accepted=int(accepted),
             **self._hello_values(),

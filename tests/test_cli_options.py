@@ -129,3 +129,19 @@ def test_sim_robot_fault_options_reach_simfaults(monkeypatch):
     )
     r = CliRunner().invoke(app, ["sim-robot"])
     assert r.exit_code == 0 and seen["f"] == SimFaults()  # defaults: no faults
+
+
+@pytest.mark.parametrize("value", ["-1", "65536"])
+def test_sim_robot_refuses_a_bad_period(no_serving, value):
+    _refused(["sim-robot", "--period-ms", value], "--period-ms", "[0, 65535]", "lock-step")
+
+
+def test_sim_robot_period_reaches_simrobot(monkeypatch):
+    from firmware_bridge.sim_robot import SimRobot
+
+    seen = []
+    monkeypatch.setattr(SimRobot, "serve", lambda self, *a, **k: seen.append(self.period_s))
+    for args, period in ((["--period-ms", "20"], 0.02), ([], 0.0)):
+        r = CliRunner().invoke(app, ["sim-robot", *args])
+        assert r.exit_code == 0, r.output
+        assert seen[-1] == period

@@ -11,7 +11,7 @@ import pytest
 
 from export.bundle import ExportConfig, export_run
 from firmware_bridge.host import HandshakeError
-from firmware_bridge.robot_loop import RunConfig, RunError, UpdateGuard, run
+from firmware_bridge.robot_loop import RunConfig, RunError, UpdateGuard, format_summary, run
 from firmware_bridge.sim_robot import SimFaults, SimRobot
 from rtu_edge import envs
 from rtu_edge.config import NetConfig
@@ -423,3 +423,54 @@ def test_reboot_whose_boot_hello_is_lost_is_found_by_handshaking_again(bundle, t
     c = s["counters"]
     assert s["ticks"] == 400 and robot.stats.reboots == 1
     assert c["silent_rehandshakes"] >= 1 and c["reboots"] == 1, c
+
+
+# ---------------------------------------------------------------- control period (issue 7)
+
+
+def test_free_running_robot_at_a_period_the_host_meets(bundle, tmp_path):
+    """A 20 ms period is far above a tick of this bundle: no overrun, every OBS answered in
+    time, so the MCU neither held an action nor saw a late one."""
+    with _robot(tmp_path, period_s=0.02) as robot:
+        s = _loop(bundle, tmp_path, steps=250, learn=False)
+    c = s["counters"]
+    assert s["ticks"] == 250 and s["control_period_ms"] == 20
+    assert c["overruns"] == 0
+    assert 0 < s["tick_p99_over_period"] < 1
+    assert robot.stats.actions_late == 0 and robot.stats.steps_held == 0
+    assert robot.stats.watchdog_trips == 0 and robot.stats.obs_resent == 0
+    assert "control period 20 ms: overruns 0" in format_summary(s)
+
+
+def test_overruns_and_late_actions_are_counted_and_the_run_completes(bundle, tmp_path, monkeypatch):
+    """Every 10th graph step takes 50 ms at a 20 ms period: the host counts an overrun, the
+    MCU has sent the next OBS meanwhile, so that ACTION arrives late (counted, not applied) and
+    the previous action is held; the run goes on to its last tick."""
+    from firmware_bridge import robot_loop
+
+    real_step = robot_loop.UpdateGuard.step
+
+    def slow_step(self, inputs, tick):
+        if tick % 10 == 5:
+            time.sleep(0.05)
+        return real_step(self, inputs, tick)
+
+    monkeypatch.setattr(robot_loop.UpdateGuard, "step", slow_step)
+    with _robot(tmp_path, period_s=0.02) as robot:
+        s = _loop(bundle, tmp_path, steps=150, learn=False)
+    c = s["counters"]
+    assert s["ticks"] == 150 and s["exit"] == "steps"
+    assert c["overruns"] >= 10
+    assert s["tick_p99_over_period"] > 1
+    st = robot.stats
+    assert st.actions_late >= 5 and st.steps_held >= st.actions_late
+    assert st.watchdog_trips == 0 and c["reboots"] == 0 and c["interruptions"] == 0
+    assert f"overruns {c['overruns']}" in format_summary(s)
+
+
+def test_lock_step_robot_reports_no_period(bundle, tmp_path):
+    with _robot(tmp_path) as robot:
+        s = _loop(bundle, tmp_path, steps=30, learn=False)
+    assert s["control_period_ms"] == 0 and s["tick_p99_over_period"] is None
+    assert s["counters"]["overruns"] == 0 and robot.stats.actions_late == 0
+    assert "control period" not in format_summary(s)
