@@ -131,6 +131,31 @@ def _features(cfg: TDConfig, s: State, obs: Tensor, learn: bool) -> tuple[Tensor
     return torch.clamp(x, -cfg.norm_clip, cfg.norm_clip), {}
 
 
+def _update(cfg, s: State, p, names, delta: Tensor, z: dict, do: Tensor, dtype, new: State):
+    """theta moves along delta * z (z = grad v(S_{t-1}) or the eligibility trace) where ``do``:
+    Adam on the gradient g = -delta z, or SGD theta += lr delta z. Writes into ``new``."""
+    if cfg.optimizer == "sgd":
+        for k in names:
+            w = p[k]
+            new[f"params.{k}"] = torch.where(do, w + (cfg.lr * delta) * z[k], w)
+    else:  # Adam on the gradient g = -delta z
+        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+        t = s["opt.t"] + do.to(dtype)
+        t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
+        step = cfg.lr / (1.0 - torch.pow(b1, t_c))
+        v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
+        for k in names:
+            w, m_old, v_old = p[k], s[f"opt.m.{k}"], s[f"opt.v.{k}"]
+            g = -delta * z[k]
+            m = b1 * m_old + (1.0 - b1) * g
+            v = b2 * v_old + (1.0 - b2) * (g * g)
+            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
+            new[f"params.{k}"] = torch.where(do, w_new, w)
+            new[f"opt.m.{k}"] = torch.where(do, m, m_old)
+            new[f"opt.v.{k}"] = torch.where(do, v, v_old)
+        new["opt.t"] = t
+
+
 # ---- the learn step -------------------------------------------------------------------------
 
 
@@ -170,26 +195,7 @@ def td_step(
     z_l1 = sum(t.abs().sum() for t in z.values())
     ok = torch.isfinite(delta * z_l1 * value).all()
     do = torch.logical_and(ok, keep > 0)  # (1,) bool
-    if cfg.optimizer == "sgd":
-        for k in names:
-            w = p[k]
-            new[f"params.{k}"] = torch.where(do, w + (cfg.lr * delta) * z[k], w)
-    else:  # Adam on the gradient g = -delta z
-        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
-        t = s["opt.t"] + do.to(value.dtype)
-        t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
-        step = cfg.lr / (1.0 - torch.pow(b1, t_c))
-        v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
-        for k in names:
-            w, m_old, v_old = p[k], s[f"opt.m.{k}"], s[f"opt.v.{k}"]
-            g = -delta * z[k]
-            m = b1 * m_old + (1.0 - b1) * g
-            v = b2 * v_old + (1.0 - b2) * (g * g)
-            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
-            new[f"params.{k}"] = torch.where(do, w_new, w)
-            new[f"opt.m.{k}"] = torch.where(do, m, m_old)
-            new[f"opt.v.{k}"] = torch.where(do, v, v_old)
-        new["opt.t"] = t
+    _update(cfg, s, p, names, delta, z, do, value.dtype, new)
 
     # 5. eligibility trace: z = gamma * lambda * z + grad v(S_t), zeroed on the first tick
     g_head, g_y = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))
