@@ -24,6 +24,10 @@ Per tick, in order:
    update is skipped when anything is non-finite;
 5. z = gamma lambda (1 - first) z + grad v(S_t), with grad v(S_t) at the pre-update parameters.
 
+Cells without exact RTRL (gru, lru; or any cell with ``learner.mode=tbptt``) learn by truncated
+BPTT instead: TD(0) semi-gradient through a window of the last ``truncation`` observations
+(`tbptt_step`, section "T-BPTT" below), with its own training loop (`train_td`).
+
 It does not act. Both graphs still emit an ``action`` output, because the bundle contract has
 every graph declare exactly one (firmware_bridge/contract.py): a constant zero action of shape
 (1, action_dims). On the robot, the robot's own controller acts: in prediction mode the MCU
