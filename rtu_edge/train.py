@@ -201,8 +201,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown cell {cfg.net.cell!r}; choose one of {sorted(CELLS)}")
     if cfg.steps <= 0:
         raise ValueError("--steps must be positive")
-    if learner.train is not None:  # a learner with its own loop (ppo: rollouts and epochs)
-        return learner.train(cfg, progress=progress)
+    if learner.train is not None:  # a learner with its own loop (ppo; td with T-BPTT)
+        summary = learner.train(cfg, progress=progress)
+        if summary is not None:  # None: this configuration learns tick by tick, below
+            return summary
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"--out {run_dir} is a file; choose a directory for the run")

@@ -41,7 +41,8 @@ class Learner:
     # action output) or "random" (uniformly random actions: a prediction learner's behaviour).
     behaviour: str = "own"
     # A learner with its own training loop (cfg: TrainConfig, progress) -> summary, which
-    # rtu_edge.train.train calls instead of the per-tick loop (ppo: rollouts and epochs).
+    # rtu_edge.train.train calls instead of the per-tick loop (ppo: rollouts and epochs); it
+    # returns None to let the per-tick loop run after all (td with RTRL; its own loop: T-BPTT).
     train: Callable | None = None
     # A non-streaming learner's export: (cfg, agent, state) -> (streaming algo, its config, its
     # state); export/bundle.py then exports that learner's graphs (ppo -> ac).

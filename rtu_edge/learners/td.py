@@ -24,6 +24,10 @@ Per tick, in order:
    update is skipped when anything is non-finite;
 5. z = gamma lambda (1 - first) z + grad v(S_t), with grad v(S_t) at the pre-update parameters.
 
+Cells without exact RTRL (gru, lru; or any cell with ``learner.mode=tbptt``) learn by truncated
+BPTT instead: TD(0) semi-gradient through a window of the last ``truncation`` observations
+(`tbptt_step`, section "T-BPTT" below), with its own training loop (`train_td`).
+
 It does not act. Both graphs still emit an ``action`` output, because the bundle contract has
 every graph declare exactly one (firmware_bridge/contract.py): a constant zero action of shape
 (1, action_dims). On the robot, the robot's own controller acts: in prediction mode the MCU
@@ -35,10 +39,17 @@ under the uniform random behaviour policy.
 
 from __future__ import annotations
 
+import csv
+import math
+import time
+from collections import deque
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.func import functional_call
 
 from firmware_bridge.contract import StepInput, StepOutput
 from rtu_edge import agent as A
@@ -77,6 +88,11 @@ class TDConfig:
     stats_clip: float = 10.0  # after warm-up, a sample moves the statistics by <= this many stds
     stats_warmup: float = 100.0  # samples before stats_clip applies
     eps: float = 1e-8  # variance floor of the normaliser
+    # "auto": eligibility traces from exact RTRL for cells that have it, truncated BPTT for the
+    # others (gru, lru); "rtrl": an error for T-BPTT cells; "tbptt": truncated BPTT for any cell
+    # (the paper's baseline: TD(0) semi-gradient through the last `truncation` observations).
+    mode: str = "auto"
+    truncation: int = 16  # T-BPTT: grad v(S_{t-1}) flows back through its last T observations
 
     def __post_init__(self) -> None:
         _check_optimizer(self.optimizer)
@@ -90,6 +106,22 @@ def _check_optimizer(name: str) -> None:
         raise ValueError(f"learner.optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
+def uses_rtrl(cfg: TDConfig, agent: A.AgentConfig) -> bool:
+    """Whether td learns with RTRL eligibility traces (True) or truncated BPTT (False)."""
+    online = agent.cell.online
+    if cfg.mode == "auto":
+        return online
+    if cfg.mode == "rtrl":
+        if not online:
+            raise ValueError(
+                f"cell {agent.net.cell!r} has no exact RTRL; use --set learner.mode=tbptt (or auto)"
+            )
+        return True
+    if cfg.mode == "tbptt":
+        return False
+    raise ValueError(f"learner.mode must be 'auto', 'rtrl' or 'tbptt', got {cfg.mode!r}")
+
+
 # ---- state layout ------------------------------------------------------------------------
 
 
@@ -97,9 +129,10 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
     """Every tensor the learn step carries from tick to tick, by its bundle name."""
     cfg = cfg or TDConfig()
     _check_optimizer(cfg.optimizer)  # again: `--set learner.optimizer=...` bypasses __init__
+    rtrl = uses_rtrl(cfg, agent)
     params = A.init_params(agent, seed, heads=("critic",))
     s: State = {f"params.{k}": v for k, v in params.items()}
-    for k in A.critic_param_names(agent):
+    for k in A.critic_param_names(agent) if rtrl else ():
         s[f"elig.{k}"] = torch.zeros_like(params[k])
     if cfg.optimizer == "adam":
         for k in A.critic_param_names(agent):
@@ -113,8 +146,11 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
         s["norm.obs_m2"] = torch.zeros(1, d)
     cell = agent.cell
     s.update(state_to_dict("carry", cell.initial_state(1)))
-    s.update(state_to_dict("trace", cell.initial_traces(1)))
-    s["carry.v_prev"] = torch.zeros(1)  # v(S_{t-1}), computed on the previous tick
+    if rtrl:
+        s.update(state_to_dict("trace", cell.initial_traces(1)))
+        s["carry.v_prev"] = torch.zeros(1)  # v(S_{t-1}), computed on the previous tick
+    # T-BPTT: the window of the last observations lives in the training loop (`Window`), not
+    # in the checkpoint; a resumed run starts a fresh episode and so an empty window.
     return {k: v.contiguous() for k, v in s.items()}
 
 
@@ -129,6 +165,31 @@ def _features(cfg: TDConfig, s: State, obs: Tensor, learn: bool) -> tuple[Tensor
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
     x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
     return torch.clamp(x, -cfg.norm_clip, cfg.norm_clip), {}
+
+
+def _update(cfg, s: State, p, names, delta: Tensor, z: dict, do: Tensor, dtype, new: State):
+    """theta moves along delta * z (z = grad v(S_{t-1}) or the eligibility trace) where ``do``:
+    Adam on the gradient g = -delta z, or SGD theta += lr delta z. Writes into ``new``."""
+    if cfg.optimizer == "sgd":
+        for k in names:
+            w = p[k]
+            new[f"params.{k}"] = torch.where(do, w + (cfg.lr * delta) * z[k], w)
+    else:  # Adam on the gradient g = -delta z
+        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+        t = s["opt.t"] + do.to(dtype)
+        t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
+        step = cfg.lr / (1.0 - torch.pow(b1, t_c))
+        v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
+        for k in names:
+            w, m_old, v_old = p[k], s[f"opt.m.{k}"], s[f"opt.v.{k}"]
+            g = -delta * z[k]
+            m = b1 * m_old + (1.0 - b1) * g
+            v = b2 * v_old + (1.0 - b2) * (g * g)
+            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
+            new[f"params.{k}"] = torch.where(do, w_new, w)
+            new[f"opt.m.{k}"] = torch.where(do, m, m_old)
+            new[f"opt.v.{k}"] = torch.where(do, v, v_old)
+        new["opt.t"] = t
 
 
 # ---- the learn step -------------------------------------------------------------------------
@@ -170,26 +231,7 @@ def td_step(
     z_l1 = sum(t.abs().sum() for t in z.values())
     ok = torch.isfinite(delta * z_l1 * value).all()
     do = torch.logical_and(ok, keep > 0)  # (1,) bool
-    if cfg.optimizer == "sgd":
-        for k in names:
-            w = p[k]
-            new[f"params.{k}"] = torch.where(do, w + (cfg.lr * delta) * z[k], w)
-    else:  # Adam on the gradient g = -delta z
-        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
-        t = s["opt.t"] + do.to(value.dtype)
-        t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
-        step = cfg.lr / (1.0 - torch.pow(b1, t_c))
-        v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
-        for k in names:
-            w, m_old, v_old = p[k], s[f"opt.m.{k}"], s[f"opt.v.{k}"]
-            g = -delta * z[k]
-            m = b1 * m_old + (1.0 - b1) * g
-            v = b2 * v_old + (1.0 - b2) * (g * g)
-            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
-            new[f"params.{k}"] = torch.where(do, w_new, w)
-            new[f"opt.m.{k}"] = torch.where(do, m, m_old)
-            new[f"opt.v.{k}"] = torch.where(do, v, v_old)
-        new["opt.t"] = t
+    _update(cfg, s, p, names, delta, z, do, value.dtype, new)
 
     # 5. eligibility trace: z = gamma * lambda * z + grad v(S_t), zeroed on the first tick
     g_head, g_y = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))
@@ -206,6 +248,245 @@ def td_step(
     return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan")))
 
 
+# ---- T-BPTT: TD(0) semi-gradient through a window of the last observations -----------------------
+#
+# A cell without exact RTRL (gru, lru; or any cell with --set learner.mode=tbptt) has no exact
+# eligibility trace, so td learns as the paper's T-BPTT baselines do, one tick at a time:
+#
+# 1. keep the last T + 1 ticks: features x, `first` flags, and the detached cell state before
+#    each (the state the online pass carried into it);
+# 2. run the cell with autograd over the window (`cell.forward` through `functional_call`) from
+#    the detached state before its oldest tick: v over the window, the newest value v(S_t);
+# 3. delta = C_t + gamma (1 - terminal) v(S_t) - v(S_{t-1}) (0 on a first tick), with v(S_t)
+#    a constant (semi-gradient); z = grad v(S_{t-1}) by autograd, so the gradient of v(S_{t-1})
+#    flows back through its last T observations (and stops at a reset inside the window);
+# 4. the update of the RTRL learner with z in place of the eligibility trace: Adam on
+#    -delta z, or SGD theta += lr delta z; nothing moves on a first tick or when non-finite.
+#
+# This is TD(0) (lambda is not used): a lambda-return over a truncated window would need the
+# future, and a truncated trace is not the exact trace either. The encoder gets its full
+# gradient through the window here (the RTRL learner gives it one-step gradients).
+# The carried state after S_t is the window pass's final state (the current parameters over the
+# window), detached.
+
+
+class Window:
+    """The last ``T + 1`` ticks of the T-BPTT learner: (x, first, cell state before x)."""
+
+    def __init__(self, truncation: int) -> None:
+        if truncation < 1:
+            raise ValueError(f"learner.truncation must be at least 1, got {truncation}")
+        self.ticks: deque = deque(maxlen=truncation + 1)
+
+    def __len__(self) -> int:
+        return len(self.ticks)
+
+    def push(self, x: Tensor, first: Tensor, carry) -> None:
+        self.ticks.append((x.detach(), first.detach(), type(carry)(*(c.detach() for c in carry))))
+
+    def tensors(self):
+        """(xs (L, 1, d), firsts (L, 1), the cell state before the oldest tick)."""
+        xs = torch.stack([t[0] for t in self.ticks])
+        firsts = torch.stack([t[1] for t in self.ticks])
+        return xs, firsts, self.ticks[0][2]
+
+
+def window_outputs(cell, params: A.Params, xs: Tensor, carry0, dones: Tensor):
+    """(ys, final state) of ``cell.forward`` over a window from ``carry0`` with the parameters
+    ``params`` (the cell's own names): the autograd path T-BPTT differentiates."""
+    return functional_call(cell, params, (xs, carry0, dones))
+
+
+def window_values(agent: A.AgentConfig, p: A.Params, xs: Tensor, firsts: Tensor, carry0):
+    """(v (L,), final cell state) over a window: encoder, cell from ``carry0``, critic head."""
+    ln = agent.net.layer_norm
+    h0 = A.encode(p, xs, ln).h
+    ys, last = window_outputs(agent.cell, A.cell_params(p), h0, carry0, firsts)
+    return A.head(p, "critic", ys, ln)[0].reshape(-1), last
+
+
+def tbptt_step(
+    cfg: TDConfig,
+    agent: A.AgentConfig,
+    s: State,
+    window: Window,
+    obs: Tensor,
+    cumulant: Tensor,
+    first: Tensor,
+    terminal: Tensor,
+) -> tuple[State, Tensor, Tensor, dict[str, Tensor]]:
+    """One T-BPTT TD tick (pushes S_t onto ``window``). Returns (new state entries, v(S_t),
+    td_error (NaN when the update was skipped), z = grad v(S_{t-1}) by parameter name)."""
+    names = A.critic_param_names(agent)
+    keep = 1.0 - first
+    with torch.no_grad():
+        x, new = _features(cfg, s, obs, learn=True)
+    window.push(x, first, state_from_dict(agent.cell.State, "carry", s))
+    xs, firsts, carry0 = window.tensors()
+    leaves = {k: s[f"params.{k}"].detach().requires_grad_(True) for k in names}
+    with torch.enable_grad():
+        v, last = window_values(agent, leaves, xs, firsts, carry0)
+        if len(window) >= 2 and float(keep) > 0:
+            got = torch.autograd.grad(v[-2], [leaves[k] for k in names], allow_unused=True)
+            v_prev = v[-2].detach()
+        else:  # a first tick: no previous state in this episode, nothing to learn
+            got, v_prev = [None] * len(names), torch.zeros((), dtype=v.dtype)
+    z = {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(names, got)}
+    with torch.no_grad():
+        value = v[-1].detach().reshape(1)
+        delta = (cumulant + cfg.gamma * value * (1.0 - terminal) - v_prev) * keep
+        z_l1 = sum(t.abs().sum() for t in z.values())
+        ok = torch.isfinite(delta * z_l1 * value).all()
+        do = torch.logical_and(ok, keep > 0)
+        p = {k: s[f"params.{k}"] for k in names}
+        _update(cfg, s, p, names, delta, z, do, value.dtype, new)
+        new.update(state_to_dict("carry", type(last)(*(c.detach() for c in last))))
+    return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan"))), z
+
+
+def train_td(cfg, progress: bool = True) -> dict | None:
+    """td's own loop for T-BPTT; None (the per-tick loop of rtu_edge.train runs) for RTRL.
+
+    The same run directory as ``rtu_edge.train.train``: config.json, metrics.csv per finished
+    episode, checkpoint.safetensors (parameters, Adam moments, normaliser, cell state: not the
+    window; a resumed run starts a fresh episode), summary.json with first_msre / msre,
+    learning curve. Uniformly random actions on a control environment (behaviour "random").
+    """
+    from firmware_bridge.atomic import atomic_write_json
+    from rtu_edge import envs as envs_mod
+    from rtu_edge import run_dir as rd
+    from rtu_edge.flops import count_flops
+    from rtu_edge.learners import get_learner
+    from rtu_edge.learners.ppo import _open_run
+    from rtu_edge.plots import write_learning_curve
+    from rtu_edge.train import (
+        _signals_interrupt,
+        action_spec,
+        agent_config_for,
+        env_action,
+        msre,
+        random_action,
+    )
+
+    tc: TDConfig = cfg.learner
+    agent = agent_config_for(cfg)
+    if uses_rtrl(tc, agent):
+        return None
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file; choose a directory for the run")
+    window = Window(tc.truncation)
+    torch.set_num_threads(1)
+    learner = get_learner(cfg.algo)
+    info = envs_mod.env_info(cfg.env)
+    spec = action_spec(info)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    s, step, episode, kept, metrics_f = _open_run(cfg, learner, agent, run_dir, gen)
+    writer = csv.writer(metrics_f)
+    rd.write_config(run_dir, cfg, asdict(info))
+    env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * episode)
+    start_step = step
+    returns = [(int(r[0]), float(r[2])) for r in kept]
+    windows = {"first_msre": (0, cfg.steps // 10), "msre": (cfg.steps - cfg.steps // 10, cfg.steps)}
+    logs: dict = {k: ([], [], []) for k in windows}
+    bad_updates = skipped_checkpoints = 0
+
+    def checkpoint() -> None:
+        nonlocal skipped_checkpoints
+        try:
+            rd.save_checkpoint(run_dir, s, {"step": step, "episode": episode}, gen)
+        except rd.RunDirError as e:
+            skipped_checkpoints += 1
+            print(f"WARNING: {e}")
+
+    obs, _ = env.reset()
+    reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
+    ep_return, ep_len = 0.0, 0
+    t0 = time.perf_counter()
+    try:
+        with _signals_interrupt():
+            while step < cfg.steps:
+                new, value, delta, _ = tbptt_step(
+                    tc,
+                    agent,
+                    s,
+                    window,
+                    torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1),
+                    torch.tensor([reward]),
+                    torch.tensor([first]),
+                    torch.tensor([terminal]),
+                )
+                s.update(new)
+                bad_updates += not math.isfinite(float(delta))
+                for key, (lo, hi) in windows.items():
+                    if lo <= step < hi:
+                        for column, v in zip(logs[key], (float(value), reward, first)):
+                            column.append(v)
+                if episode_over:  # the tick on the final observation: learn, then reset
+                    episode += 1
+                    returns.append((step, ep_return))
+                    elapsed = time.perf_counter() - t0
+                    sps = (step - start_step) / elapsed
+                    row = [step, episode, f"{ep_return:.6g}", ep_len, f"{sps:.1f}"]
+                    writer.writerow(row + [f"{elapsed:.2f}"])
+                    obs, _ = env.reset()
+                    reward, first, terminal, episode_over = 0.0, 1.0, 0.0, False
+                    ep_return, ep_len = 0.0, 0
+                    continue
+                action = random_action(spec, gen)
+                obs, r, term, trunc, _ = env.step(env_action(spec, action))
+                reward, first, terminal = float(r), 0.0, float(term)
+                episode_over = term or trunc
+                ep_return += reward
+                ep_len += 1
+                step += 1
+                if step % cfg.checkpoint_every == 0:
+                    checkpoint()
+                    metrics_f.flush()
+    except KeyboardInterrupt:
+        checkpoint()  # `rtu-edge train --out RUN --resume` continues
+        raise
+    finally:
+        metrics_f.close()
+        env.close()
+    elapsed = time.perf_counter() - t0
+    checkpoint()
+
+    def one_step() -> None:  # a mid-episode tick with a full window (when the run had one)
+        scratch = Window(tc.truncation)
+        scratch.ticks.extend(window.ticks)
+        x = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
+        tbptt_step(tc, agent, s, scratch, x, torch.zeros(1), torch.zeros(1), torch.zeros(1))
+
+    tail = [r for st, r in returns if st >= 0.9 * cfg.steps] or [r for _, r in returns[-1:]]
+    head = returns[: max(1, len(returns) // 10)]
+    summary = {
+        "env": cfg.env,
+        "cell": cfg.net.cell,
+        "algo": cfg.algo,
+        "steps": cfg.steps,
+        "episodes": episode,
+        "final_return": float(np.mean(tail)) if tail else None,
+        "first_return": float(np.mean([r for _, r in head])) if returns else None,
+        "steps_per_second": (cfg.steps - start_step) / elapsed,
+        "recurrent_params": agent.cell.recurrent_param_count(),
+        "flops_per_step": count_flops(one_step),
+        "non_finite_updates": bad_updates,
+        "skipped_checkpoints": skipped_checkpoints,
+        "wall_time_s": elapsed,
+        "gradient": f"tbptt{tc.truncation}",
+    }
+    summary.update({k: msre(*logs[k], tc.gamma) for k in windows})
+    atomic_write_json(run_dir / rd.SUMMARY, summary)
+    if returns:
+        write_learning_curve(
+            run_dir / "learning_curve.png",
+            returns,
+            title=f"{cfg.env} {cfg.net.cell} td tbptt{tc.truncation} seed {cfg.seed}",
+        )
+    return summary
+
+
 def _no_action(agent: A.AgentConfig, like: Tensor) -> Tensor:
     """The constant zero action both graphs emit: the contract wants one; nobody acts on it."""
     return torch.zeros(1, agent.action_dims, dtype=like.dtype)
@@ -215,6 +496,12 @@ def learn_step(
     cfg: TDConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
 ) -> tuple[State, dict[str, Tensor]]:
     """`td_step` with the declared inputs and outputs by name (what export and train call)."""
+    if "carry.v_prev" not in s:
+        raise ValueError(
+            "this td state was trained by truncated BPTT (learner.mode=tbptt), which needs a "
+            "window of past observations and autograd: it cannot learn one tick at a time (nor "
+            "be exported as a learn graph); export a T-BPTT cell (gru, lru) for an act-only bundle"
+        )
     new, value, delta = td_step(
         cfg, agent, s, inputs["obs"], inputs["cumulant"], inputs["first"], inputs["terminal"]
     )
@@ -297,4 +584,5 @@ LEARNER = Learner(
     act_state_names=act_state_names,
     noise=noise,
     behaviour="random",
+    train=train_td,  # T-BPTT only; returns None for RTRL, and the per-tick loop runs
 )
