@@ -130,12 +130,20 @@ def export_graph(
         plan.carried,
         [o.name for o in plan.step_outputs],
     )
-    return _to_onnx(
-        module,
-        tuple(state[k] for k in plan.state_names) + tuple(example),
-        plan.state_names + [s.name for s in plan.step_inputs],
-        [C.next_name(k) for k in plan.carried] + [o.name for o in plan.step_outputs],
-    )
+    try:
+        return _to_onnx(
+            module,
+            tuple(state[k] for k in plan.state_names) + tuple(example),
+            plan.state_names + [s.name for s in plan.step_inputs],
+            [C.next_name(k) for k in plan.carried] + [o.name for o in plan.step_outputs],
+        )
+    except Exception as e:  # the exporter wraps what the step raised: report that
+        root = e
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        if isinstance(root, ValueError):
+            raise ValueError(f"cannot export the {graph} graph: {root}") from None
+        raise
 
 
 # ---- export helpers ------------------------------------------------------------------------

@@ -185,3 +185,26 @@ def test_tbptt_cost_grows_with_the_truncation():
     assert _step_flops(16) > 2 * _step_flops(4)
     for cell in ("gru", "lru"):
         assert tbptt_flops(cell, 3, 16, 16) > 2 * tbptt_flops(cell, 3, 16, 4)
+
+
+def test_export_of_an_rtu_trained_by_tbptt_is_a_one_line_refusal(tmp_path):
+    """An RTU trained by T-BPTT has no per-tick learn step to export: one clear line, exit 1
+    (the exporter used to wrap the learner's ValueError in its own error and trace)."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    run = tmp_path / "r"
+    r = CliRunner().invoke(
+        app,
+        [
+            "train", "--algo", "td", "--steps", "100", "--no-progress", "--out", str(run),
+            "--set", "learner.mode=tbptt", "--set", "learner.truncation=4",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "b")])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "truncated BPTT" in lines[0], r.output
+    assert not (tmp_path / "b").exists()
