@@ -585,15 +585,23 @@ def test_duplicate_stale_skipped_and_nonfinite_observations(scripted):
 
 
 def _fill_until_blocked(link: SerialLink) -> int:
-    """Write until the kernel's pty buffer is full (nobody reads the master); bytes written."""
+    """Write until the kernel's pty buffers are full (nobody reads the master); bytes written.
+
+    Linux moves pty data from the writer's buffer to the reader's line discipline in a work
+    queue, so space can reappear just after a write blocked: fill again until the port stays
+    blocked across a pause (before, a fill-once made this test pass or fail by timing)."""
     fd = link._port.fileno()
-    total = 0
-    for chunk in (4096, 64, 1):  # a pty accepts partial writes: fill the last bytes too
-        while True:
-            try:
-                total += os.write(fd, b"\x55" * chunk)
-            except BlockingIOError:
-                break
+    total, quiet_rounds = 0, 0
+    while quiet_rounds < 3:
+        before = total
+        for chunk in (4096, 64, 1):  # a pty accepts partial writes: fill the last bytes too
+            while True:
+                try:
+                    total += os.write(fd, b"\x55" * chunk)
+                except BlockingIOError:
+                    break
+        quiet_rounds = quiet_rounds + 1 if total == before else 0
+        time.sleep(0.05)
     return total
 
 
