@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 #define RTU_EDGE_PROTOCOL_VERSION 1u                 /* protocol version */
-#define RTU_EDGE_SCHEMA_HASH 0x6D296269u             /* CRC-32 of the schema text */
+#define RTU_EDGE_SCHEMA_HASH 0xB68AD5F1u             /* CRC-32 of the schema text */
 #define RTU_EDGE_HEADER_BYTES 5u                     /* msg_id u8, seq u16, payload length u16 */
 #define RTU_EDGE_CRC_BYTES 4u                        /* CRC-32 after the payload, little-endian */
 #define RTU_EDGE_MAX_PAYLOAD_BYTES 1024u             /* largest payload of any message */
@@ -27,6 +27,7 @@ extern "C" {
 #define RTU_EDGE_MAX_WIRE_FRAME_BYTES 1039u          /* largest frame on the wire, 0x00 included */
 #define RTU_EDGE_MAX_OBS_VALUES 254u                 /* largest obs_size (float32 values) */
 #define RTU_EDGE_MAX_ACTION_VALUES 255u              /* largest action_size (float32 values) */
+#define RTU_EDGE_MAX_PREDICTION_VALUES 255u          /* most PREDICTION values (float32; not agreed, the payload length says) */
 #define RTU_EDGE_DTYPE_F32 1u                        /* element type code */
 
 /* Header offsets (bytes from the start of the decoded frame). */
@@ -46,6 +47,7 @@ extern "C" {
 #define RTU_EDGE_MSG_STOP 0x03u
 #define RTU_EDGE_MSG_STATUS_REQ 0x04u
 #define RTU_EDGE_MSG_ACTION 0x05u
+#define RTU_EDGE_MSG_PREDICTION 0x06u
 #define RTU_EDGE_MSG_HELLO 0x81u
 #define RTU_EDGE_MSG_OBS 0x82u
 #define RTU_EDGE_MSG_STATUS 0x83u
@@ -88,6 +90,15 @@ extern "C" {
 #define RTU_EDGE_ACTION_PAYLOAD_BYTES(action_values) (2u + 4u * (action_values))
 #define RTU_EDGE_ACTION_OFF_OBS_SEQ 0u /* u16 */
 #define RTU_EDGE_ACTION_OFF_ACTION 2u /* f32[action_size] */
+
+/* PREDICTION (0x06, sent by the host): The prediction(s) answering one OBS, in prediction mode:
+   the MCU's own controller acts, the host only learns and predicts. The MCU accepts it when it
+   is armed and obs_seq is the seq of its latest OBS (not yet answered), then applies its own
+   action and sends the next OBS; otherwise it is rejected and counted like an ACTION. */
+#define RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES 2u
+#define RTU_EDGE_PREDICTION_PAYLOAD_BYTES(prediction_values) (2u + 4u * (prediction_values))
+#define RTU_EDGE_PREDICTION_OFF_OBS_SEQ 0u /* u16 */
+#define RTU_EDGE_PREDICTION_OFF_PREDICTION 2u /* f32[prediction_size] */
 
 /* HELLO (0x81, sent by the MCU): The MCU's identity and configuration: the reply to HELLO_REQ
    (nonce echoed), and sent once, unsolicited, after every boot (nonce 0, accepted 0). */
@@ -154,6 +165,12 @@ extern "C" {
 #if RTU_EDGE_ACTION_CAPACITY < 1 || RTU_EDGE_ACTION_CAPACITY > RTU_EDGE_MAX_ACTION_VALUES
 #error "RTU_EDGE_ACTION_CAPACITY must be 1..RTU_EDGE_MAX_ACTION_VALUES (action_size)"
 #endif
+#ifndef RTU_EDGE_PREDICTION_CAPACITY
+#define RTU_EDGE_PREDICTION_CAPACITY RTU_EDGE_MAX_PREDICTION_VALUES
+#endif
+#if RTU_EDGE_PREDICTION_CAPACITY < 1 || RTU_EDGE_PREDICTION_CAPACITY > RTU_EDGE_MAX_PREDICTION_VALUES
+#error "RTU_EDGE_PREDICTION_CAPACITY must be 1..RTU_EDGE_MAX_PREDICTION_VALUES (prediction_size)"
+#endif
 
 /* HELLO_REQ: the fields in wire order (the struct itself is not the wire layout). */
 typedef struct {
@@ -202,6 +219,16 @@ typedef struct {
     /* action values; discrete actions send one value holding the integer index */
     float action[RTU_EDGE_ACTION_CAPACITY];
 } rtu_edge_action_t;
+
+/* PREDICTION: the fields in wire order (the struct itself is not the wire layout). */
+typedef struct {
+    /* seq (frame header) of the OBS this prediction answers */
+    uint16_t obs_seq;
+    uint16_t prediction_count; /* values in prediction[] (prediction_size) */
+    /* prediction values (e.g. v(S_t) of the cumulant sent as OBS.reward); at least one, as many
+       as the payload holds */
+    float prediction[RTU_EDGE_PREDICTION_CAPACITY];
+} rtu_edge_prediction_t;
 
 /* HELLO: the fields in wire order (the struct itself is not the wire layout). */
 typedef struct {
@@ -460,6 +487,48 @@ static inline int rtu_edge_write_action(uint8_t *wire, size_t cap, uint16_t seq,
 }
 
 /* Payload bytes of m when encoded (0 for a count above RTU_EDGE_MAX_* or the capacity). */
+static inline size_t rtu_edge_prediction_payload_bytes(const rtu_edge_prediction_t *m) {
+    if (m->prediction_count > RTU_EDGE_PREDICTION_CAPACITY || m->prediction_count > RTU_EDGE_MAX_PREDICTION_VALUES) return 0;
+    return RTU_EDGE_PREDICTION_PAYLOAD_BYTES(m->prediction_count);
+}
+
+/* Write the PREDICTION payload of m to payload[0..cap). Returns its length in bytes, or -1 when
+   it does not fit or an array count exceeds its capacity. */
+static inline int rtu_edge_encode_prediction(const rtu_edge_prediction_t *m, uint8_t *payload, size_t cap) {
+    size_t n = rtu_edge_prediction_payload_bytes(m);
+    uint16_t i;
+    if (n == 0 || n > cap) return -1;
+    rtu_edge_put_u16(payload + RTU_EDGE_PREDICTION_OFF_OBS_SEQ, m->obs_seq);
+    for (i = 0; i < m->prediction_count; i++) rtu_edge_put_f32(payload + RTU_EDGE_PREDICTION_OFF_PREDICTION + 4u * i, m->prediction[i]);
+    return (int)n;
+}
+
+/* Read a PREDICTION payload of len bytes into m. Returns RTU_EDGE_ERR_NONE, or
+   RTU_EDGE_ERR_BAD_LENGTH when len is below RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES, not a
+   whole number of float32 values after it, or holds more than RTU_EDGE_PREDICTION_CAPACITY
+   values. The agreed sizes are the parser's check. */
+static inline rtu_edge_err_t rtu_edge_decode_prediction(const uint8_t *payload, size_t len, rtu_edge_prediction_t *m) {
+    size_t count;
+    uint16_t i;
+    if (len < RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES || (len - RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES) % 4u != 0) return RTU_EDGE_ERR_BAD_LENGTH;
+    count = (len - RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES) / 4u;
+    if (count > RTU_EDGE_PREDICTION_CAPACITY) return RTU_EDGE_ERR_BAD_LENGTH;
+    m->obs_seq = rtu_edge_get_u16(payload + RTU_EDGE_PREDICTION_OFF_OBS_SEQ);
+    m->prediction_count = (uint16_t)count;
+    for (i = 0; i < m->prediction_count; i++) m->prediction[i] = rtu_edge_get_f32(payload + RTU_EDGE_PREDICTION_OFF_PREDICTION + 4u * i);
+    return RTU_EDGE_ERR_NONE;
+}
+
+/* One whole PREDICTION frame on the wire (COBS, 0x00 included) in wire[0..cap): returns its
+   length, or -1 when it does not fit (RTU_EDGE_WIRE_BYTES(payload bytes) is enough). */
+static inline int rtu_edge_write_prediction(uint8_t *wire, size_t cap, uint16_t seq, const rtu_edge_prediction_t *m) {
+    size_t n = rtu_edge_prediction_payload_bytes(m);
+    uint8_t *payload = rtu_edge_frame_payload(wire, cap, n);
+    if (payload == NULL || rtu_edge_encode_prediction(m, payload, n) != (int)n) return -1;
+    return rtu_edge_frame_finish(wire, cap, RTU_EDGE_MSG_PREDICTION, seq, n);
+}
+
+/* Payload bytes of m when encoded (0 for a count above RTU_EDGE_MAX_* or the capacity). */
 static inline size_t rtu_edge_hello_payload_bytes(const rtu_edge_hello_t *m) {
     (void)m;
     return RTU_EDGE_HELLO_MIN_PAYLOAD_BYTES;
@@ -630,6 +699,10 @@ static inline rtu_edge_err_t rtu_edge_check_payload(uint8_t msg_id, size_t len, 
         fixed = RTU_EDGE_ACTION_FIXED_PAYLOAD_BYTES;
         agreed = action_values;
         break;
+    case RTU_EDGE_MSG_PREDICTION:
+        fixed = RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES;
+        agreed = 0u;
+        break;
     case RTU_EDGE_MSG_HELLO:
         return len >= RTU_EDGE_HELLO_MIN_PAYLOAD_BYTES ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
     case RTU_EDGE_MSG_OBS:
@@ -655,6 +728,7 @@ static inline const char *rtu_edge_msg_name(uint8_t msg_id) {
     case RTU_EDGE_MSG_STOP: return "STOP";
     case RTU_EDGE_MSG_STATUS_REQ: return "STATUS_REQ";
     case RTU_EDGE_MSG_ACTION: return "ACTION";
+    case RTU_EDGE_MSG_PREDICTION: return "PREDICTION";
     case RTU_EDGE_MSG_HELLO: return "HELLO";
     case RTU_EDGE_MSG_OBS: return "OBS";
     case RTU_EDGE_MSG_STATUS: return "STATUS";

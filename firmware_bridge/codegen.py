@@ -33,7 +33,7 @@ _P = "RTU_EDGE_"
 _C_TYPE = {"u8": "uint8_t", "u16": "uint16_t", "u32": "uint32_t", "f32": "float"}
 _SIZE = {"u8": 1, "u16": 2, "u32": 4, "f32": 4}
 # The handshake length symbol of an array -> the prefix of its C macros (OBS_, ACTION_).
-_COUNT_PREFIX = {"obs_size": "OBS", "action_size": "ACTION"}
+_COUNT_PREFIX = {"obs_size": "OBS", "action_size": "ACTION", "prediction_size": "PREDICTION"}
 
 
 def _banner(path: str, what: str) -> list[str]:
@@ -106,6 +106,11 @@ def _constants() -> list[str]:
         ),
         ("MAX_OBS_VALUES", f"{p.MAX_OBS_SIZE}u", "largest obs_size (float32 values)"),
         ("MAX_ACTION_VALUES", f"{p.MAX_ACTION_SIZE}u", "largest action_size (float32 values)"),
+        (
+            "MAX_PREDICTION_VALUES",
+            f"{p.MAX_PREDICTION_SIZE}u",
+            "most PREDICTION values (float32; not agreed, the payload length says)",
+        ),
     ]
     rows += [(f"DTYPE_{n}", f"{v}u", "element type code") for n, v in p.DTYPES]
     width = max(len(n) for n, _, _ in rows) + len(_P) + 9
@@ -319,7 +324,10 @@ def _check_payload() -> list[str]:
                 ": RTU_EDGE_ERR_BAD_LENGTH;"
             )
         else:
-            agreed = arr.count.replace("_size", "_values")
+            # a length not agreed in the handshake: 0, any whole number of values
+            agreed = (
+                "0u" if arr.count in p._VAR_SIZE_NAMES else arr.count.replace("_size", "_values")
+            )
             out += [
                 f"        fixed = {_P}{m.name}_FIXED_PAYLOAD_BYTES;",
                 f"        agreed = {agreed};",

@@ -48,6 +48,7 @@ __all__ = [
     "MAX_FRAME",
     "MAX_OBS_SIZE",
     "MAX_PAYLOAD",
+    "MAX_PREDICTION_SIZE",
     "MESSAGES",
     "MIN_FRAME",
     "OBS_FIRST",
@@ -110,6 +111,9 @@ _TYPES: dict[str, tuple[str, int, str]] = {
     "f32": ("f", 4, "float"),
 }
 _SIZE_NAMES = ("obs_size", "action_size")  # array lengths agreed in the handshake
+# Array lengths not agreed in the handshake: the payload length alone says how many values
+# (1..MAX_PREDICTION_SIZE) the sender put in.
+_VAR_SIZE_NAMES = ("prediction_size",)
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +128,9 @@ class Field:
     name: str
     type: str  # one of u8, u16, u32, f32
     doc: str
-    count: str | None = None  # None: scalar; "obs_size"/"action_size": array, handshake length
+    # None: scalar; "obs_size"/"action_size": array, handshake length; "prediction_size":
+    # array whose length the payload length gives
+    count: str | None = None
     values: tuple[tuple[str, int], ...] = ()  # named values of an enumeration field
     bits: tuple[tuple[str, int], ...] = ()  # named bit positions of a flags field
 
@@ -235,6 +241,25 @@ MESSAGES: tuple[Message, ...] = (
         ),
     ),
     Message(
+        "PREDICTION",
+        0x06,
+        "host",
+        "The prediction(s) answering one OBS, in prediction mode: the MCU's own controller "
+        "acts, the host only learns and predicts. The MCU accepts it when it is armed and "
+        "obs_seq is the seq of its latest OBS (not yet answered), then applies its own action "
+        "and sends the next OBS; otherwise it is rejected and counted like an ACTION.",
+        (
+            Field("obs_seq", "u16", "seq (frame header) of the OBS this prediction answers"),
+            Field(
+                "prediction",
+                "f32",
+                "prediction values (e.g. v(S_t) of the cumulant sent as OBS.reward); at least "
+                "one, as many as the payload holds",
+                count="prediction_size",
+            ),
+        ),
+    ),
+    Message(
         "HELLO",
         0x81,
         "mcu",
@@ -340,7 +365,9 @@ def _check_table(messages: tuple[Message, ...]) -> None:
             seen.add(f.name)
             require(f.type in _TYPES, f"{m.name}.{f.name}: type {f.type}")
             if f.count is not None:
-                require(f.count in _SIZE_NAMES, f"{m.name}.{f.name}: count {f.count}")
+                require(
+                    f.count in _SIZE_NAMES + _VAR_SIZE_NAMES, f"{m.name}.{f.name}: count {f.count}"
+                )
                 require(i == len(m.fields) - 1, f"{m.name}: the array must be the last field")
                 require(not m.extensible, f"{m.name}: extensible messages have no array")
         fixed = sum(_TYPES[f.type][1] for f in m.fields if f.count is None)
@@ -372,6 +399,7 @@ def _fixed_size(m: Message) -> int:
 # Largest arrays that still fit MAX_PAYLOAD.
 MAX_OBS_SIZE = (MAX_PAYLOAD - _fixed_size(BY_NAME["OBS"])) // 4
 MAX_ACTION_SIZE = (MAX_PAYLOAD - _fixed_size(BY_NAME["ACTION"])) // 4
+MAX_PREDICTION_SIZE = (MAX_PAYLOAD - _fixed_size(BY_NAME["PREDICTION"])) // 4
 
 
 @dataclass(frozen=True)
@@ -543,7 +571,7 @@ def expected_payload_size(msg: Message, sizes: Sizes | None) -> int | None:
     lay = _LAYOUT[msg.id]
     if lay.array is None:
         return lay.fixed_size
-    if sizes is None:
+    if sizes is None or lay.array.count in _VAR_SIZE_NAMES:
         return None
     return lay.fixed_size + 4 * getattr(sizes, lay.array.count)
 
@@ -567,7 +595,10 @@ def encode_payload(
         raise ValueError(f"{m.name}: {e}") from None
     if lay.array is not None:
         arr = np.asarray(fields[lay.array.name], dtype="<f4").reshape(-1)
-        if sizes is not None and arr.size != getattr(sizes, lay.array.count):
+        if lay.array.count in _VAR_SIZE_NAMES:
+            if arr.size < 1:
+                raise ValueError(f"{m.name}.{lay.array.name}: at least one value")
+        elif sizes is not None and arr.size != getattr(sizes, lay.array.count):
             raise ValueError(
                 f"{m.name}.{lay.array.name}: {arr.size} values, but "
                 f"{lay.array.count}={getattr(sizes, lay.array.count)}"
@@ -628,11 +659,17 @@ def decode_frame(encoded: bytes, sizes: Sizes | None = None) -> Frame | BadFrame
         ok = size >= lay.fixed_size
     elif expected is not None:
         ok = size == expected
-    else:  # array length not agreed yet: any whole number of floats
-        ok = size >= lay.fixed_size and (size - lay.fixed_size) % 4 == 0
+    else:  # array length not agreed (yet): any whole number of floats, >= 1 when variable
+        least = lay.fixed_size + (4 if lay.array.count in _VAR_SIZE_NAMES else 0)
+        ok = size >= least and (size - lay.fixed_size) % 4 == 0
     if not ok:
-        agreed = f" under {sizes}" if lay.array is not None and sizes is not None else ""
-        want = f">= {lay.fixed_size}" if m.extensible else str(expected)
+        agreed = f" under {sizes}" if expected is not None and lay.array is not None else ""
+        if m.extensible:
+            want = f">= {lay.fixed_size}"
+        elif expected is None:
+            want = f"{lay.fixed_size} + 4*n"
+        else:
+            want = str(expected)
         return BadFrame(
             "bad_length", n, msg_id, seq, f"{m.name}: {size} payload bytes, expected {want}{agreed}"
         )
@@ -938,6 +975,8 @@ GOLDEN_FRAMES: tuple[Golden, ...] = (
         {"flags": OBS_TRUNCATED, "reward": 1.0, "obs": [-1.5, 0.0625]},
         _CARTPOLE_P_SIZES,
     ),
+    # prediction mode: the host answers obs_first_cartpole_p with v(S_t) instead of an ACTION
+    Golden("prediction", "PREDICTION", 2, {"obs_seq": 3, "prediction": [0.75]}, _CARTPOLE_P_SIZES),
 )
 
 DOC_BEGIN = "<!-- BEGIN GENERATED {name}: python -m firmware_bridge.protocol --markdown -->"

@@ -45,6 +45,14 @@ static inline int rtu_edge_golden_equal_action(const rtu_edge_action_t *a, const
     return a->obs_seq == b->obs_seq;
 }
 
+static inline int rtu_edge_golden_equal_prediction(const rtu_edge_prediction_t *a, const rtu_edge_prediction_t *b) {
+    uint16_t i;
+    if (a->prediction_count != b->prediction_count) return 0;
+    for (i = 0; i < a->prediction_count; i++)
+        if (!rtu_edge_golden_same_f32(a->prediction[i], b->prediction[i])) return 0;
+    return a->obs_seq == b->obs_seq;
+}
+
 static inline int rtu_edge_golden_equal_hello(const rtu_edge_hello_t *a, const rtu_edge_hello_t *b) {
     return a->protocol_version == b->protocol_version
         && a->schema_hash == b->schema_hash
@@ -82,16 +90,16 @@ static inline int rtu_edge_golden_equal_status(const rtu_edge_status_t *a, const
         && a->actions_rejected == b->actions_rejected;
 }
 
-/* hello_req: HELLO_REQ seq=0; protocol_version=1, schema_hash=1831428713, obs_size=4,
+/* hello_req: HELLO_REQ seq=0; protocol_version=1, schema_hash=3062552049, obs_size=4,
    action_size=1, num_actions=2, obs_dtype=1, action_dtype=1, nonce=305419896 */
-static const uint8_t rtu_edge_golden_hello_req_wire[28] = {0x02, 0x01, 0x01, 0x02, 0x11, 0x0b, 0x01, 0x69, 0x62, 0x29, 0x6d, 0x78, 0x56, 0x34, 0x12, 0x04, 0x02, 0x01, 0x02, 0x02, 0x07, 0x01, 0x01, 0x79, 0x53, 0x08, 0x02, 0x00};
-static const rtu_edge_hello_req_t rtu_edge_golden_hello_req_msg = {.protocol_version = 1u, .schema_hash = 0x6D296269u, .nonce = 0x12345678u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u};
+static const uint8_t rtu_edge_golden_hello_req_wire[28] = {0x02, 0x01, 0x01, 0x02, 0x11, 0x0b, 0x01, 0xf1, 0xd5, 0x8a, 0xb6, 0x78, 0x56, 0x34, 0x12, 0x04, 0x02, 0x01, 0x02, 0x02, 0x07, 0x01, 0x01, 0x08, 0x5e, 0xbf, 0xae, 0x00};
+static const rtu_edge_hello_req_t rtu_edge_golden_hello_req_msg = {.protocol_version = 1u, .schema_hash = 0xB68AD5F1u, .nonce = 0x12345678u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u};
 
-/* hello: HELLO seq=1; protocol_version=1, schema_hash=1831428713, obs_size=4, action_size=1,
+/* hello: HELLO seq=1; protocol_version=1, schema_hash=3062552049, obs_size=4, action_size=1,
    num_actions=2, obs_dtype=1, action_dtype=1, boot_id=3405705229, control_period_ms=0,
    watchdog_ms=500, nonce=305419896, accepted=1 */
-static const uint8_t rtu_edge_golden_hello_wire[37] = {0x03, 0x81, 0x01, 0x02, 0x1a, 0x0f, 0x01, 0x69, 0x62, 0x29, 0x6d, 0x0d, 0xf0, 0xfe, 0xca, 0x78, 0x56, 0x34, 0x12, 0x04, 0x02, 0x01, 0x02, 0x02, 0x03, 0x01, 0x01, 0x01, 0x08, 0xf4, 0x01, 0x01, 0x57, 0x42, 0xcd, 0x27, 0x00};
-static const rtu_edge_hello_t rtu_edge_golden_hello_msg = {.protocol_version = 1u, .schema_hash = 0x6D296269u, .boot_id = 0xCAFEF00Du, .nonce = 0x12345678u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u, .control_period_ms = 0u, .watchdog_ms = 500u, .accepted = 1u};
+static const uint8_t rtu_edge_golden_hello_wire[37] = {0x03, 0x81, 0x01, 0x02, 0x1a, 0x0f, 0x01, 0xf1, 0xd5, 0x8a, 0xb6, 0x0d, 0xf0, 0xfe, 0xca, 0x78, 0x56, 0x34, 0x12, 0x04, 0x02, 0x01, 0x02, 0x02, 0x03, 0x01, 0x01, 0x01, 0x08, 0xf4, 0x01, 0x01, 0xab, 0x20, 0x1c, 0xd0, 0x00};
+static const rtu_edge_hello_t rtu_edge_golden_hello_msg = {.protocol_version = 1u, .schema_hash = 0xB68AD5F1u, .boot_id = 0xCAFEF00Du, .nonce = 0x12345678u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u, .control_period_ms = 0u, .watchdog_ms = 500u, .accepted = 1u};
 
 /* arm: ARM seq=1; boot_id=3405705229 */
 static const uint8_t rtu_edge_golden_arm_wire[15] = {0x03, 0x02, 0x01, 0x02, 0x04, 0x09, 0x0d, 0xf0, 0xfe, 0xca, 0x30, 0x32, 0xe4, 0x29, 0x00};
@@ -123,16 +131,16 @@ static const rtu_edge_stop_t rtu_edge_golden_stop_msg = {.reason = 0u};
 static const uint8_t rtu_edge_golden_status_req_wire[11] = {0x03, 0x04, 0x04, 0x01, 0x01, 0x05, 0x8a, 0xc6, 0xc0, 0xbc, 0x00};
 static const rtu_edge_status_req_t rtu_edge_golden_status_req_msg = {.unused = 0u};
 
-/* hello_boot: HELLO seq=0; protocol_version=1, schema_hash=1831428713, obs_size=4,
+/* hello_boot: HELLO seq=0; protocol_version=1, schema_hash=3062552049, obs_size=4,
    action_size=1, num_actions=2, obs_dtype=1, action_dtype=1, boot_id=3405705229,
    control_period_ms=0, watchdog_ms=500, nonce=0, accepted=0 */
-static const uint8_t rtu_edge_golden_hello_boot_wire[37] = {0x02, 0x81, 0x01, 0x02, 0x1a, 0x0a, 0x01, 0x69, 0x62, 0x29, 0x6d, 0x0d, 0xf0, 0xfe, 0xca, 0x01, 0x01, 0x01, 0x02, 0x04, 0x02, 0x01, 0x02, 0x02, 0x03, 0x01, 0x01, 0x01, 0x03, 0xf4, 0x01, 0x05, 0xd7, 0x8d, 0xc1, 0xb4, 0x00};
-static const rtu_edge_hello_t rtu_edge_golden_hello_boot_msg = {.protocol_version = 1u, .schema_hash = 0x6D296269u, .boot_id = 0xCAFEF00Du, .nonce = 0u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u, .control_period_ms = 0u, .watchdog_ms = 500u, .accepted = 0u};
+static const uint8_t rtu_edge_golden_hello_boot_wire[37] = {0x02, 0x81, 0x01, 0x02, 0x1a, 0x0a, 0x01, 0xf1, 0xd5, 0x8a, 0xb6, 0x0d, 0xf0, 0xfe, 0xca, 0x01, 0x01, 0x01, 0x02, 0x04, 0x02, 0x01, 0x02, 0x02, 0x03, 0x01, 0x01, 0x01, 0x03, 0xf4, 0x01, 0x05, 0x2b, 0xef, 0x10, 0x43, 0x00};
+static const rtu_edge_hello_t rtu_edge_golden_hello_boot_msg = {.protocol_version = 1u, .schema_hash = 0xB68AD5F1u, .boot_id = 0xCAFEF00Du, .nonce = 0u, .obs_size = 4u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u, .control_period_ms = 0u, .watchdog_ms = 500u, .accepted = 0u};
 
-/* hello_req_cartpole_p: HELLO_REQ seq=0; protocol_version=1, schema_hash=1831428713,
+/* hello_req_cartpole_p: HELLO_REQ seq=0; protocol_version=1, schema_hash=3062552049,
    obs_size=2, action_size=1, num_actions=2, obs_dtype=1, action_dtype=1, nonce=305419896 */
-static const uint8_t rtu_edge_golden_hello_req_cartpole_p_wire[28] = {0x02, 0x01, 0x01, 0x02, 0x11, 0x0b, 0x01, 0x69, 0x62, 0x29, 0x6d, 0x78, 0x56, 0x34, 0x12, 0x02, 0x02, 0x01, 0x02, 0x02, 0x07, 0x01, 0x01, 0xfe, 0x5a, 0x67, 0xc4, 0x00};
-static const rtu_edge_hello_req_t rtu_edge_golden_hello_req_cartpole_p_msg = {.protocol_version = 1u, .schema_hash = 0x6D296269u, .nonce = 0x12345678u, .obs_size = 2u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u};
+static const uint8_t rtu_edge_golden_hello_req_cartpole_p_wire[28] = {0x02, 0x01, 0x01, 0x02, 0x11, 0x0b, 0x01, 0xf1, 0xd5, 0x8a, 0xb6, 0x78, 0x56, 0x34, 0x12, 0x02, 0x02, 0x01, 0x02, 0x02, 0x07, 0x01, 0x01, 0x8f, 0x57, 0xd0, 0x68, 0x00};
+static const rtu_edge_hello_req_t rtu_edge_golden_hello_req_cartpole_p_msg = {.protocol_version = 1u, .schema_hash = 0xB68AD5F1u, .nonce = 0x12345678u, .obs_size = 2u, .action_size = 1u, .num_actions = 2u, .obs_dtype = 1u, .action_dtype = 1u};
 
 /* obs_first_cartpole_p: OBS seq=3; flags=1, reward=0.0, obs=[0.03125, -0.015625] */
 static const uint8_t rtu_edge_golden_obs_first_cartpole_p_wire[24] = {0x03, 0x82, 0x03, 0x02, 0x0d, 0x02, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x02, 0x3d, 0x01, 0x07, 0x80, 0xbc, 0x99, 0xa9, 0x43, 0x1e, 0x00};
@@ -141,6 +149,10 @@ static const rtu_edge_obs_t rtu_edge_golden_obs_first_cartpole_p_msg = {.flags =
 /* obs_truncated_cartpole_p: OBS seq=503; flags=4, reward=1.0, obs=[-1.5, 0.0625] */
 static const uint8_t rtu_edge_golden_obs_truncated_cartpole_p_wire[24] = {0x05, 0x82, 0xf7, 0x01, 0x0d, 0x02, 0x04, 0x01, 0x03, 0x80, 0x3f, 0x01, 0x03, 0xc0, 0xbf, 0x01, 0x07, 0x80, 0x3d, 0xbd, 0xe1, 0xc8, 0x57, 0x00};
 static const rtu_edge_obs_t rtu_edge_golden_obs_truncated_cartpole_p_msg = {.flags = 4u, .reward = 0x1.0000000000000p+0f, .obs_count = 2u, .obs = {-0x1.8000000000000p+0f, 0x1.0000000000000p-4f}};
+
+/* prediction: PREDICTION seq=2; obs_seq=3, prediction=[0.75] */
+static const uint8_t rtu_edge_golden_prediction_wire[17] = {0x03, 0x06, 0x02, 0x02, 0x06, 0x02, 0x03, 0x01, 0x01, 0x07, 0x40, 0x3f, 0x83, 0xb2, 0x23, 0x81, 0x00};
+static const rtu_edge_prediction_t rtu_edge_golden_prediction_msg = {.obs_seq = 3u, .prediction_count = 1u, .prediction = {0x1.8000000000000p-1f}};
 
 typedef struct {
     const char *label;
@@ -152,7 +164,7 @@ typedef struct {
     const void *msg; /* the rtu_edge_<msg>_t of msg_id */
 } rtu_edge_golden_t;
 
-#define RTU_EDGE_GOLDEN_COUNT 13u
+#define RTU_EDGE_GOLDEN_COUNT 14u
 static const rtu_edge_golden_t rtu_edge_golden[RTU_EDGE_GOLDEN_COUNT] = {
     {"hello_req", RTU_EDGE_MSG_HELLO_REQ, 0u, 0u, 0u, rtu_edge_golden_hello_req_wire, sizeof rtu_edge_golden_hello_req_wire, &rtu_edge_golden_hello_req_msg},
     {"hello", RTU_EDGE_MSG_HELLO, 1u, 0u, 0u, rtu_edge_golden_hello_wire, sizeof rtu_edge_golden_hello_wire, &rtu_edge_golden_hello_msg},
@@ -167,6 +179,7 @@ static const rtu_edge_golden_t rtu_edge_golden[RTU_EDGE_GOLDEN_COUNT] = {
     {"hello_req_cartpole_p", RTU_EDGE_MSG_HELLO_REQ, 0u, 0u, 0u, rtu_edge_golden_hello_req_cartpole_p_wire, sizeof rtu_edge_golden_hello_req_cartpole_p_wire, &rtu_edge_golden_hello_req_cartpole_p_msg},
     {"obs_first_cartpole_p", RTU_EDGE_MSG_OBS, 3u, 2u, 1u, rtu_edge_golden_obs_first_cartpole_p_wire, sizeof rtu_edge_golden_obs_first_cartpole_p_wire, &rtu_edge_golden_obs_first_cartpole_p_msg},
     {"obs_truncated_cartpole_p", RTU_EDGE_MSG_OBS, 503u, 2u, 1u, rtu_edge_golden_obs_truncated_cartpole_p_wire, sizeof rtu_edge_golden_obs_truncated_cartpole_p_wire, &rtu_edge_golden_obs_truncated_cartpole_p_msg},
+    {"prediction", RTU_EDGE_MSG_PREDICTION, 2u, 2u, 1u, rtu_edge_golden_prediction_wire, sizeof rtu_edge_golden_prediction_wire, &rtu_edge_golden_prediction_msg},
 };
 
 /* Encode g's message with the library into wire: its length, or -1. */
@@ -177,6 +190,7 @@ static inline int rtu_edge_golden_write(const rtu_edge_golden_t *g, uint8_t *wir
     case RTU_EDGE_MSG_STOP: return rtu_edge_write_stop(wire, cap, g->seq, (const rtu_edge_stop_t *)g->msg);
     case RTU_EDGE_MSG_STATUS_REQ: return rtu_edge_write_status_req(wire, cap, g->seq, (const rtu_edge_status_req_t *)g->msg);
     case RTU_EDGE_MSG_ACTION: return rtu_edge_write_action(wire, cap, g->seq, (const rtu_edge_action_t *)g->msg);
+    case RTU_EDGE_MSG_PREDICTION: return rtu_edge_write_prediction(wire, cap, g->seq, (const rtu_edge_prediction_t *)g->msg);
     case RTU_EDGE_MSG_HELLO: return rtu_edge_write_hello(wire, cap, g->seq, (const rtu_edge_hello_t *)g->msg);
     case RTU_EDGE_MSG_OBS: return rtu_edge_write_obs(wire, cap, g->seq, (const rtu_edge_obs_t *)g->msg);
     case RTU_EDGE_MSG_STATUS: return rtu_edge_write_status(wire, cap, g->seq, (const rtu_edge_status_t *)g->msg);
@@ -211,6 +225,11 @@ static inline int rtu_edge_golden_matches(const rtu_edge_golden_t *g, const uint
         rtu_edge_action_t got;
         return rtu_edge_decode_action(payload, len, &got) == RTU_EDGE_ERR_NONE
             && rtu_edge_golden_equal_action(&got, (const rtu_edge_action_t *)g->msg);
+    }
+    case RTU_EDGE_MSG_PREDICTION: {
+        rtu_edge_prediction_t got;
+        return rtu_edge_decode_prediction(payload, len, &got) == RTU_EDGE_ERR_NONE
+            && rtu_edge_golden_equal_prediction(&got, (const rtu_edge_prediction_t *)g->msg);
     }
     case RTU_EDGE_MSG_HELLO: {
         rtu_edge_hello_t got;

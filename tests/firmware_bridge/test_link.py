@@ -694,3 +694,15 @@ def test_a_paused_writer_is_not_a_blocked_port(pty_pair):
             proc.kill()
     assert proc.returncode == 0, err
     assert out.split()[-2] == "wrote"
+
+
+def test_an_mcu_from_before_prediction_is_refused_naming_both_hashes(cartpole_sim):
+    # the schema hash of the table without PREDICTION (0x06): firmware flashed before issue 5
+    old = 0x6D296269
+    assert old != p.SCHEMA_HASH
+    sim = cartpole_sim(schema_hash=old)
+    with cartpole_conn(sim.device_path) as conn, pytest.raises(HandshakeError) as e:
+        conn.connect()
+    assert f"schema hash: host 0x{p.SCHEMA_HASH:08x}, MCU 0x{old:08x}" in str(e.value)
+    assert "reflash the MCU" in str(e.value)
+    assert not sim.armed and sim.stats.arms == 0

@@ -24,10 +24,10 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 # Frozen bytes: any change to the table, the framing or the codec shows up here first.
 GOLDEN_HEX = {
-    "hello_req": "02 01 01 02 11 0b 01 69 62 29 6d 78 56 34 12 04 02 01 02 02 07 01 01 79 53 08 "
-    "02 00",
-    "hello": "03 81 01 02 1a 0f 01 69 62 29 6d 0d f0 fe ca 78 56 34 12 04 02 01 02 02 03 01 01 01 "
-    "08 f4 01 01 57 42 cd 27 00",
+    "hello_req": "02 01 01 02 11 0b 01 f1 d5 8a b6 78 56 34 12 04 02 01 02 02 07 01 01 08 5e bf "
+    "ae 00",
+    "hello": "03 81 01 02 1a 0f 01 f1 d5 8a b6 0d f0 fe ca 78 56 34 12 04 02 01 02 02 03 01 01 01 "
+    "08 f4 01 01 ab 20 1c d0 00",
     "arm": "03 02 01 02 04 09 0d f0 fe ca 30 32 e4 29 00",
     "status_armed": "03 83 02 02 1d 02 01 06 01 0d f0 fe ca 01 02 02 01 01 01 01 01 01 01 01 01 "
     "01 01 01 01 01 01 01 01 01 05 cf c4 a8 d1 00",
@@ -38,16 +38,19 @@ GOLDEN_HEX = {
     "80 bf 62 82 05 ab 00",
     "stop": "03 03 03 02 01 01 05 ea c3 34 71 00",
     "status_req": "03 04 04 01 01 05 8a c6 c0 bc 00",
-    "hello_boot": "02 81 01 02 1a 0a 01 69 62 29 6d 0d f0 fe ca 01 01 01 02 04 02 01 02 02 03 01 "
-    "01 01 03 f4 01 05 d7 8d c1 b4 00",
-    "hello_req_cartpole_p": "02 01 01 02 11 0b 01 69 62 29 6d 78 56 34 12 02 02 01 02 02 07 01 01 "
-    "fe 5a 67 c4 00",
+    "hello_boot": "02 81 01 02 1a 0a 01 f1 d5 8a b6 0d f0 fe ca 01 01 01 02 04 02 01 02 02 03 01 "
+    "01 01 03 f4 01 05 2b ef 10 43 00",
+    "hello_req_cartpole_p": "02 01 01 02 11 0b 01 f1 d5 8a b6 78 56 34 12 02 02 01 02 02 07 01 01 "
+    "8f 57 d0 68 00",
     "obs_first_cartpole_p": "03 82 03 02 0d 02 01 01 01 01 01 01 01 02 3d 01 07 80 bc 99 a9 43 1e "
     "00",
     "obs_truncated_cartpole_p": "05 82 f7 01 0d 02 04 01 03 80 3f 01 03 c0 bf 01 07 80 3d bd e1 "
     "c8 57 00",
+    "prediction": "03 06 02 02 06 02 03 01 01 07 40 3f 83 b2 23 81 00",
 }
-SCHEMA_HASH_V1 = 0x6D296269
+# protocol v1 before PREDICTION (0x06): what an old MCU still reports in its HELLO
+SCHEMA_HASH_PRE_PREDICTION = 0x6D296269
+SCHEMA_HASH_V1 = 0xB68AD5F1
 REJECT_COUNTERS = ("crc_errors", "cobs_errors", "short_frames", "bad_length", "unknown_msg")
 
 
@@ -163,7 +166,12 @@ def messages(draw):
         if f.count is None:
             fields[f.name] = draw(_SCALAR[f.type])
         else:
-            n = getattr(sizes, f.count)
+            # PREDICTION's length is not agreed: any 1..MAX_PREDICTION_SIZE values
+            n = (
+                draw(st.integers(1, p.MAX_PREDICTION_SIZE))
+                if f.count == "prediction_size"
+                else getattr(sizes, f.count)
+            )
             fields[f.name] = draw(st.lists(F32, min_size=n, max_size=n))
     return m, draw(U16), fields, sizes
 
@@ -575,3 +583,19 @@ def test_no_module_imports_torch():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
+
+
+def test_prediction_length_comes_from_the_payload_not_the_handshake():
+    for n in (1, 3):
+        wire = p.encode_frame("PREDICTION", 7, {"obs_seq": 3, "prediction": [0.5] * n}, SIZES)
+        (fr,) = Parser(SIZES).feed(wire)
+        assert isinstance(fr, Frame) and list(fr.fields["prediction"]) == [0.5] * n
+    with pytest.raises(ValueError, match="at least one value"):
+        p.encode_payload("PREDICTION", {"obs_seq": 3, "prediction": []}, SIZES)
+    empty = p.encode_frame("STATUS_REQ", 1, {})  # re-label a 2-byte payload as PREDICTION
+    body = bytearray(p.cobs_decode(empty[:-1])[: p.HEADER_SIZE])
+    body[0], body[3:5] = p.MsgId.PREDICTION, (2).to_bytes(2, "little")
+    body += b"\x03\x00"
+    body += zlib.crc32(bytes(body)).to_bytes(4, "little")
+    (bad,) = Parser(SIZES).feed(p.cobs_encode(bytes(body)) + b"\x00")
+    assert bad.reason == "bad_length" and "expected 2 + 4*n" in bad.detail
