@@ -29,7 +29,7 @@ import torch
 
 from firmware_bridge.contract import next_name, sample_noise
 from rtu_edge import envs as envs_mod
-from rtu_edge.train import action_spec, env_action
+from rtu_edge.train import action_spec, env_action, random_action
 
 
 @dataclass
@@ -95,10 +95,15 @@ def check_parity(
     obs, _ = env.reset()
     reward, first, terminal, over = 0.0, 1.0, 0.0, False
     action_name = next(
-        o.name
-        for o in plans["learn" if "learn" in plans else "act"].step_outputs
-        if o.use == "action"
+        (
+            o.name
+            for o in plans["learn" if "learn" in plans else "act"].step_outputs
+            if o.use == "action"
+        ),
+        None,
     )
+    # a prediction bundle has no action: the trajectory is driven by seeded random actions
+    gen = torch.Generator().manual_seed(seed)
 
     direct: dict[str, tuple[float, int]] = {}  # name -> (worst |ort - torch32|, at tick)
     vs64: dict[str, float] = {}  # name -> worst |ort - torch64|
@@ -145,7 +150,11 @@ def check_parity(
                 obs, _ = env.reset()
                 reward, first, terminal, over = 0.0, 1.0, 0.0, False
                 continue
-            obs, r, term, trunc, _ = env.step(env_action(spec, learn_out[action_name]))
+            if action_name is None:
+                action = random_action(spec, gen)
+            else:
+                action = learn_out[action_name]
+            obs, r, term, trunc, _ = env.step(env_action(spec, action))
             reward, first, terminal, over = float(r), 0.0, float(term), bool(term or trunc)
         # a robot at rest, from a fresh state: one observation held for rest_steps ticks
         rest_obs = np.asarray(obs, dtype=np.float32).reshape(1, -1)

@@ -58,7 +58,10 @@ INPUT_SOURCES = {
 }
 # Per-step outputs: what the robot loop does with each one.
 OUTPUT_USES = {
-    "action": "sent to the robot after clamping (exactly one output has this use)",
+    "action": "sent to the robot after clamping (exactly one output has this use, or none "
+    "when one has use 'prediction')",
+    "prediction": "sent to the robot as PREDICTION; the robot's own controller acts (a graph "
+    "without an action output has exactly one output with this use)",
     "check": "must be finite, or the tick counts as a bad update (learn graph)",
     "report": "shown in the live line and summary only",
 }
@@ -200,6 +203,11 @@ class GraphSpec:
 
     def output_with_use(self, use: str) -> list[StepOutput]:
         return [o for o in self.step_outputs if o.use == use]
+
+    @property
+    def predicts(self) -> bool:
+        """Prediction mode: the graph answers each OBS with PREDICTION instead of ACTION."""
+        return bool(self.output_with_use("prediction")) and not self.output_with_use("action")
 
 
 @dataclass(frozen=True)
@@ -401,6 +409,12 @@ class Manifest:
 
     def check_step_io(self) -> None:
         """Cross-field rules: step I/O against graph I/O, action and noise against the specs."""
+        modes = {g.predicts for g in self.graphs.values()}
+        if len(modes) > 1:
+            raise ContractError(
+                f"{MANIFEST}: every graph must be in the same mode: all with an 'action' output "
+                f"or all with a 'prediction' output and no action. {FIX}"
+            )
         for gname, g in self.graphs.items():
             where = f"graphs.{gname}"
             in_specs = {s.name: s for s in g.inputs}
@@ -452,9 +466,21 @@ class Manifest:
                     f"graph's non-carried outputs are {sorted(expected_out)}. {FIX}"
                 )
             actions = g.output_with_use("action")
-            if len(actions) != 1:
+            predictions = g.output_with_use("prediction")
+            if not actions and len(predictions) == 1:  # prediction mode: the robot acts
+                p_shape = out_specs[predictions[0].name].shape
+                if not p_shape or math.prod(p_shape) < 1:
+                    raise ContractError(
+                        f"{MANIFEST}: {where}: the prediction output has shape {list(p_shape)}; "
+                        f"it must hold at least one value. {FIX}"
+                    )
+                continue
+            if len(actions) != 1 or predictions:
                 raise ContractError(
-                    f"{MANIFEST}: {where} must declare exactly one output with use 'action'"
+                    f"{MANIFEST}: {where} must declare exactly one output with use 'action', or "
+                    "none and exactly one with use 'prediction' (the robot's own controller "
+                    f"acts); it declares {len(actions)} action and {len(predictions)} "
+                    "prediction outputs"
                 )
             a_shape = out_specs[actions[0].name].shape
             if a_shape != (1, self.action.dims):

@@ -196,6 +196,7 @@ _HOST_COUNTERS = (
     "action_resends",  # last action re-sent because its OBS came again (lost ACTION)
     "action_resends_suppressed",  # such duplicates drained with a newer copy or a new OBS
     "actions_sent",
+    "predictions_sent",  # PREDICTIONs answering an OBS (prediction mode: the MCU acts itself)
     "actions_clamped",  # action outside [low, high]
     "actions_rate_limited",  # change per step above max_delta
     "actions_nonfinite",  # NaN/Inf action replaced by the safe action (fault 23)
@@ -276,6 +277,7 @@ class RobotConnection:
         self._obs_floor: int | None = None  # OBS at or before this seq predate the arm
         self._last_answered: int | None = None  # OBS seq the last ACTION answered
         self._last_sent = self.safe.copy()  # rate-limiter reference
+        self._last_prediction: np.ndarray | None = None  # set when the last answer predicted
         self._pending: Observation | None = None  # OBS that arrived while arming
         self._resend_due = 0  # duplicates of the answered OBS seen in the current drain
         self._bad_length_mark = 0
@@ -480,7 +482,10 @@ class RobotConnection:
                 batch = link.recv(0) if self._resend_due and newest is None else []
             if self._resend_due:
                 due, self._resend_due = self._resend_due, 0
-                if newest is None:
+                if newest is None and self._last_prediction is not None:
+                    self._send_prediction(self._last_prediction, self._last_answered)
+                    self._c["action_resends"] += 1
+                elif newest is None:
                     self._send_action(self._last_sent, self._last_answered)
                     self._c["action_resends"] += 1
                     due -= 1
@@ -608,8 +613,30 @@ class RobotConnection:
     def _send_action(self, action: np.ndarray, obs_seq: int) -> None:
         self._require_link().send("ACTION", obs_seq=obs_seq, action=action)
         self._last_sent = action
+        self._last_prediction = None
         self._last_answered = obs_seq
         self._c["actions_sent"] += 1
+
+    def predict(self, prediction, obs_seq: int) -> np.ndarray:
+        """Prediction mode: answer OBS `obs_seq` with PREDICTION; the MCU's own controller acts.
+
+        Returns the float32 values sent (1..MAX_PREDICTION_SIZE of them). A lost PREDICTION is
+        re-sent like a lost ACTION; `send_safe()` still answers with the safe ACTION.
+        """
+        self._require_armed()
+        v = np.asarray(prediction, dtype=np.float32).reshape(-1)
+        if not 0 < v.size <= protocol.MAX_PREDICTION_SIZE:
+            raise ValueError(
+                f"prediction has {v.size} values, PREDICTION holds 1..{protocol.MAX_PREDICTION_SIZE}"
+            )
+        self._send_prediction(v, obs_seq)
+        return v.copy()
+
+    def _send_prediction(self, values: np.ndarray, obs_seq: int) -> None:
+        self._require_link().send("PREDICTION", obs_seq=obs_seq, prediction=values)
+        self._last_prediction = values
+        self._last_answered = obs_seq
+        self._c["predictions_sent"] += 1
 
     def send_safe(self) -> bool:
         """Answer the newest observation with the safe action, if it is still unanswered.

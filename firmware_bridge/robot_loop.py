@@ -216,8 +216,13 @@ def run(cfg: RunConfig, log=print) -> dict:
             f"frozen with --no-learn, or train a cell that learns on the robot ({cells})."
         )
     spec = m.graphs[graph]  # what each per-step input is filled with, what each output is for
-    action_out = spec.output_with_use("action")[0].name
+    # prediction mode (no action output): each OBS is answered with PREDICTION, the robot's own
+    # controller acts; the prediction must be finite like a "check" output
+    predicts = spec.predicts
+    answer_out = spec.output_with_use("prediction" if predicts else "action")[0].name
     checked = [o.name for o in spec.output_with_use("check")]
+    if predicts:
+        checked.append(answer_out)
     ckpt_dir = (
         Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else default_checkpoint_dir(cfg.bundle)
     )
@@ -367,7 +372,10 @@ def run(cfg: RunConfig, log=print) -> dict:
                 if rolled_back:
                     force_first = True
                     log(f"WARNING: {cfg.max_bad_updates} bad updates in a row; rolled back")
-                conn.act(out[action_out][0], o.seq)
+                if predicts:
+                    conn.predict(out[answer_out], o.seq)
+                else:
+                    conn.act(out[answer_out][0], o.seq)
                 # the MCU answers at once; the STATUS comes in with the next OBS
                 if cfg.mcu_status_every_s and time.monotonic() - last_status_req >= (
                     cfg.mcu_status_every_s

@@ -107,6 +107,12 @@ class SimStats:
     rx_frames: int = 0  # valid frames received
     rx_dropped: int = 0  # valid frames ignored by rx_drop_prob
     tx_overflow: int = 0  # bytes dropped because the host did not read (pty buffer full)
+    # prediction mode (a `controller`): PREDICTION answers an OBS, the controller acts
+    action_frames: int = 0  # ACTION frames received, valid or not
+    predictions_received: int = 0  # PREDICTIONs accepted (each let the controller act)
+    predictions_rejected: int = 0  # stale, disarmed or latched, or no controller
+    controller_actions: int = 0  # env steps with the controller's own action
+    last_prediction: list[float] = field(default_factory=list)  # values of the last accepted
 
     @property
     def actions_rejected(self) -> int:
@@ -141,6 +147,7 @@ class SimRobot:
         schema_hash: int | None = None,
         protocol_version: int | None = None,
         period_s: float = 0.0,
+        controller=None,
     ):
         if action_kind not in ("discrete", "continuous"):
             raise ValueError(f"action_kind must be 'discrete' or 'continuous', not {action_kind!r}")
@@ -158,6 +165,16 @@ class SimRobot:
         if not (period_s >= 0 and period_s * 1000 <= 0xFFFF):
             raise ValueError(f"period_s must be in [0, 65.535] seconds, got {period_s}")
         self.period_s = float(period_s)
+        # prediction mode: None (the host's ACTIONs act; a PREDICTION is rejected), "random"
+        # (seeded uniform actions), "hold" (the safe action) or a callable obs -> env action.
+        # A PREDICTION for the current OBS then lets this controller act; an ACTION still
+        # overrides it (the host's safe action).
+        if not (controller is None or controller in ("random", "hold") or callable(controller)):
+            raise ValueError(
+                f"controller must be None, 'random', 'hold' or a callable, not {controller!r}"
+            )
+        self.controller = controller
+        self._last_obs = None
         self.faults = faults or SimFaults()
         self.schema_hash = protocol.SCHEMA_HASH if schema_hash is None else schema_hash
         self.protocol_version = (
@@ -419,6 +436,7 @@ class SimRobot:
             MsgId.STOP: self._on_stop,
             MsgId.STATUS_REQ: lambda f: self._send_status("REPLY"),
             MsgId.ACTION: self._on_action,
+            MsgId.PREDICTION: self._on_prediction,
         }.get(f.msg_id)
         if handler is not None:
             handler(f)
@@ -476,7 +494,39 @@ class SimRobot:
         self.stats.stops += 1
         self._send_status("STOPPED")
 
+    def _controller_action(self):
+        """The robot's own controller's action for the current observation (prediction mode)."""
+        if self.controller == "random":
+            if self.action_kind == "discrete":
+                a = [float(self._rng.integers(self.num_actions))]
+            else:
+                a = self._rng.uniform(self._low, self._high)
+        elif self.controller == "hold":
+            a = self.safe_action
+        else:
+            a = self.controller(self._last_obs)
+        self.stats.controller_actions += 1
+        return self._env_action(np.asarray(a, dtype=np.float64).reshape(-1))
+
+    def _on_prediction(self, f: Frame) -> None:
+        """Prediction mode: a PREDICTION for the current OBS lets the controller act (lock-step:
+        the env steps now; free-running: at the next period); anything else is rejected."""
+        seq = f.fields["obs_seq"]
+        if self.controller is None or not self.armed or not self._awaiting or seq != self._obs_seq:
+            self.stats.predictions_rejected += 1
+            return
+        self.stats.predictions_received += 1
+        self.stats.last_prediction = [float(x) for x in f.fields["prediction"]]
+        self._awaiting = False
+        self._fed_at = time.monotonic()
+        if self.period_s > 0 or self._need_reset:  # free-running: _tick steps; or episode over
+            if self._need_reset and self.period_s == 0:
+                self._start_episode()
+            return
+        self._step_env(self._controller_action(), applied=False)
+
     def _on_action(self, f: Frame) -> None:
+        self.stats.action_frames += 1
         if not self.armed:
             self.stats.actions_ignored += 1
             now = time.monotonic()
@@ -530,7 +580,8 @@ class SimRobot:
         if self._need_reset:
             self._start_episode()
             return
-        self._step_env(self._held_env_action(), applied=False)
+        held = self._controller_action() if self.controller is not None else None
+        self._step_env(self._held_env_action() if held is None else held, applied=False)
 
     def _held_env_action(self):
         a = self.applied_action
@@ -672,6 +723,7 @@ class SimRobot:
         o = np.asarray(obs, dtype=np.float32).reshape(-1)
         if o.size != self.obs_size:
             raise ValueError(f"env returned {o.size} observation values, expected {self.obs_size}")
+        self._last_obs = o
         seq = self._tx_seq
         self._obs_frame = protocol.encode_frame(
             "OBS", seq, {"flags": flags, "reward": np.float32(reward), "obs": o}, self._sizes

@@ -260,8 +260,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     returns: list[tuple[int, float]] = [(int(r[0]), float(r[2])) for r in kept]
     recent: deque[float] = deque((r for _, r in returns[-20:]), maxlen=20)
     sources = {s.name: s.source for s in learner.step_inputs(agent)}
-    action_name = next(o.name for o in learner.learn_outputs(agent) if o.use == "action")
-    checked = [o.name for o in learner.learn_outputs(agent) if o.use == "check"]
+    # a random-behaviour learner (td) need not output an action: the env gets random ones
+    action_name = next((o.name for o in learner.learn_outputs(agent) if o.use == "action"), None)
+    if action_name is None and learner.behaviour != "random":
+        raise ValueError(f"learner {learner.name!r} declares no output with use 'action'")
+    checked = [o.name for o in learner.learn_outputs(agent) if o.use in ("check", "prediction")]
     # A learner with a "prediction" output gets its MSRE over the first and the last 10% of the
     # steps: v, C and first of each call there (array("f"): 12 bytes a call).
     predicting = "prediction" in {o.name for o in learner.learn_outputs(agent)}

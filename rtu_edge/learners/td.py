@@ -28,11 +28,9 @@ Cells without exact RTRL (gru, lru; or any cell with ``learner.mode=tbptt``) lea
 BPTT instead: TD(0) semi-gradient through a window of the last ``truncation`` observations
 (`tbptt_step`, section "T-BPTT" below), with its own training loop (`train_td`).
 
-It does not act. Both graphs still emit an ``action`` output, because the bundle contract has
-every graph declare exactly one (firmware_bridge/contract.py): a constant zero action of shape
-(1, action_dims). On the robot, the robot's own controller acts: in prediction mode the MCU
-ignores the action the host sends back (a protocol change for a real prediction mode is future
-work). In training, `Learner.behaviour = "random"` makes rtu_edge/train.py drive a control
+It does not act. Both graphs declare no ``action`` output and one ``prediction`` output of use
+"prediction" (firmware_bridge/contract.py): on the robot, the host answers each OBS with a
+PREDICTION message (docs/protocol.md) and the robot's own controller acts. In training, `Learner.behaviour = "random"` makes rtu_edge/train.py drive a control
 environment with uniformly random actions instead, so the cumulant is the environment's reward
 under the uniform random behaviour policy.
 """
@@ -487,11 +485,6 @@ def train_td(cfg, progress: bool = True) -> dict | None:
     return summary
 
 
-def _no_action(agent: A.AgentConfig, like: Tensor) -> Tensor:
-    """The constant zero action both graphs emit: the contract wants one; nobody acts on it."""
-    return torch.zeros(1, agent.action_dims, dtype=like.dtype)
-
-
 def learn_step(
     cfg: TDConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
 ) -> tuple[State, dict[str, Tensor]]:
@@ -505,7 +498,7 @@ def learn_step(
     new, value, delta = td_step(
         cfg, agent, s, inputs["obs"], inputs["cumulant"], inputs["first"], inputs["terminal"]
     )
-    return new, {"action": _no_action(agent, value), "prediction": value, "td_error": delta}
+    return new, {"prediction": value, "td_error": delta}
 
 
 def act_step(
@@ -521,7 +514,7 @@ def act_step(
     state = state_from_dict(cell.State, "carry", s)
     y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p))
     value = A.head(p, "critic", y, ln)[0].reshape(1)
-    outputs = {"action": _no_action(agent, value), "prediction": value}
+    outputs = {"prediction": value}
     return state_to_dict("carry", state), outputs
 
 
@@ -539,8 +532,7 @@ def step_inputs(agent: A.AgentConfig) -> tuple[StepInput, ...]:
 
 def learn_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
     return (
-        StepOutput("action", "action", (1, agent.action_dims), "zeros: td does not act"),
-        StepOutput("prediction", "check", (1,), "v(S_t)"),
+        StepOutput("prediction", "prediction", (1,), "v(S_t), sent to the robot as PREDICTION"),
         StepOutput(
             "td_error", "check", (1,), "TD error of the previous transition; NaN: update skipped"
         ),
@@ -553,8 +545,7 @@ def act_inputs(agent: A.AgentConfig) -> tuple[StepInput, ...]:
 
 def act_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
     return (
-        StepOutput("action", "action", (1, agent.action_dims), "zeros: td does not act"),
-        StepOutput("prediction", "report", (1,), "v(S_t)"),
+        StepOutput("prediction", "prediction", (1,), "v(S_t), sent to the robot as PREDICTION"),
     )
 
 

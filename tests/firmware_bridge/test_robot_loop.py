@@ -474,3 +474,43 @@ def test_lock_step_robot_reports_no_period(bundle, tmp_path):
     assert s["control_period_ms"] == 0 and s["tick_p99_over_period"] is None
     assert s["counters"]["overruns"] == 0 and robot.stats.actions_late == 0
     assert "control period" not in format_summary(s)
+
+
+@pytest.fixture(scope="module")
+def td_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("td_loop")
+    net = NetConfig(hidden_size=8)
+    cfg = TrainConfig(
+        out=str(root / "run"), algo="td", env="classic/CartPole-P", steps=300, net=net
+    )
+    train(cfg, progress=False)
+    export_run(
+        ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
+        log=lambda m: None,
+    )
+    return root / "bundle"
+
+
+def test_td_bundle_predicts_while_the_robots_own_controller_acts(td_bundle, tmp_path):
+    with _robot(tmp_path, controller="random") as robot:
+        s = _loop(td_bundle, tmp_path, steps=300)
+    c, link = s["counters"], s["counters"]["link"]
+    assert c["ticks"] == 300 and c["learn_steps"] == 300
+    assert link["predictions_sent"] >= 300 and link["actions_sent"] == 0
+    assert robot.stats.action_frames == 0  # no ACTION on the wire: the controller acted
+    assert robot.stats.predictions_received >= 300 and robot.stats.predictions_rejected == 0
+    assert robot.stats.controller_actions >= 300 - robot.stats.episodes - 1
+    # an OBS that ends an episode is answered too, but the next one starts with env.reset
+    assert robot.stats.steps == robot.stats.controller_actions
+    assert robot.stats.actions_applied == 0
+    assert len(robot.stats.last_prediction) == 1
+    assert np.isfinite(robot.stats.last_prediction).all()
+
+
+def test_an_action_bundle_still_sends_actions_to_a_robot_with_a_controller(bundle, tmp_path):
+    with _robot(tmp_path, controller="random") as robot:
+        s = _loop(bundle, tmp_path, steps=100)
+    link = s["counters"]["link"]
+    assert link["actions_sent"] >= 100 and link["predictions_sent"] == 0
+    assert robot.stats.predictions_received == 0 and robot.stats.controller_actions == 0
+    assert robot.stats.actions_applied >= 90

@@ -232,8 +232,10 @@ def test_export_and_parity_and_bundle_load(tmp_path, cell):
     names = manifest["state"]["names"]
     assert {n.split(".")[0] for n in names} == {"params", "elig", "opt", "carry", "trace"}
     uses = {o["name"]: o["use"] for o in manifest["graphs"]["act"]["step_outputs"]}
-    assert uses == {"action": "action", "prediction": "report"}
-    # the act graph: zero action, and the same prediction as the learn graph on a first tick
+    assert uses == {"prediction": "prediction"}  # no action: the robot's own controller acts
+    learn_uses = {o["name"]: o["use"] for o in manifest["graphs"]["learn"]["step_outputs"]}
+    assert learn_uses == {"prediction": "prediction", "td_error": "check"}
+    # the act graph gives the same prediction as the learn graph on a first tick
     state = b.initial_state()
     obs = np.ones((1, b.manifest.observation_size), np.float32)
     one = np.ones(1, np.float32)
@@ -242,7 +244,7 @@ def test_export_and_parity_and_bundle_load(tmp_path, cell):
     res = dict(
         zip([o.name for o in act.get_outputs()], act.run(None, feeds | {"obs": obs, "first": one}))
     )
-    assert np.array_equal(res["action"], np.zeros((1, 1), np.float32))
+    assert "action" not in res
     learn = b.session("learn")
     feeds = {n: state[n] for n in learn_in if n in state}
     feeds |= {"obs": obs, "cumulant": 0 * one, "first": one, "terminal": 0 * one}
