@@ -13,8 +13,8 @@ Error of one output: max |ort - torch| / max(max |torch|, 1), i.e. relative to t
 largest entry, and absolute for tensors whose entries all lie below 1; a non-finite value on
 one side only is an infinite error. Every tick also runs in float64. An output whose worst
 error against torch float32 exceeds the tolerance is judged by how much further onnxruntime
-lies from float64 than torch float32 does over the run: two float32 programs that round
-differently can disagree by more than the tolerance where a trace update cancels large terms
+lies from float64 than twice torch float32's own distance from it, over the run: two float32
+programs that round differently can disagree by more than the tolerance where a trace update cancels large terms
 (seen: 1.6e-5 between them, 8.7e-6 and 6.9e-6 from float64), which says nothing about the
 export, while a wrong graph lies far from float64 (a discount of 0.5 for 0.99: error > 1e-3).
 """
@@ -174,8 +174,9 @@ def check_parity(
     env.close()
     worst, worst_name, worst_step = 0.0, "", 0
     for key, (e, t) in direct.items():
-        if e > tol:  # rounding, or a different graph? Judge against float64 (see above).
-            e = max(0.0, vs64[key] - own64[key])
+        if e > tol:  # rounding, or a different graph? Judge against float64 (see above):
+            # onnxruntime may round up to twice as badly as torch float32 does on this output
+            e = max(0.0, vs64[key] - 2.0 * own64[key])
         if e > worst:
             worst, worst_name, worst_step = e, key, t
     return ParityReport(steps + rest_steps, worst, worst_name, worst_step, tol, worst <= tol)
