@@ -35,7 +35,7 @@ from firmware_bridge import contract as C
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
 from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
-from rtu_edge.cells import CELLS
+from rtu_edge.cells import rtrl_cells
 from rtu_edge.learners import Learner, get_learner
 
 OPSET = C.OPSET
@@ -351,7 +351,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         hyperparameters={"train": asdict(run.train), "export": asdict(cfg)}
         | ({"trained_by": asdict(trained_by)} if trained_by is not None else {}),
         parity=asdict(report) if report is not None else None,
-        rtrl_cells=tuple(name for name, f in CELLS.items() if getattr(f, "online", True)),
+        rtrl_cells=tuple(rtrl_cells()),
     )
     # What the robot will check, checked here first: a bundle that breaks the contract is a bug.
     written = manifest.to_json()

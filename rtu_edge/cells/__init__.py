@@ -76,6 +76,11 @@ def make_cell(name: str, input_size: int, hidden_size: int, **options) -> Cell:
         raise ValueError(f"cell {name!r}: {e}") from None
 
 
+def rtrl_cells() -> list[str]:
+    """The cells with exact RTRL: the ones that can keep learning on the robot."""
+    return [name for name in CELLS if make_cell(name, 2, 2).online]
+
+
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURE_ABLATION",
@@ -92,6 +97,7 @@ __all__ = [
     "RTUState",
     "Traces",
     "make_cell",
+    "rtrl_cells",
     "recurrent_param_count",
     "state_from_dict",
     "state_to_dict",

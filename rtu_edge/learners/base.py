@@ -54,3 +54,26 @@ class Learner:
                 f"learner {self.name!r}: behaviour must be one of {BEHAVIOURS}, "
                 f"got {self.behaviour!r}"
             )
+
+
+MODES = ("auto", "rtrl", "tbptt")
+
+
+def uses_rtrl(mode: str, cell, cell_name: str) -> bool:
+    """A learner's gradient for this cell: RTRL traces (True) or truncated BPTT (False).
+
+    ``mode`` "auto" picks RTRL when the cell has it; "rtrl" on a cell without it is an error
+    that names the cells with RTRL.
+    """
+    if mode not in MODES:
+        raise ValueError(f"learner.mode must be one of {MODES}, got {mode!r}")
+    if mode == "tbptt":
+        return False
+    if mode == "rtrl" and not cell.online:
+        from rtu_edge.cells import rtrl_cells
+
+        raise ValueError(
+            f"cell {cell_name!r} has no exact RTRL; use --set learner.mode=tbptt "
+            f"(or auto), or one of the RTRL cells {rtrl_cells()}"
+        )
+    return bool(cell.online)

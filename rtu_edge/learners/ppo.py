@@ -54,9 +54,10 @@ from torch import Tensor
 from torch.func import functional_call
 
 from rtu_edge import agent as A
-from rtu_edge.cells import CELLS, make_cell, state_to_dict
+from rtu_edge.cells import state_to_dict
 from rtu_edge.learners import ac
 from rtu_edge.learners.base import Learner
+from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
 
 State = dict[str, Tensor]
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as in CleanRL
@@ -112,23 +113,7 @@ class PPOConfig:
 
 def uses_rtrl(cfg: PPOConfig, agent: A.AgentConfig) -> bool:
     """Whether the update uses RTRL traces (True) or truncated BPTT (False)."""
-    online = agent.cell.online
-    if cfg.mode == "auto":
-        return online
-    if cfg.mode == "rtrl":
-        if not online:
-            raise ValueError(
-                f"cell {agent.net.cell!r} has no exact RTRL; use --set learner.mode=tbptt "
-                f"(or auto), or one of the RTRL cells {rtrl_cells()}"
-            )
-        return True
-    if cfg.mode == "tbptt":
-        return False
-    raise ValueError(f"learner.mode must be 'auto', 'rtrl' or 'tbptt', got {cfg.mode!r}")
-
-
-def rtrl_cells() -> list[str]:
-    return [name for name in CELLS if make_cell(name, 2, 2).online]
+    return base_uses_rtrl(cfg.mode, agent.cell, agent.net.cell)
 
 
 # ---- 2. state: what the checkpoint holds --------------------------------------------------------

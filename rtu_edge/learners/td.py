@@ -54,6 +54,7 @@ from rtu_edge import agent as A
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.ac import _variance, normalise_obs, params_of
 from rtu_edge.learners.base import Learner
+from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
 from rtu_edge.ops import plus_eps
 
 State = dict[str, Tensor]
@@ -105,19 +106,8 @@ def _check_optimizer(name: str) -> None:
 
 
 def uses_rtrl(cfg: TDConfig, agent: A.AgentConfig) -> bool:
-    """Whether td learns with RTRL eligibility traces (True) or truncated BPTT (False)."""
-    online = agent.cell.online
-    if cfg.mode == "auto":
-        return online
-    if cfg.mode == "rtrl":
-        if not online:
-            raise ValueError(
-                f"cell {agent.net.cell!r} has no exact RTRL; use --set learner.mode=tbptt (or auto)"
-            )
-        return True
-    if cfg.mode == "tbptt":
-        return False
-    raise ValueError(f"learner.mode must be 'auto', 'rtrl' or 'tbptt', got {cfg.mode!r}")
+    """Whether the update uses RTRL traces (True) or truncated BPTT (False)."""
+    return base_uses_rtrl(cfg.mode, agent.cell, agent.net.cell)
 
 
 # ---- state layout ------------------------------------------------------------------------
