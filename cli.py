@@ -64,6 +64,13 @@ def train(
     steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     hidden_size: Annotated[int, typer.Option(help="Cell units n.")] = _NET.hidden_size,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            help="Size the cell for this many recurrent parameters (the paper compares cells "
+            "at 24,960): sets --hidden-size to the largest that fits (`rtu-edge cells --budget`)."
+        ),
+    ] = None,
     encoder_size: Annotated[int, typer.Option(help="Encoder width.")] = _NET.encoder_size,
     head_size: Annotated[int, typer.Option(help="Actor/critic hidden width.")] = _NET.head_size,
     layer_norm: Annotated[
@@ -99,6 +106,11 @@ def train(
         ("head-size", head_size),
     ):
         _usage(v > 0, f"--{name} must be at least 1, got {v}")
+    _usage(budget is None or budget > 0, f"--budget must be at least 1, got {budget}")
+    _usage(
+        not (resume and budget is not None),
+        "--budget sizes a new run; a resumed run keeps its own size (drop --budget)",
+    )
     _need_train_extra()
     from rtu_edge.cells import CELLS
     from rtu_edge.config import OverrideError, TrainConfig, apply_overrides
@@ -133,6 +145,12 @@ def train(
                 learner=get_learner(algo).Config(),
             )
             apply_overrides(cfg, set_ or [], cell_factory=CELLS[cell])
+            if budget is not None:  # after the overrides: cell options change the count
+                from rtu_edge.cells.budget import size_for_budget
+
+                cfg.net.hidden_size = size_for_budget(
+                    cell, cfg.net.encoder_size, budget, **cfg.net.cell_options
+                )
         summary = run_training(cfg, progress=progress)
     except (
         ValueError,

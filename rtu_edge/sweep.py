@@ -11,6 +11,7 @@ A spec names the grid; every combination is one run of `rtu-edge train` in its o
     cells = ["rtu", "mlp"]
     algos = ["ac"]
     seeds = [0, 1]
+    budgets = [24960]               # optional: size each cell for this many recurrent params
     [[variants]]                    # optional: named sets of `--set` overrides, crossed too
     name = "lam0.8"
     set = ["learner.lam=0.8"]
@@ -52,6 +53,8 @@ class Spec:
     cells: list[str]
     algos: list[str] = field(default_factory=lambda: ["ac"])
     seeds: list[int] = field(default_factory=lambda: [0])
+    # recurrent-parameter budgets (`rtu-edge train --budget`); [None]: the default hidden size
+    budgets: list[int | None] = field(default_factory=lambda: [None])
     variants: list[dict] = field(default_factory=lambda: [{"name": "default", "set": []}])
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     extra: list[str] = field(default_factory=list)  # more `rtu-edge train` options, verbatim
@@ -84,10 +87,13 @@ def load_spec(path: str | Path) -> Spec:
         raise SweepError(f"{path}: steps must be a positive integer, got {spec.steps!r}")
     if not isinstance(spec.workers, int) or spec.workers < 1:
         raise SweepError(f"{path}: workers must be a positive integer, got {spec.workers!r}")
-    for key in ("envs", "cells", "algos", "seeds", "variants"):
+    for key in ("envs", "cells", "algos", "seeds", "variants", "budgets"):
         value = getattr(spec, key)
         if not isinstance(value, list) or not value:
             raise SweepError(f"{path}: {key} must be a non-empty list")
+    for b in spec.budgets:
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise SweepError(f"{path}: budgets must be positive integers, got {b!r}")
     for v in spec.variants:
         if (
             not isinstance(v, dict)
@@ -107,6 +113,7 @@ class RunEntry:
     seed: int
     variant: str
     sets: list[str]
+    budget: int | None = None
     status: str = "pending"  # pending | running | done | failed
     attempts: int = 0
     seconds: float | None = None
@@ -115,13 +122,23 @@ class RunEntry:
 
 def grid(spec: Spec) -> list[RunEntry]:
     runs = []
-    for env, cell, algo, variant, seed in itertools.product(
-        spec.envs, spec.cells, spec.algos, spec.variants, spec.seeds
+    for env, cell, algo, variant, budget, seed in itertools.product(
+        spec.envs, spec.cells, spec.algos, spec.variants, spec.budgets, spec.seeds
     ):
-        name = f"{env.replace('/', '_')}__{cell}__{algo}__{variant['name']}__s{seed}"
+        name = f"{env.replace('/', '_')}__{cell}__{algo}__{variant['name']}"
+        if budget is not None:
+            name += f"__b{budget}"
+        name += f"__s{seed}"
         runs.append(
             RunEntry(
-                name, env, cell, algo, int(seed), variant["name"], list(variant.get("set", []))
+                name,
+                env,
+                cell,
+                algo,
+                int(seed),
+                variant["name"],
+                list(variant.get("set", [])),
+                budget,
             )
         )
     return runs
@@ -133,6 +150,8 @@ def _command(spec: Spec, run: RunEntry, run_dir: Path) -> list[str]:
         return base + ["--resume", "--steps", str(spec.steps)]  # continue an interrupted run
     cmd = base + ["--overwrite", "--env", run.env, "--cell", run.cell, "--algo", run.algo]
     cmd += ["--seed", str(run.seed), "--steps", str(spec.steps), *spec.extra]
+    if run.budget is not None:
+        cmd += ["--budget", str(run.budget)]
     for s in run.sets:
         cmd += ["--set", s]
     return cmd

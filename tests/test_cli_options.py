@@ -145,3 +145,16 @@ def test_sim_robot_period_reaches_simrobot(monkeypatch):
         r = CliRunner().invoke(app, ["sim-robot", *args])
         assert r.exit_code == 0, r.output
         assert seen[-1] == period
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_train_refuses_a_bad_budget(tmp_path, value):
+    _refused(["train", "--out", str(tmp_path / "r"), "--budget", value], "--budget", "at least 1")
+
+
+def test_train_refuses_a_budget_too_small_for_the_cell(tmp_path):
+    r = CliRunner().invoke(
+        app, ["train", "--out", str(tmp_path / "r"), "--budget", "3", "--steps", "10"]
+    )
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output  # no traceback
+    assert r.output.startswith("error: a budget of 3") and "too small for cell 'rtu'" in r.output

@@ -80,3 +80,26 @@ def test_bad_specs_name_the_field(tmp_path):
         p.write_text(text)
         with pytest.raises(SweepError, match=match):
             load_spec(p)
+
+
+def test_budgets_are_crossed_and_size_each_cell(tmp_path):
+    """`budgets = [B]` runs `train --budget B`: each cell gets the hidden size that fits B."""
+    from rtu_edge.cells.budget import param_count, size_for_budget
+
+    p = tmp_path / "s.toml"
+    p.write_text(
+        f'out = "{tmp_path / "sw"}"\nsteps = 50\nworkers = 2\nenvs = ["classic/CartPole-P"]\n'
+        'cells = ["rtu", "mlp"]\nbudgets = [300, 1000]\n'
+        'extra = ["--encoder-size", "8", "--compile", "no"]\n'
+    )
+    index = run_sweep(load_spec(p), log=lambda m: None)
+    assert [r["status"] for r in index["runs"]] == ["done"] * 4
+    for r in index["runs"]:
+        assert r["name"].endswith(f"__b{r['budget']}__s0")
+        config = json.loads((tmp_path / "sw" / r["name"] / "config.json").read_text())
+        n = config["train"]["net"]["hidden_size"]
+        assert n == size_for_budget(r["cell"], 8, r["budget"])
+        assert param_count(r["cell"], 8, n) <= r["budget"] < param_count(r["cell"], 8, n + 1)
+    p.write_text(p.read_text().replace("[300, 1000]", "[0]"))
+    with pytest.raises(SweepError, match="budgets must be positive"):
+        load_spec(p)
