@@ -518,22 +518,82 @@ def plot(
         list[Path], typer.Argument(help="Run directories, or directories holding runs (a sweep).")
     ],
     out: Annotated[Path, typer.Option(help="Figure to write: .png or .svg.")] = Path("curves.png"),
-    group: Annotated[str, typer.Option(help="Group runs by cell | algo | env.")] = "cell",
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="Group runs by a key or a comma list of keys: cell, algo, env, gradient "
+            "(rtrl, tbptt16), gradient_kind (rtrl, tbptt), "
+            "variant, budget, seed, learner.<field>, net.<field>, any summary.json key; "
+            "e.g. cell,gradient [default: cell]."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="The same as --by (kept for older command lines).")
+    ] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x",
+            help="Summary figure: x of each run's point, a key as for --by "
+            "(flops_per_step, learner.truncation, net.hidden_size, ...). Needs --y.",
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(
+            "--y",
+            help="Summary figure: y of each run's point (msre, final_return, us_per_step = "
+            "1e6 / steps_per_second, ...). Needs --x.",
+        ),
+    ] = None,
+    logx: Annotated[bool, typer.Option(help="Log-scale x axis (summary figure).")] = False,
+    logy: Annotated[bool, typer.Option(help="Log-scale y axis (summary figure).")] = False,
+    flat: Annotated[
+        bool,
+        typer.Option(
+            help="Summary figure: draw a group measured at one x only as a horizontal line "
+            "(RTRL in a time-vs-T figure: its cost does not depend on T)."
+        ),
+    ] = False,
+    skip_missing: Annotated[
+        bool, typer.Option(help="Leave out runs that lack a key (unfinished, other learners).")
+    ] = False,
     title: Annotated[str | None, typer.Option(help="Figure title [default: the env ids].")] = None,
 ) -> None:
-    """Learning curves: each group's mean over seeds with a 95% confidence band."""
+    """Learning curves (each group's mean over seeds with a 95% confidence band), or with --x
+    and --y a summary figure: one point per run, the seeds of a group at one x averaged with a
+    95% confidence interval, one line per group sorted by x."""
     _usage(out.suffix.lower() in (".png", ".svg"), f"--out {out} must end in .png or .svg")
-    _usage(group in ("cell", "algo", "env"), f"--group must be cell, algo or env, got {group!r}")
+    _usage(by is None or group is None, "--group is another name for --by; give one of them")
+    _usage((x is None) == (y is None), "a summary figure needs both --x and --y")
+    summary_mode = x is not None
+    _usage(
+        summary_mode or not (logx or logy or flat),
+        "--logx, --logy and --flat need a summary figure (--x and --y)",
+    )
+    by = by or group or "cell"
     try:
-        from rtu_edge.plots import plot_runs
+        from rtu_edge.plots import plot_runs, plot_summary
     except ImportError as e:
         _fail(str(e))
     try:
-        groups = plot_runs(runs, out, by=group, title=title)
+        if summary_mode:
+            series = plot_summary(
+                runs, out, x, y, by=by, logx=logx, logy=logy, title=title,
+                skip_missing=skip_missing, flat=flat,
+            )  # fmt: skip
+        else:
+            groups = plot_runs(runs, out, by=by, title=title, skip_missing=skip_missing)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
-    for name, g in groups.items():
-        typer.echo(f"{name}: {g['seeds']} seed(s), final mean return {g['mean'][-1]:.2f}")
+    if summary_mode:
+        for name, g in series.items():
+            typer.echo(f"{name}:")
+            for xv, m, lo, hi, n in zip(g["x"], g["mean"], g["low"], g["high"], g["n"]):
+                typer.echo(f"  {x}={xv:.6g}  {y}={m:.6g}  95% CI [{lo:.6g}, {hi:.6g}]  n={n}")
+    else:
+        for name, g in groups.items():
+            typer.echo(f"{name}: {g['seeds']} seed(s), final mean return {g['mean'][-1]:.2f}")
     typer.echo(f"figure written to {out}")
 
 
