@@ -395,6 +395,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "non_finite_updates": bad_updates,
         "skipped_checkpoints": skipped_checkpoints,
         "wall_time_s": elapsed,
+        "gradient": "rtrl",  # this loop needs a cell with exact RTRL (checked above)
     }
     if predicting:
         gamma = cfg.learner.gamma

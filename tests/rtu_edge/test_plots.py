@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from rtu_edge.config import NetConfig
-from rtu_edge.plots import curve_on_grid, find_runs, group_curves
+from rtu_edge.plots import curve_on_grid, find_runs, group_curves, run_value
 from rtu_edge.train import TrainConfig, train
 
 
@@ -65,8 +67,6 @@ def test_cli_plot_bad_input_is_one_line(tmp_path):
 
 def _fake_run(root, name, cell, seed, summary, learner=None, hidden=8):
     """A run directory with hand-written config.json / summary.json (exact numbers)."""
-    import json
-
     d = root / name
     d.mkdir(parents=True)
     train_cfg = {
@@ -86,7 +86,7 @@ def _fake_run(root, name, cell, seed, summary, learner=None, hidden=8):
 
 @pytest.fixture()
 def study(tmp_path):
-    """rtu (RTRL: no "gradient" key, as the tick-by-tick loop writes) and gru T-BPTT at two
+    """rtu (RTRL: no "gradient" key, as the tick-by-tick loop wrote before it had one) and gru T-BPTT at two
     budgets, 3 seeds each; gru at T = 4 and 16 for the time-per-step figure."""
     root = tmp_path / "study"
     for seed, (m1, m2) in enumerate([(1.0, 0.5), (2.0, 0.7), (3.0, 0.9)]):
@@ -198,5 +198,8 @@ def test_real_runs_summary_and_curves_by_two_keys(sweep, tmp_path):
     s = summary_series(find_runs([sweep]), "net.hidden_size", "us_per_step", by="cell,gradient")
     assert sorted(s) == ["mlp rtrl", "rtu rtrl"] and all(list(g["n"]) == [2] for g in s.values())
     assert all((g["mean"] > 0).all() for g in s.values())
+    for r in find_runs([sweep]):  # the tick-by-tick loop writes its gradient too
+        assert json.loads((r / "summary.json").read_text())["gradient"] == "rtrl"
+        assert run_value(r, "gradient_kind") == "rtrl" and run_value(r, "net.hidden_size") == 4
     curves = group_curves(find_runs([sweep]), "cell,algo")
     assert sorted(curves) == ["mlp ac", "rtu ac"]
