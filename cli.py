@@ -600,13 +600,25 @@ def plot(
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="A TOML spec (see rtu_edge/sweep.py).")],
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run each run as a task on a Ray cluster: local (start one here with `workers` "
+            "CPUs), auto (this machine's cluster or $RAY_ADDRESS), or an address such as "
+            "ray://head:10001. Needs pip install 'rtu-edge[ray]' and a sweep directory every "
+            "node sees.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a grid of trainings in parallel processes; rerun the same spec to resume it."""
+    """Run a grid of trainings in parallel processes (or Ray tasks); rerun the spec to resume."""
     _need_train_extra()
     from rtu_edge.sweep import SweepError, load_spec, run_sweep
 
+    _usage(ray is None or bool(ray.strip()), "--ray needs an address: local, auto or host:port")
     try:
-        index = run_sweep(load_spec(spec), log=lambda m: typer.echo(m, err=True))
+        index = run_sweep(load_spec(spec), log=lambda m: typer.echo(m, err=True), ray_address=ray)
     except SweepError as e:
         _fail(str(e))
     failed = [r["name"] for r in index["runs"] if r["status"] == "failed"]
