@@ -93,6 +93,13 @@ def train(
         typer.Option(help="Continue the run in --out from its last checkpoint (its own options)."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            help="Also log the metrics.csv rows as TensorBoard scalars in RUN/tb/ "
+            "(needs pip install tensorboard; a resumed run keeps its own choice or turns it on)."
+        ),
+    ] = False,
 ) -> None:
     """Train an agent (a cell with exact RTRL) on a gymnasium / MuJoCo / POPGym environment."""
     _usage(
@@ -123,6 +130,7 @@ def train(
     try:
         if resume:  # the run's own options; only --steps may raise the total
             cfg = resume_config(out, steps)
+            cfg.tensorboard = cfg.tensorboard or tensorboard
         else:
             if cell not in CELLS:
                 raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
@@ -141,6 +149,7 @@ def train(
                 seed=seed,
                 overwrite=overwrite,
                 compile=compile,
+                tensorboard=tensorboard,
                 net=net,
                 learner=get_learner(algo).Config(),
             )
@@ -176,7 +185,10 @@ def train(
             )
         _fail("interrupted before any checkpoint was written; start the run again", 130)
     typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"run written to {out} (metrics.csv, learning_curve.png, checkpoint.safetensors)")
+    tb = ", tb/" if cfg.tensorboard else ""
+    typer.echo(
+        f"run written to {out} (metrics.csv{tb}, learning_curve.png, checkpoint.safetensors)"
+    )
 
 
 @app.command()
