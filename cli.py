@@ -567,6 +567,13 @@ def plot(
             "(RTRL in a time-vs-T figure: its cost does not depend on T)."
         ),
     ] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Keep only runs with KEY=VALUE[,VALUE...], a key as for --by "
+            "(budget=24960, gradient_kind=tbptt, cell=rtu,gru); repeatable, all must hold."
+        ),
+    ] = None,
     skip_missing: Annotated[
         bool, typer.Option(help="Leave out runs that lack a key (unfinished, other learners).")
     ] = False,
@@ -592,10 +599,12 @@ def plot(
         if summary_mode:
             series = plot_summary(
                 runs, out, x, y, by=by, logx=logx, logy=logy, title=title,
-                skip_missing=skip_missing, flat=flat,
+                skip_missing=skip_missing, flat=flat, where=where,
             )  # fmt: skip
         else:
-            groups = plot_runs(runs, out, by=by, title=title, skip_missing=skip_missing)
+            groups = plot_runs(
+                runs, out, by=by, title=title, skip_missing=skip_missing, where=where
+            )
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
     if summary_mode:

@@ -278,6 +278,39 @@ def group_labels(infos: list[RunInfo], by, skip_missing: bool = False):
     return labels, kept
 
 
+def _matches(value, wanted: str) -> bool:
+    if isinstance(value, bool):
+        return str(value).lower() == wanted.strip().lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(wanted) == float(value)
+        except ValueError:
+            return False
+    return str(value) == wanted.strip()
+
+
+def select_runs(runs: list[Path], where: list[str] | None) -> list[Path]:
+    """The runs matching every ``KEY=VALUE[,VALUE...]`` of `where` (`--where`, repeatable):
+    e.g. ``budget=24960``, ``gradient_kind=tbptt``, ``cell=rtu,gru``. Runs without the key
+    do not match; a key no run has, or no run left, raises PlotError."""
+    infos = [RunInfo(r) for r in runs]
+    for cond in where or []:
+        key, sep, values = cond.partition("=")
+        key = key.strip()
+        wanted = [v for v in values.split(",") if v.strip()]
+        if not sep or not key or not wanted:
+            raise PlotError(f"--where {cond!r}: expected KEY=VALUE or KEY=VALUE1,VALUE2")
+        _values(infos, key, "--where key", skip_missing=True)  # unknown key: PlotError
+        infos = [
+            i
+            for i in infos
+            if (v := i.value(key)) is not _MISSING and any(_matches(v, w) for w in wanted)
+        ]
+        if not infos:
+            raise PlotError(f"no run matches --where {cond} (after the --where before it)")
+    return [i.path for i in infos]
+
+
 # Student's t, 97.5% quantile, by degrees of freedom (1..30); beyond: the normal 1.96.
 _T975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -368,10 +401,11 @@ def plot_runs(
     by="cell",
     title: str | None = None,
     skip_missing: bool = False,
+    where: list[str] | None = None,
 ) -> dict:
-    """`rtu-edge plot`: learning curves of the runs under `paths`, grouped `by`; returns the
-    groups (for a caller that also wants the numbers)."""
-    runs = find_runs(paths)
+    """`rtu-edge plot`: learning curves of the runs under `paths` (those matching `where`),
+    grouped `by`; returns the groups (for a caller that also wants the numbers)."""
+    runs = select_runs(find_runs(paths), where)
     groups = group_curves(runs, by, skip_missing=skip_missing)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 4.0))
@@ -469,13 +503,15 @@ def plot_summary(
     title: str | None = None,
     skip_missing: bool = False,
     flat: bool = False,
+    where: list[str] | None = None,
 ) -> dict:
     """`rtu-edge plot --x X --y Y`: one line per group through the seed means at each x, with
     95% confidence error bars and band; returns `summary_series`'s numbers.
 
     flat: a group measured at a single x is drawn as a dashed horizontal line (and band)
-    across the figure, for a quantity that does not depend on x (RTRL's time per step vs T)."""
-    runs = find_runs(paths)
+    across the figure, for a quantity that does not depend on x (RTRL's time per step vs T).
+    where: keep only the runs matching these ``KEY=VALUE[,VALUE...]`` (`select_runs`)."""
+    runs = select_runs(find_runs(paths), where)
     series = summary_series(runs, x, y, by, skip_missing)
     for axis, key, on in (("x", x, logx), ("y", y, logy)):
         if not on:

@@ -203,3 +203,22 @@ def test_real_runs_summary_and_curves_by_two_keys(sweep, tmp_path):
         assert run_value(r, "gradient_kind") == "rtrl" and run_value(r, "net.hidden_size") == 4
     curves = group_curves(find_runs([sweep]), "cell,algo")
     assert sorted(curves) == ["mlp ac", "rtu ac"]
+
+
+def test_where_keeps_the_matching_runs(study, tmp_path):
+    from rtu_edge.plots import PlotError, select_runs
+
+    runs = find_runs([study])
+    assert len(select_runs(runs, ["cell=gru"])) == 6
+    assert len(select_runs(runs, ["cell=gru,rtu", "learner.truncation=4"])) == 3
+    assert len(select_runs(runs, ["flops_per_step=1000"])) == 3  # numbers compare as numbers
+    with pytest.raises(PlotError, match="no run matches --where cell=lru"):
+        select_runs(runs, ["cell=lru"])
+    with pytest.raises(PlotError, match="unknown --where key 'colour'"):
+        select_runs(runs, ["colour=red"])
+    with pytest.raises(PlotError, match="expected KEY=VALUE"):
+        select_runs(runs, ["cell"])
+    out = tmp_path / "f.png"
+    args = ["plot", str(study), "--x", "learner.truncation", "--y", "us_per_step"]
+    r = CliRunner().invoke(app, [*args, "--where", "gradient_kind=tbptt", "--out", str(out)])
+    assert r.exit_code == 0 and "gru:" in r.output and "rtu" not in r.output, r.output
