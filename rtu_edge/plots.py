@@ -521,7 +521,11 @@ def plot_summary(
             raise PlotError(f"--log{axis}: {key!r} has values <= 0; drop --log{axis}")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    all_x = np.concatenate([g["x"] for g in series.values()])
+    # a flat line spans the x range of the other groups (those measured at several x)
+    spread = [g["x"] for g in series.values() if len(g["x"]) > 1] or [
+        g["x"] for g in series.values()
+    ]
+    all_x = np.concatenate(spread)
     span = (all_x.min(), all_x.max())
     try:
         for label, g in series.items():
