@@ -536,7 +536,7 @@ def plot(
             help="Group runs by a key or a comma list of keys: cell, algo, env, gradient "
             "(rtrl, tbptt16), gradient_kind (rtrl, tbptt), "
             "variant, budget, seed, learner.<field>, net.<field>, any summary.json key; "
-            "e.g. cell,gradient [default: cell]."
+            "e.g. cell,gradient (default: cell)."
         ),
     ] = None,
     group: Annotated[
@@ -628,7 +628,7 @@ def sweep(
             metavar="ADDRESS",
             help="Run each run as a task on a Ray cluster: local (start one here with `workers` "
             "CPUs), auto (this machine's cluster or $RAY_ADDRESS), or an address such as "
-            "ray://head:10001. Needs pip install 'rtu-edge[ray]' and a sweep directory every "
+            "ray://head:10001. Needs pip install 'rtu-edge\\[ray]' and a sweep directory every "
             "node sees.",
         ),
     ] = None,

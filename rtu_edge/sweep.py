@@ -1,4 +1,4 @@
-"""`rtu-edge sweep SPEC.toml`: a grid of training runs in parallel processes (or Ray tasks), resumable.
+"""`rtu-edge sweep SPEC.toml`: a grid of training runs in local processes or Ray tasks, resumable.
 
 A spec names the grid; every combination is one run of `rtu-edge train` in its own process
 (a crash or a kill of one run never takes the others down):
