@@ -116,6 +116,7 @@ def test_ray_missing_names_the_extra(tmp_path, monkeypatch):
     assert "Traceback" not in r.output and not (tmp_path / "sw" / "index.json").exists()
 
 
+@pytest.mark.slow
 def test_sweep_on_a_local_ray_instance(tmp_path):
     """The 2 x 2 grid as Ray tasks on a local instance (2 CPUs): all done, each once; the same
     index rules (a run that keeps failing is retried once, then marked failed)."""
