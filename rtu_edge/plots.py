@@ -472,7 +472,8 @@ def summary_series(runs: list[Path], x: str, y: str, by="cell", skip_missing: bo
         if twin is not None and seed is not _MISSING:
             raise PlotError(
                 f"runs {twin} and {info.path} share group {label!r}, {x}={xv:g} and seed {seed}: "
-                "they differ in a key --by does not name; add it (e.g. --by cell,gradient,budget)"
+                "they differ in a key --by does not name: add it (e.g. --by cell,gradient,budget) "
+                "or leave one out (--where, or name the run directories)"
             )
         points[label][xv].append((yv, info.path, seed))
     out = {}
