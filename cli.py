@@ -93,6 +93,13 @@ def train(
         typer.Option(help="Continue the run in --out from its last checkpoint (its own options)."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            help="Also log the metrics.csv rows as TensorBoard scalars in RUN/tb/ "
+            "(needs pip install tensorboard; a resumed run keeps its own choice or turns it on)."
+        ),
+    ] = False,
 ) -> None:
     """Train an agent (a cell with exact RTRL) on a gymnasium / MuJoCo / POPGym environment."""
     _usage(
@@ -123,6 +130,7 @@ def train(
     try:
         if resume:  # the run's own options; only --steps may raise the total
             cfg = resume_config(out, steps)
+            cfg.tensorboard = cfg.tensorboard or tensorboard
         else:
             if cell not in CELLS:
                 raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
@@ -141,6 +149,7 @@ def train(
                 seed=seed,
                 overwrite=overwrite,
                 compile=compile,
+                tensorboard=tensorboard,
                 net=net,
                 learner=get_learner(algo).Config(),
             )
@@ -176,7 +185,10 @@ def train(
             )
         _fail("interrupted before any checkpoint was written; start the run again", 130)
     typer.echo(json.dumps(summary, indent=2))
-    typer.echo(f"run written to {out} (metrics.csv, learning_curve.png, checkpoint.safetensors)")
+    tb = ", tb/" if cfg.tensorboard else ""
+    typer.echo(
+        f"run written to {out} (metrics.csv{tb}, learning_curve.png, checkpoint.safetensors)"
+    )
 
 
 @app.command()
@@ -518,35 +530,116 @@ def plot(
         list[Path], typer.Argument(help="Run directories, or directories holding runs (a sweep).")
     ],
     out: Annotated[Path, typer.Option(help="Figure to write: .png or .svg.")] = Path("curves.png"),
-    group: Annotated[str, typer.Option(help="Group runs by cell | algo | env.")] = "cell",
+    by: Annotated[
+        str | None,
+        typer.Option(
+            help="Group runs by a key or a comma list of keys: cell, algo, env, gradient "
+            "(rtrl, tbptt16), gradient_kind (rtrl, tbptt), "
+            "variant, budget, seed, learner.<field>, net.<field>, any summary.json key; "
+            "e.g. cell,gradient (default: cell)."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="The same as --by (kept for older command lines).")
+    ] = None,
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x",
+            help="Summary figure: x of each run's point, a key as for --by "
+            "(flops_per_step, learner.truncation, net.hidden_size, ...). Needs --y.",
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(
+            "--y",
+            help="Summary figure: y of each run's point (msre, final_return, us_per_step = "
+            "1e6 / steps_per_second, ...). Needs --x.",
+        ),
+    ] = None,
+    logx: Annotated[bool, typer.Option(help="Log-scale x axis (summary figure).")] = False,
+    logy: Annotated[bool, typer.Option(help="Log-scale y axis (summary figure).")] = False,
+    flat: Annotated[
+        bool,
+        typer.Option(
+            help="Summary figure: draw a group measured at one x only as a horizontal line "
+            "(RTRL in a time-vs-T figure: its cost does not depend on T)."
+        ),
+    ] = False,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Keep only runs with KEY=VALUE[,VALUE...], a key as for --by "
+            "(budget=24960, gradient_kind=tbptt, cell=rtu,gru); repeatable, all must hold."
+        ),
+    ] = None,
+    skip_missing: Annotated[
+        bool, typer.Option(help="Leave out runs that lack a key (unfinished, other learners).")
+    ] = False,
     title: Annotated[str | None, typer.Option(help="Figure title [default: the env ids].")] = None,
 ) -> None:
-    """Learning curves: each group's mean over seeds with a 95% confidence band."""
+    """Learning curves (each group's mean over seeds with a 95% confidence band), or with --x
+    and --y a summary figure: one point per run, the seeds of a group at one x averaged with a
+    95% confidence interval, one line per group sorted by x."""
     _usage(out.suffix.lower() in (".png", ".svg"), f"--out {out} must end in .png or .svg")
-    _usage(group in ("cell", "algo", "env"), f"--group must be cell, algo or env, got {group!r}")
+    _usage(by is None or group is None, "--group is another name for --by; give one of them")
+    _usage((x is None) == (y is None), "a summary figure needs both --x and --y")
+    summary_mode = x is not None
+    _usage(
+        summary_mode or not (logx or logy or flat),
+        "--logx, --logy and --flat need a summary figure (--x and --y)",
+    )
+    by = by or group or "cell"
     try:
-        from rtu_edge.plots import plot_runs
+        from rtu_edge.plots import plot_runs, plot_summary
     except ImportError as e:
         _fail(str(e))
     try:
-        groups = plot_runs(runs, out, by=group, title=title)
+        if summary_mode:
+            series = plot_summary(
+                runs, out, x, y, by=by, logx=logx, logy=logy, title=title,
+                skip_missing=skip_missing, flat=flat, where=where,
+            )  # fmt: skip
+        else:
+            groups = plot_runs(
+                runs, out, by=by, title=title, skip_missing=skip_missing, where=where
+            )
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         _fail(str(e))
-    for name, g in groups.items():
-        typer.echo(f"{name}: {g['seeds']} seed(s), final mean return {g['mean'][-1]:.2f}")
+    if summary_mode:
+        for name, g in series.items():
+            typer.echo(f"{name}:")
+            for xv, m, lo, hi, n in zip(g["x"], g["mean"], g["low"], g["high"], g["n"]):
+                typer.echo(f"  {x}={xv:.6g}  {y}={m:.6g}  95% CI [{lo:.6g}, {hi:.6g}]  n={n}")
+    else:
+        for name, g in groups.items():
+            typer.echo(f"{name}: {g['seeds']} seed(s), final mean return {g['mean'][-1]:.2f}")
     typer.echo(f"figure written to {out}")
 
 
 @app.command()
 def sweep(
     spec: Annotated[Path, typer.Argument(help="A TOML spec (see rtu_edge/sweep.py).")],
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run each run as a task on a Ray cluster: local (start one here with `workers` "
+            "CPUs), auto (this machine's cluster or $RAY_ADDRESS), or an address such as "
+            "ray://head:10001. Needs pip install 'rtu-edge\\[ray]' and a sweep directory every "
+            "node sees.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a grid of trainings in parallel processes; rerun the same spec to resume it."""
+    """Run a grid of trainings in parallel processes (or Ray tasks); rerun the spec to resume."""
     _need_train_extra()
     from rtu_edge.sweep import SweepError, load_spec, run_sweep
 
+    _usage(ray is None or bool(ray.strip()), "--ray needs an address: local, auto or host:port")
     try:
-        index = run_sweep(load_spec(spec), log=lambda m: typer.echo(m, err=True))
+        index = run_sweep(load_spec(spec), log=lambda m: typer.echo(m, err=True), ray_address=ray)
     except SweepError as e:
         _fail(str(e))
     failed = [r["name"] for r in index["runs"] if r["status"] == "failed"]

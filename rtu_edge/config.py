@@ -51,6 +51,8 @@ class TrainConfig:
     # seconds (needs a C++ compiler), so "auto" compiles only when steps >= 100k; if
     # compilation fails, training runs eagerly. "auto" | "yes" | "no".
     compile: str = "auto"
+    # also log the metrics.csv rows as TensorBoard scalars in RUN/tb/ (needs tensorboard)
+    tensorboard: bool = False
     net: NetConfig = field(default_factory=NetConfig)
     learner: Any = None  # the learner's Config dataclass; None: its defaults
 

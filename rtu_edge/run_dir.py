@@ -5,6 +5,8 @@ RUN_DIR/
   checkpoint.safetensors  every carried tensor of the learn step, by bundle name; step counters
                           and the noise RNG as metadata. Never holds a non-finite value.
   metrics.csv             one row per finished episode (METRICS_HEADER)
+  tb/                     with `train --tensorboard`: the same rows as TensorBoard scalars
+                          (one tag per column, the step as the global step; `MetricsLog`)
   summary.json            final_return, steps_per_second, recurrent_params, flops_per_step, ...
   learning_curve.png      episode returns over steps
 
@@ -13,6 +15,7 @@ Every error names the file and says what to do.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from dataclasses import asdict, dataclass
@@ -38,6 +41,7 @@ METRICS_HEADER = [
     "wall_time_s",
 ]
 MAX_CONFIG_BYTES = 1 << 20
+TENSORBOARD = "tb"
 
 
 class RunDirError(ValueError):
@@ -167,3 +171,49 @@ def resume_config(run_dir: str | Path, steps: int | None = None) -> TrainConfig:
     if steps is not None:
         cfg.steps = steps
     return cfg
+
+
+def tensorboard_writer_class():
+    """torch's SummaryWriter; a ValueError naming the package when tensorboard is missing."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or pip install 'rtu-edge[tensorboard]')"
+        ) from None
+    return SummaryWriter
+
+
+class MetricsLog:
+    """Writes metrics.csv rows (METRICS_HEADER) to `file`, and with `tensorboard` the same
+    rows as scalars to RUN/tb/: one tag per column after `step`, which is the global step.
+    A resumed run (`resume_step`) purges the TensorBoard events after its checkpoint, as its
+    metrics.csv rows after it are dropped."""
+
+    def __init__(self, file, run_dir: Path, tensorboard: bool = False, resume_step=None) -> None:
+        self.file = file
+        self.csv = csv.writer(file)
+        self.tb = None
+        if tensorboard:
+            writer_class = tensorboard_writer_class()
+            purge = None if resume_step is None else int(resume_step) + 1
+            self.tb = writer_class(log_dir=str(Path(run_dir) / TENSORBOARD), purge_step=purge)
+
+    def writerow(self, row: list) -> None:
+        self.csv.writerow(row)
+        if self.tb is not None:
+            step = int(row[0])
+            for name, value in zip(METRICS_HEADER[1:], row[1:]):
+                self.tb.add_scalar(name, float(value), global_step=step)
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()

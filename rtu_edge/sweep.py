@@ -1,4 +1,4 @@
-"""`rtu-edge sweep SPEC.toml`: a grid of training runs in parallel processes, resumable.
+"""`rtu-edge sweep SPEC.toml`: a grid of training runs in local processes or Ray tasks, resumable.
 
 A spec names the grid; every combination is one run of `rtu-edge train` in its own process
 (a crash or a kill of one run never takes the others down):
@@ -21,6 +21,18 @@ directory, rewritten atomically after every change. Running the same spec again 
 that are done, resumes the interrupted ones from their checkpoints, and retries a failed run
 once more. Progress: runs done / running / failed and the time left, estimated from the runs
 finished so far.
+
+On a Ray cluster (`rtu-edge sweep SPEC --ray ADDRESS`, `run_sweep(spec, ray_address=...)`;
+Ray is an optional extra: ``pip install 'rtu-edge[ray]'``), every run is one Ray task (one CPU)
+that starts the same `rtu-edge train` process on whichever node Ray picks; the index, the
+skipping, resuming and retry-once rules are those above (the same code), and a run whose task
+or node dies counts as a crash. ADDRESS is ``local`` (start a Ray instance on this machine with
+`workers` CPUs), ``auto`` (the cluster this machine belongs to, or $RAY_ADDRESS) or an address
+as `ray.init` takes it (``ray://head:10001``, ``head:6379``). Up to as many runs as the cluster
+has CPUs are in flight (`workers` sizes only a local instance). The sweep directory must be on
+a filesystem every node sees (the runs write into it), and every node needs rtu-edge installed
+with the same Python version. Ctrl-C cancels the in-flight tasks (each run checkpoints on the
+SIGTERM), so running the spec again resumes them.
 """
 
 from __future__ import annotations
@@ -157,14 +169,129 @@ def _command(spec: Spec, run: RunEntry, run_dir: Path) -> list[str]:
     return cmd
 
 
+ROOT = Path(__file__).resolve().parents[1]  # where cli.py lives
+
+
 def _launch(cmd: list[str], log_path: Path) -> int:
-    root = Path(__file__).resolve().parents[1]  # where cli.py lives
     with open(log_path, "ab") as log:
-        return subprocess.run(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def run_sweep(spec: Spec, log=print) -> dict:
-    """Run (or continue) the sweep; returns the index as written to OUT/index.json."""
+# ---- Ray: the same runs as Ray tasks --------------------------------------------------------
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise SweepError(
+            "--ray needs Ray, an optional extra: pip install 'rtu-edge[ray]'"
+        ) from None
+    return ray
+
+
+def _ray_run(args: list[str], root: str, log_path: str) -> int:
+    """The body of one Ray task: `python -m cli train ...` on the worker's node, its output
+    appended to the run's log; a cancelled task stops its run (SIGTERM: it checkpoints)."""
+    cwd = root if (Path(root) / "cli.py").is_file() else None  # else the installed cli module
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, *args], cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            return proc.wait()
+        except BaseException:  # ray.cancel raises KeyboardInterrupt here
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast on a host:port (or ray://host:port) that nothing listens at: `ray.init`
+    waits for such a cluster for many minutes."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", a name Ray resolves itself: let ray.init decide
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise SweepError(
+            f"cannot reach Ray at --ray {address}: {e}; is the head node started "
+            "(`ray start --head`) and the port open?"
+        ) from None
+
+
+class RayBackend:
+    """Runs `rtu-edge train` commands as Ray tasks; `parallel` is the cluster's CPU count."""
+
+    def __init__(self, address: str, workers: int, log=print) -> None:
+        ray = self.ray = import_ray()
+        self.log = log
+        self.started = False
+        if not ray.is_initialized():
+            try:
+                if address == "local":
+                    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+                else:
+                    _check_reachable(address)
+                    ray.init(address=address, log_to_driver=False)
+            except SweepError:
+                raise
+            except Exception as e:  # ConnectionError, ValueError, RuntimeError, ...
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise SweepError(
+                    f"cannot start or reach Ray at --ray {address}: {type(e).__name__}: {first}"
+                ) from None
+            self.started = True
+        self.parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.task = ray.remote(num_cpus=1, max_retries=0)(_ray_run)  # retries: ours, once
+        self.in_flight: set = set()
+        where = address if self.started else f"the instance already connected, not {address}"
+        log(f"sweep on Ray ({where}): {self.parallel} CPUs, one run per CPU")
+
+    def __call__(self, cmd: list[str], log_path: Path) -> int:
+        ref = self.task.remote(cmd[1:], str(ROOT), str(log_path))  # cmd[0]: this interpreter
+        self.in_flight.add(ref)
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayError as e:  # the task, its worker or its node died
+            first = (str(e).strip().splitlines() or [""])[0]
+            self.log(f"ray: {log_path.stem}: {type(e).__name__}: {first}")
+            return -1
+        finally:
+            self.in_flight.discard(ref)
+
+    def cancel(self) -> None:
+        for ref in list(self.in_flight):
+            self.ray.cancel(ref)
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def run_sweep(spec: Spec, log=print, ray_address: str | None = None) -> dict:
+    """Run (or continue) the sweep; returns the index as written to OUT/index.json.
+
+    ray_address: run every run as a Ray task there instead of a local process (see the module
+    docstring); an instance this call started is shut down at the end."""
+    backend = None if ray_address is None else RayBackend(ray_address, spec.workers, log)
+    try:
+        return _run_sweep(spec, log, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _run_sweep(spec: Spec, log, backend: RayBackend | None) -> dict:
+    launch = _launch if backend is None else backend
+    parallel = spec.workers if backend is None else backend.parallel
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     index_path = out / INDEX
@@ -205,21 +332,19 @@ def run_sweep(spec: Spec, log=print) -> dict:
         left = len(runs) - done - failed
         eta = ""
         if durations:
-            eta = (
-                f", about {sum(durations) / len(durations) * left / spec.workers / 60:.1f} min left"
-            )
+            eta = f", about {sum(durations) / len(durations) * left / parallel / 60:.1f} min left"
         log(f"sweep {out}: {done}/{len(runs)} done, {running} running, {failed} failed{eta}")
 
     def one(r: RunEntry) -> int:
         run_dir = out / r.name
         run_dir.mkdir(parents=True, exist_ok=True)
-        return _launch(_command(spec, r, run_dir), out / f"{r.name}.log")
+        return launch(_command(spec, r, run_dir), out / f"{r.name}.log")
 
-    with ThreadPoolExecutor(max_workers=spec.workers) as pool:
+    def schedule() -> None:  # keep up to `parallel` runs in flight; a failed run once more
         active: dict[Future, tuple[RunEntry, float]] = {}
         queue = list(todo)
         while queue or active:
-            while queue and len(active) < spec.workers:
+            while queue and len(active) < parallel:
                 r = queue.pop(0)
                 r.status, r.attempts = "running", r.attempts + 1
                 write_index()
@@ -239,6 +364,14 @@ def run_sweep(spec: Spec, log=print) -> dict:
                 else:
                     r.status, r.error = "failed", f"exit code {rc}; see {out / (r.name + '.log')}"
                 write_index()
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        try:
+            schedule()
+        except BaseException:  # Ctrl-C: stop the Ray tasks too (local runs get the SIGINT)
+            if backend is not None:
+                backend.cancel()
+            raise
     progress()
     log(f"sweep finished in {time.monotonic() - t0:.0f}s; index: {index_path}")
     return write_index()

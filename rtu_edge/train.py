@@ -201,6 +201,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         raise ValueError(f"unknown cell {cfg.net.cell!r}; choose one of {sorted(CELLS)}")
     if cfg.steps <= 0:
         raise ValueError("--steps must be positive")
+    if cfg.tensorboard:
+        rd.tensorboard_writer_class()  # fails before any file is written when it is missing
     if learner.train is not None:  # a learner with its own loop (ppo; td with T-BPTT)
         summary = learner.train(cfg, progress=progress)
         if summary is not None:  # None: this configuration learns tick by tick, below
@@ -240,8 +242,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         text = io.StringIO()
         csv.writer(text).writerows([METRICS_HEADER, *kept])
         atomic_write_bytes(metrics, text.getvalue().encode())
-        metrics_f = open(metrics, "a", newline="")
-        writer = csv.writer(metrics_f)
+        metrics_f = rd.MetricsLog(
+            open(metrics, "a", newline=""), run_dir, cfg.tensorboard, resume_step=start_step
+        )
+        writer = metrics_f
     else:
         if run_dir.exists() and any(run_dir.iterdir()) and not cfg.overwrite:
             raise FileExistsError(
@@ -251,9 +255,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         state = learner.initial_state(agent, cfg.learner, cfg.seed)
         kept = []
-        metrics_f = open(run_dir / rd.METRICS, "w", newline="")
-        writer = csv.writer(metrics_f)
-        writer.writerow(METRICS_HEADER)
+        metrics_file = open(run_dir / rd.METRICS, "w", newline="")
+        csv.writer(metrics_file).writerow(METRICS_HEADER)
+        metrics_f = writer = rd.MetricsLog(metrics_file, run_dir, cfg.tensorboard)
     rd.write_config(run_dir, cfg, asdict(info))
     # a resumed run starts a fresh episode, with its own environment seed
     env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * start_episode)
@@ -395,6 +399,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "non_finite_updates": bad_updates,
         "skipped_checkpoints": skipped_checkpoints,
         "wall_time_s": elapsed,
+        "gradient": "rtrl",  # this loop needs a cell with exact RTRL (checked above)
     }
     if predicting:
         gamma = cfg.learner.gamma

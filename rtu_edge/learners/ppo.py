@@ -614,8 +614,10 @@ def train_ppo(cfg, progress: bool = True) -> dict:
     rtrl = uses_rtrl(pc, agent)
     spec, noise_spec = action_spec(info), learner.noise(agent)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    s, step, episode, kept, metrics_f = _open_run(cfg, learner, agent, run_dir, gen)
-    writer = csv.writer(metrics_f)
+    s, step, episode, kept, metrics_file = _open_run(cfg, learner, agent, run_dir, gen)
+    metrics_f = writer = rd.MetricsLog(
+        metrics_file, run_dir, cfg.tensorboard, resume_step=step if cfg.resume else None
+    )
     rd.write_config(run_dir, cfg, asdict(info))
     env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * episode)
     loop = start_loop(pc, agent, s, env, rtrl)

@@ -37,7 +37,6 @@ under the uniform random behaviour policy.
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections import deque
@@ -369,8 +368,10 @@ def train_td(cfg, progress: bool = True) -> dict | None:
     info = envs_mod.env_info(cfg.env)
     spec = action_spec(info)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    s, step, episode, kept, metrics_f = _open_run(cfg, learner, agent, run_dir, gen)
-    writer = csv.writer(metrics_f)
+    s, step, episode, kept, metrics_file = _open_run(cfg, learner, agent, run_dir, gen)
+    metrics_f = writer = rd.MetricsLog(
+        metrics_file, run_dir, cfg.tensorboard, resume_step=step if cfg.resume else None
+    )
     rd.write_config(run_dir, cfg, asdict(info))
     env = envs_mod.make(cfg.env, seed=cfg.seed + 7919 * episode)
     start_step = step

@@ -103,3 +103,53 @@ def test_budgets_are_crossed_and_size_each_cell(tmp_path):
     p.write_text(p.read_text().replace("[300, 1000]", "[0]"))
     with pytest.raises(SweepError, match="budgets must be positive"):
         load_spec(p)
+
+
+def test_ray_missing_names_the_extra(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    r = CliRunner().invoke(app, ["sweep", str(_spec(tmp_path)), "--ray", "local"])
+    assert r.exit_code == 1 and "pip install 'rtu-edge[ray]'" in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "sw" / "index.json").exists()
+
+
+@pytest.mark.slow
+def test_sweep_on_a_local_ray_instance(tmp_path):
+    """The 2 x 2 grid as Ray tasks on a local instance (2 CPUs): all done, each once; the same
+    index rules (a run that keeps failing is retried once, then marked failed)."""
+    ray = pytest.importorskip(
+        "ray", reason="Ray is an optional extra (pip install 'rtu-edge[ray]'); not installed"
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        index = run_sweep(load_spec(_spec(tmp_path, steps=300)), log=print, ray_address="local")
+        assert ray.is_initialized()  # an instance the sweep did not start stays up
+        assert [r["status"] for r in index["runs"]] == ["done"] * 4
+        assert [r["attempts"] for r in index["runs"]] == [1] * 4
+        for r in index["runs"]:
+            summary = json.loads((tmp_path / "sw" / r["name"] / "summary.json").read_text())
+            assert summary["steps"] == 300 and summary["cell"] == r["cell"]
+        again = run_sweep(load_spec(_spec(tmp_path, steps=300)), log=print, ray_address="local")
+        assert [r["attempts"] for r in again["runs"]] == [1] * 4  # done runs are skipped
+        bad = tmp_path / "bad.toml"  # one run that fails at once, every time
+        bad.write_text(
+            f'out = "{tmp_path / "bad"}"\nsteps = 50\nenvs = ["classic/CartPole-P"]\n'
+            'cells = ["rtu"]\nalgos = ["no-such-learner"]\n'
+        )
+        index = run_sweep(load_spec(bad), log=print, ray_address="local")
+        assert [(r["status"], r["attempts"]) for r in index["runs"]] == [("failed", 2)]
+    finally:
+        ray.shutdown()
+
+
+def test_unreachable_ray_address_fails_fast():
+    from rtu_edge.sweep import _check_reachable
+
+    t0 = time.monotonic()
+    with pytest.raises(SweepError, match="cannot reach Ray at --ray 127.0.0.1:1"):
+        _check_reachable("127.0.0.1:1")
+    assert time.monotonic() - t0 < 15
+    _check_reachable("auto")  # not a host:port: left to ray.init
