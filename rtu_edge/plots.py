@@ -521,6 +521,8 @@ def plot_summary(
         if (values <= 0).any():
             raise PlotError(f"--log{axis}: {key!r} has values <= 0; drop --log{axis}")
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     # a flat line spans the x range of the other groups (those measured at several x)
     spread = [g["x"] for g in series.values() if len(g["x"]) > 1] or [
@@ -550,10 +552,12 @@ def plot_summary(
             if len(g["x"]) > 1 and (g["n"] > 1).any():
                 color = line.lines[0].get_color()
                 ax.fill_between(g["x"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
-        if logx:
-            ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
+        for on, axis in ((logx, ax.xaxis), (logy, ax.yaxis)):
+            if on:  # labels at 1, 2, 5 x 10^k only: round values that never overlap
+                (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(_round_tick))
+                axis.set_minor_formatter(NullFormatter())
         ax.set(
             title=_title(runs, title),
             xlabel=AXIS_LABELS.get(x, x),
@@ -565,6 +569,15 @@ def plot_summary(
     finally:
         plt.close(fig)
     return series
+
+
+def _round_tick(value: float, _pos=None) -> str:
+    """A log-axis tick as a plain round number: 20k, 500, 0.05."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
 
 
 def run_value(run: str | Path, key: str):
