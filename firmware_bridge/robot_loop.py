@@ -36,6 +36,7 @@ from firmware_bridge.host import (
     RobotConnection,
     RobotRebooted,
     SessionInterrupted,
+    WatchdogLatched,
 )
 from firmware_bridge.runtime import StepRunner
 
@@ -62,6 +63,10 @@ class RunConfig:
     status_every_s: float = 1.0  # live line period (0 disables it)
     mcu_status_every_s: float = 1.0  # STATUS_REQ period: the MCU's counters (0 disables it)
     max_silent_timeouts: int = 20  # consecutive timeouts before giving up with an error
+    # watchdog latches in a row with no step of the robot in between (no OBS but first ones):
+    # the MCU rejects every answer (e.g. a prediction bundle and firmware without a controller);
+    # give up with an error naming the likely cause instead of re-arming forever
+    max_latches_without_step: int = 5
     # consecutive timeouts before the host handshakes again: a rebooted MCU whose boot HELLO
     # was lost on the wire waits, disarmed, for a HELLO_REQ; nothing else would wake it
     rehandshake_after_timeouts: int = 3
@@ -313,6 +318,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     t_start = time.monotonic()
     last_status = last_ckpt = last_status_req = t_start
     silent = 0
+    latches = 0  # watchdog latches since the robot last stepped (an OBS that is not first)
     period_s = 0.0  # HELLO.control_period_ms in seconds; 0: lock-step, nothing to overrun
     exit_reason = "steps"
     # Subnormal floats flushed to zero on this thread, which runs the graph, so that a robot
@@ -354,6 +360,8 @@ def run(cfg: RunConfig, log=print) -> dict:
                         )
                     continue
                 silent = 0
+                if not o.first:
+                    latches = 0  # it stepped: it accepted the previous answer
                 t0 = time.perf_counter()
                 if not o.finite:  # NaN/Inf from the sensors: hold safe, learn nothing
                     c["non_finite_obs"] += 1
@@ -391,6 +399,12 @@ def run(cfg: RunConfig, log=print) -> dict:
                     c["interruptions"] += 1
                 else:
                     c["link_errors"] += 1
+                if isinstance(e, WatchdogLatched):
+                    latches += 1
+                    if latches >= cfg.max_latches_without_step:
+                        raise RunError(
+                            _rejects_every_answer(latches, predicts, hello, conn.mcu_counters)
+                        ) from None
                 log(f"{e}; resetting recurrent state and handshaking again")
                 new_hello = _reconnect(conn, cfg, log)
                 if new_hello.boot_id != hello.boot_id and not isinstance(e, RobotRebooted):
@@ -478,6 +492,29 @@ def run(cfg: RunConfig, log=print) -> dict:
                 "the summary is still reported"
             )
     return summary
+
+
+def _rejects_every_answer(latches: int, predicts: bool, hello, mcu: dict) -> str:
+    """Why the MCU's watchdog keeps tripping with the robot never stepping, and what to do."""
+    rejected = mcu.get("actions_rejected")
+    said = f" (its STATUS: actions_rejected {rejected})" if rejected is not None else ""
+    head = (
+        f"the MCU's watchdog tripped {latches} times in a row and the robot never took a step: "
+        f"it rejects every {'PREDICTION' if predicts else 'ACTION'} this host sends{said}. "
+    )
+    if predicts:
+        return head + (
+            "This bundle predicts (prediction mode: each OBS is answered with PREDICTION and the "
+            "MCU's own controller acts), and this firmware has no controller or predates "
+            "prediction mode: give the firmware's plant a control callback (mcu_loop.h "
+            "mcu_plant_t.control; rtu_edge_posix --controller random; SimRobot(controller=...)), "
+            "or run a bundle with an action output. The robot holds its safe action."
+        )
+    return head + (
+        f"Its watchdog ({hello.watchdog_ms} ms) may be shorter than a tick here, or its firmware "
+        "refuses these actions (sizes, bounds): check the MCU's counters and watchdog_ms. The "
+        "robot holds its safe action."
+    )
 
 
 def _reconnect(conn: RobotConnection, cfg: RunConfig, log):

@@ -324,6 +324,11 @@ typedef struct {
     float last_action;
     int end_after; /* steps until the episode ends: 1 terminal, 2 truncated */
     int end_kind;
+    /* prediction mode: the controller's calls, what it was given, what it answers */
+    int controls;
+    float control_obs0, control_pred0;
+    uint16_t control_n;
+    float control_action;
 } fake_plant_t;
 
 static void fp_reset(void *ctx, float *obs) {
@@ -347,6 +352,14 @@ static void fp_observe(void *ctx, float *obs, float *reward, int *terminal, int 
     *truncated = f->end_after && f->steps % f->end_after == 0 && f->end_kind == 2;
 }
 static void fp_safe(void *ctx) { ((fake_plant_t *)ctx)->safe++; }
+static void fp_control(void *ctx, const float *obs, const float *pred, uint16_t n, float *a) {
+    fake_plant_t *f = (fake_plant_t *)ctx;
+    f->controls++;
+    f->control_obs0 = obs[0];
+    f->control_pred0 = pred[0];
+    f->control_n = n;
+    a[0] = f->control_action;
+}
 
 /* The host's view: every frame the MCU wrote, decoded. */
 typedef struct {
@@ -416,6 +429,18 @@ static void host_action(uint16_t obs_seq, float v) {
     send_to_mcu(w, rtu_edge_write_action(w, sizeof w, host_seq++, &a));
 }
 
+static void host_prediction(uint16_t obs_seq, const float *v, uint16_t n) {
+    uint8_t w[64];
+    uint8_t payload[2 + 4 * 8];
+    uint16_t i;
+    CHECK(n <= 8);
+    /* by hand: rtu_edge_prediction_t here holds at most MCU_MAX_PREDICTION_VALUES values */
+    rtu_edge_put_u16(payload, obs_seq);
+    for (i = 0; i < n; i++) rtu_edge_put_f32(payload + 2 + 4 * i, v[i]);
+    send_to_mcu(w, rtu_edge_frame_encode(w, sizeof w, RTU_EDGE_MSG_PREDICTION, host_seq++,
+                                         payload, 2u + 4u * n));
+}
+
 static void host_simple(uint8_t id, const uint8_t *payload, size_t n) {
     uint8_t w[64];
     send_to_mcu(w, rtu_edge_frame_encode(w, sizeof w, id, host_seq++, payload, n));
@@ -467,6 +492,7 @@ static void boot_loop(uint16_t watchdog_ms, uint16_t period_ms) {
     plant.apply = fp_apply;
     plant.observe = fp_observe;
     plant.apply_safe = fp_safe;
+    plant.control = NULL;
     port.ctx = &host;
     port.write = w_write;
     now = 1000;
@@ -690,6 +716,80 @@ static void test_loop_control_period_and_reboot(void) {
     expect_status(RTU_EDGE_STATUS_EVENT_ARM_REFUSED);
 }
 
+/* Prediction mode: a PREDICTION answering the latest OBS lets the plant's controller act
+ * (lock-step: the next OBS at once); stale, disarmed, controller-less and over-long ones are
+ * rejected and counted in STATUS.actions_rejected; one answering an episode's last OBS starts
+ * the next episode; an ACTION (the host's safe action) still overrides the controller. */
+static void test_loop_prediction(void) {
+    rtu_edge_obs_t o;
+    rtu_edge_status_t st;
+    uint16_t seq, i;
+    float v[8] = {0.75f, -2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f};
+    /* an MCU without a controller rejects every PREDICTION; the OBS stays unanswered */
+    boot_loop(500, 0);
+    expect_hello();
+    seq = handshake_and_arm();
+    host_prediction(seq, v, 1);
+    CHECK(!pending(&host) && mcu.stats.predictions_rejected == 1 && plant_state.steps == 0);
+    CHECK(mcu_actions_rejected(&mcu) == 1);
+    host_action(seq, 1.0f); /* an ACTION is still served */
+    expect_obs(0);
+
+    /* with a controller */
+    boot_loop(500, 0);
+    mcu.plant.control = fp_control;
+    plant_state.control_action = 1.0f;
+    plant_state.end_after = 3;
+    plant_state.end_kind = 1;
+    expect_hello();
+    host_prediction(0, v, 1); /* disarmed: rejected, STATUS(REPLY) says so */
+    CHECK(expect_status(RTU_EDGE_STATUS_EVENT_REPLY).armed == 0);
+    CHECK(mcu.stats.predictions_rejected == 1);
+    seq = handshake_and_arm();
+    host_prediction((uint16_t)(seq - 1), v, 1); /* stale */
+    CHECK(!pending(&host) && mcu.stats.predictions_rejected == 2 && plant_state.controls == 0);
+    host_prediction(seq, v, 2);
+    o = expect_obs(0); /* the controller acted with the OBS and the prediction it was given */
+    CHECK(plant_state.controls == 1 && plant_state.control_obs0 == 0.25f);
+    CHECK(plant_state.control_pred0 == 0.75f && plant_state.control_n == 2);
+    CHECK(mcu.prediction_count == 2 && mcu.prediction[1] == -2.0f);
+    CHECK(plant_state.applies == 1 && plant_state.last_action == 1.0f && o.reward == 1.0f);
+    CHECK(mcu.stats.predictions_accepted == 1 && mcu.stats.actions_applied == 0);
+    host_prediction(seq, v, 1); /* already answered */
+    CHECK(!pending(&host) && mcu.stats.predictions_rejected == 3);
+    seq = host.parser.seq;
+    /* more values than MCU_MAX_PREDICTION_VALUES: rejected, still unanswered */
+    host_prediction(seq, v, MCU_MAX_PREDICTION_VALUES + 1);
+    CHECK(!pending(&host) && mcu.stats.predictions_rejected == 4);
+    /* the controller's action is rounded like a host's: 0.7 -> 1, counted as clipped */
+    plant_state.control_action = 0.7f;
+    host_prediction(seq, v, MCU_MAX_PREDICTION_VALUES);
+    expect_obs(0);
+    CHECK(plant_state.last_action == 1.0f && mcu.stats.actions_clipped == 1);
+    CHECK(plant_state.control_n == MCU_MAX_PREDICTION_VALUES);
+    /* the host's safe ACTION overrides the controller for that step */
+    plant_state.control_action = 1.0f;
+    host_action(host.parser.seq, 0.0f);
+    o = expect_obs(RTU_EDGE_OBS_FLAGS_TERMINAL); /* the third step ends the episode */
+    CHECK(plant_state.last_action == 0.0f && plant_state.controls == 2);
+    CHECK(mcu.stats.actions_applied == 1 && mcu.stats.episodes == 1);
+    /* the PREDICTION answering the last OBS: no control, a new episode */
+    host_prediction(host.parser.seq, v, 1);
+    expect_obs(RTU_EDGE_OBS_FLAGS_FIRST);
+    CHECK(plant_state.controls == 2 && plant_state.resets == 2);
+    CHECK(mcu.stats.predictions_accepted == 3);
+    /* STATUS counts the rejected PREDICTIONs in actions_rejected */
+    host_simple(RTU_EDGE_MSG_STATUS_REQ, NULL, 0);
+    st = expect_status(RTU_EDGE_STATUS_EVENT_REPLY);
+    CHECK(st.actions_rejected == 4 && st.actions_applied == 1);
+    /* a watchdog still trips when PREDICTIONs stop coming */
+    now += 500;
+    mcu_poll(&mcu, now);
+    for (i = 0; i < 20 && next_frame(&host) != RTU_EDGE_MSG_STATUS; i++) {
+    }
+    CHECK(mcu.stats.watchdog_trips == 1 && mcu.latched);
+}
+
 /* The partial-frame timeout of the loop: a torn frame followed by silence does not destroy
  * the next frame. */
 static void test_loop_rx_timeout(void) {
@@ -744,6 +844,7 @@ int main(void) {
     test_loop_episode_end();
     test_loop_control_period_and_reboot();
     test_loop_rx_timeout();
+    test_loop_prediction();
     test_cartpole();
     printf("%s (%d checks, %d failed)\n", failures ? "FAILED" : "ok", checks, failures);
     return failures ? 1 : 0;

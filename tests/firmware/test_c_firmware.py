@@ -379,3 +379,84 @@ def test_posix_firmware_reboot_is_seen_and_survived_by_the_host(build, tmp_path)
     finally:
         stats = fw.stop()
     assert stats["reboots"] == 1 and stats["arms"] == 2 and stats["frame_errors"] == 0
+
+
+@pytest.fixture(scope="module")
+def td_bundle(tmp_path_factory):
+    """A tiny td (prediction-mode) CartPole-P run, exported: its graphs answer with a
+    prediction, not an action."""
+    pytest.importorskip("torch")
+    from export.bundle import ExportConfig, export_run
+    from rtu_edge.config import NetConfig
+    from rtu_edge.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("c-firmware-td-bundle")
+    train(
+        TrainConfig(
+            out=str(root / "run"),
+            algo="td",
+            env="classic/CartPole-P",
+            steps=300,
+            net=NetConfig(hidden_size=8),
+        ),
+        progress=False,
+    )
+    export_run(
+        ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
+        log=lambda m: None,
+    )
+    return root / "bundle"
+
+
+PREDICTION_TICKS = 1500
+
+
+def test_rtu_edge_run_predicts_while_the_c_firmwares_controller_acts(build, td_bundle, tmp_path):
+    """Prediction mode end to end: `rtu-edge run` with a td bundle answers every OBS of the
+    POSIX firmware with PREDICTION (0x06), and the firmware's own controller acts on each."""
+    fw = Firmware(build, tmp_path, "--seed", "5", "--watchdog-ms", "2000", "--controller", "random")
+    summary = tmp_path / "summary.json"
+    cmd = [sys.executable, "-m", "cli", "run", str(td_bundle), "--port", str(fw.link)]
+    cmd += ["--steps", str(PREDICTION_TICKS), "--fresh", "--checkpoint-dir", str(tmp_path / "ck")]
+    cmd += ["--summary-json", str(summary)]
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    finally:
+        mcu = fw.stop()
+    assert r.returncode == 0, r.stderr + r.stdout
+    s = json.loads(summary.read_text())
+    c, link = s["counters"], s["counters"]["link"]
+    assert s["ticks"] == PREDICTION_TICKS and s["graph"] == "learn"
+    assert c["learn_steps"] == PREDICTION_TICKS and c["bad_updates"] == 0
+    assert c["timeouts"] == 0 and c["link_errors"] == 0 and c["reboots"] == 0
+    # one PREDICTION per tick, plus a re-send for each OBS the MCU re-sent because the host was
+    # slow (a loaded machine); a re-send that crossed the first answer is stale at the MCU
+    assert link["actions_sent"] == 0
+    assert link["predictions_sent"] == PREDICTION_TICKS + link["action_resends"]
+    # every tick's PREDICTION was accepted once; the controller stepped the plant on each one
+    # that did not answer an episode's last OBS (those start the next episode instead)
+    assert mcu["predictions_accepted"] == PREDICTION_TICKS, mcu
+    assert mcu["predictions_rejected"] <= link["action_resends"], (mcu, link)
+    assert mcu["predictions_nonfinite"] == 0 and mcu["actions_applied"] == 0
+    assert mcu["actions_rejected"] == mcu["predictions_rejected"]
+    assert mcu["steps"] + mcu["episodes"] in (PREDICTION_TICKS, PREDICTION_TICKS + 1)
+    assert mcu["episodes"] >= 3 and mcu["frame_errors"] == 0 and mcu["watchdog_trips"] == 0
+
+
+def test_posix_firmware_without_a_controller_rejects_predictions(build, tmp_path):
+    """--controller none: an MCU that takes only ACTIONs; a PREDICTION is rejected and counted
+    in STATUS.actions_rejected, the OBS stays unanswered, an ACTION is still served."""
+    fw = Firmware(build, tmp_path, "--controller", "none")
+    try:
+        with _connection(fw.link) as conn:
+            conn.connect()
+            o = conn.observe()
+            conn.predict([0.5], o.seq)
+            time.sleep(0.2)
+            conn.act([1.0], o.seq)  # the same OBS (re-sent meanwhile): still unanswered
+            nxt = conn.observe()
+            assert nxt is not None and nxt.seq != o.seq and not nxt.first
+    finally:
+        stats = fw.stop()
+    assert stats["predictions_rejected"] == 1 and stats["predictions_accepted"] == 0
+    assert stats["actions_applied"] == 1 and stats["actions_rejected"] >= 1

@@ -507,6 +507,27 @@ def test_td_bundle_predicts_while_the_robots_own_controller_acts(td_bundle, tmp_
     assert np.isfinite(robot.stats.last_prediction).all()
 
 
+def test_prediction_bundle_without_a_robot_controller_ends_with_the_cause(td_bundle, tmp_path):
+    """Fault 41: every PREDICTION is rejected (the robot has no controller), so its watchdog
+    trips, the host re-arms, and so on forever with the robot never stepping. After
+    `max_latches_without_step` latches in a row the run ends with a RunError naming the cause,
+    and still stops the robot and checkpoints."""
+    with _robot(tmp_path, watchdog_s=0.2) as robot:
+        with pytest.raises(RunError, match="rejects every PREDICTION.*no controller") as e:
+            _loop(td_bundle, tmp_path, steps=500, max_latches_without_step=3)
+    assert "mcu_plant_t.control" in str(e.value)
+    assert robot.stats.watchdog_trips >= 3 and robot.stats.steps == 0
+    assert robot.stats.predictions_rejected >= 3 and not robot.armed
+
+
+def test_latches_with_steps_between_them_do_not_end_the_run(td_bundle, tmp_path):
+    """The latch count restarts whenever the robot steps: a robot that accepts answers is never
+    given up on (here the host answers every OBS and nothing latches)."""
+    with _robot(tmp_path, controller="random") as robot:
+        s = _loop(td_bundle, tmp_path, steps=50, max_latches_without_step=1)
+    assert s["ticks"] == 50 and robot.stats.watchdog_trips == 0
+
+
 def test_an_action_bundle_still_sends_actions_to_a_robot_with_a_controller(bundle, tmp_path):
     with _robot(tmp_path, controller="random") as robot:
         s = _loop(bundle, tmp_path, steps=100)

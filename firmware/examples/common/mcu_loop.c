@@ -1,6 +1,7 @@
 /* mcu_loop.c: see mcu_loop.h. Each handler cites the rule of docs/protocol.md it implements. */
 #define RTU_EDGE_OBS_CAPACITY MCU_MAX_OBS_VALUES
 #define RTU_EDGE_ACTION_CAPACITY MCU_MAX_ACTION_VALUES
+#define RTU_EDGE_PREDICTION_CAPACITY MCU_MAX_PREDICTION_VALUES
 #include "mcu_loop.h"
 
 /* now is at or after t (wrap-safe, for instants less than 2^31 ms apart) */
@@ -174,22 +175,51 @@ static float clip(float v, const float *lo, const float *hi, uint16_t i, int *cl
     return v;
 }
 
+/* An ACTION or PREDICTION arrived while disarmed or latched: tell the host with a
+ * STATUS(REPLY), at most once per re-send period. */
+static void reply_disarmed(mcu_t *m, uint32_t now) {
+    if (!m->replied_disarmed || reached(now, m->last_disarmed_reply + m->resend_ms)) {
+        m->replied_disarmed = 1;
+        m->last_disarmed_reply = now;
+        send_status(m, RTU_EDGE_STATUS_EVENT_REPLY, now);
+    }
+}
+
+/* m->action holds an action for the latest OBS (the host's or the controller's): round a
+ * discrete index, clip to the bounds, apply it and step (lock-step: now; else at the period). */
+static void apply_and_step(mcu_t *m, uint32_t now) {
+    uint16_t i;
+    int clipped = 0;
+    if (m->cfg.num_actions) {
+        uint16_t index = rtu_edge_discrete_index(m->action[0], m->cfg.num_actions);
+        if ((float)index != m->action[0]) clipped = 1;
+        m->action[0] = (float)index;
+    } else {
+        for (i = 0; i < m->cfg.action_values; i++)
+            m->action[i] = clip(m->action[i], m->cfg.action_low, m->cfg.action_high, i, &clipped);
+    }
+    if (clipped) m->stats.actions_clipped++;
+    m->plant.apply(m->plant.ctx, m->action);
+    if (m->cfg.control_period_ms == 0) {
+        finish_step(m, now);
+    } else { /* keep the pace: the next OBS one period after the previous one */
+        m->stepping = 1;
+        m->step_due_at = m->obs_sent_at + m->cfg.control_period_ms;
+        if (reached(now, m->step_due_at)) finish_step(m, now);
+    }
+}
+
 static void on_action(mcu_t *m, const uint8_t *payload, size_t len, uint32_t now) {
     rtu_edge_action_t a;
     uint16_t i;
-    int clipped = 0;
     if (rtu_edge_decode_action(payload, len, &a) != RTU_EDGE_ERR_NONE
         || a.action_count != m->cfg.action_values) {
         m->stats.actions_stale++; /* cannot happen: the parser checked the agreed size */
         return;
     }
-    if (!m->armed) { /* disarmed or latched: tell the host, at most once per re-send period */
+    if (!m->armed) { /* disarmed or latched */
         m->stats.actions_disarmed++;
-        if (!m->replied_disarmed || reached(now, m->last_disarmed_reply + m->resend_ms)) {
-            m->replied_disarmed = 1;
-            m->last_disarmed_reply = now;
-            send_status(m, RTU_EDGE_STATUS_EVENT_REPLY, now);
-        }
+        reply_disarmed(m, now);
         return;
     }
     if (!m->awaiting || a.obs_seq != m->obs_seq) { /* stale, or already answered */
@@ -209,24 +239,48 @@ static void on_action(mcu_t *m, const uint8_t *payload, size_t len, uint32_t now
         start_episode(m, now);
         return;
     }
-    if (m->cfg.num_actions) {
-        uint16_t index = rtu_edge_discrete_index(a.action[0], m->cfg.num_actions);
-        if ((float)index != a.action[0]) clipped = 1;
-        m->action[0] = (float)index;
-    } else {
-        for (i = 0; i < a.action_count; i++)
-            m->action[i] = clip(a.action[i], m->cfg.action_low, m->cfg.action_high, i, &clipped);
-    }
-    if (clipped) m->stats.actions_clipped++;
-    m->plant.apply(m->plant.ctx, m->action);
+    for (i = 0; i < a.action_count; i++) m->action[i] = a.action[i];
     m->stats.actions_applied++;
-    if (m->cfg.control_period_ms == 0) {
-        finish_step(m, now);
-    } else { /* keep the pace: the next OBS one period after the previous one */
-        m->stepping = 1;
-        m->step_due_at = m->obs_sent_at + m->cfg.control_period_ms;
-        if (reached(now, m->step_due_at)) finish_step(m, now);
+    apply_and_step(m, now);
+}
+
+/* Prediction mode (section 6): a PREDICTION is accepted under the rules of an ACTION (armed,
+ * the latest unanswered OBS) and answers that OBS; the plant's controller then chooses the
+ * action. Its values are kept in m->prediction and handed to the controller. */
+static void on_prediction(mcu_t *m, const uint8_t *payload, size_t len, uint32_t now) {
+    rtu_edge_prediction_t pr;
+    uint16_t i;
+    int finite;
+    /* more values than this MCU holds (the parser checked the length is 2 + 4k, k >= 1) */
+    if (rtu_edge_decode_prediction(payload, len, &pr) != RTU_EDGE_ERR_NONE) {
+        m->stats.predictions_rejected++;
+        return;
     }
+    if (!m->armed) {
+        m->stats.predictions_rejected++;
+        reply_disarmed(m, now);
+        return;
+    }
+    if (m->plant.control == NULL || !m->awaiting || pr.obs_seq != m->obs_seq) {
+        m->stats.predictions_rejected++; /* no controller; stale, or already answered */
+        return;
+    }
+    m->awaiting = 0;
+    m->stats.predictions_accepted++;
+    m->prediction_count = pr.prediction_count;
+    finite = 1;
+    for (i = 0; i < pr.prediction_count; i++) {
+        m->prediction[i] = pr.prediction[i];
+        finite = finite && rtu_edge_is_finite(pr.prediction[i]);
+    }
+    if (!finite) m->stats.predictions_nonfinite++;
+    if (m->need_reset) { /* it answers a TERMINAL/TRUNCATED OBS: a new episode */
+        start_episode(m, now);
+        return;
+    }
+    for (i = 0; i < m->cfg.action_values; i++) m->action[i] = 0.0f;
+    m->plant.control(m->plant.ctx, m->obs, m->prediction, m->prediction_count, m->action);
+    apply_and_step(m, now);
 }
 
 static void on_frame(mcu_t *m, uint32_t now) {
@@ -239,6 +293,7 @@ static void on_frame(mcu_t *m, uint32_t now) {
     case RTU_EDGE_MSG_STOP: on_stop(m, now); break;
     case RTU_EDGE_MSG_STATUS_REQ: send_status(m, RTU_EDGE_STATUS_EVENT_REPLY, now); break;
     case RTU_EDGE_MSG_ACTION: on_action(m, p->payload, p->payload_len, now); break;
+    case RTU_EDGE_MSG_PREDICTION: on_prediction(m, p->payload, p->payload_len, now); break;
     default: m->stats.frames_ignored++; break; /* an MCU id: our own TX echoed back */
     }
 }
@@ -339,7 +394,8 @@ void mcu_reboot(mcu_t *m, uint32_t new_boot_id, uint32_t now_ms) {
 }
 
 uint32_t mcu_actions_rejected(const mcu_t *m) {
-    return m->stats.actions_stale + m->stats.actions_disarmed + m->stats.actions_nonfinite;
+    return m->stats.actions_stale + m->stats.actions_disarmed + m->stats.actions_nonfinite
+        + m->stats.predictions_rejected;
 }
 
 uint32_t mcu_make_boot_id(const uint8_t *entropy, size_t n) {

@@ -2,7 +2,8 @@
  *
  * The protocol logic of docs/protocol.md sections 5-7 (HELLO on boot, handshake, arming,
  * lock-step OBS/ACTION with episode flags, OBS re-sends, the watchdog and its latch, STOP,
- * STATUS with counters, HEARTBEAT while latched) against three small interfaces: a plant
+ * STATUS with counters, HEARTBEAT while latched; prediction mode, where a PREDICTION answers an
+ * OBS and the plant's own controller acts) against three small interfaces: a plant
  * (sensors and actuators, or a simulation), a port (write bytes) and a millisecond clock passed
  * into every call. No allocation, no globals: the Arduino sketch and the POSIX program both
  * drive one mcu_t.
@@ -22,6 +23,8 @@
  * includes this header must see the same values. */
 #define MCU_MAX_OBS_VALUES 16u
 #define MCU_MAX_ACTION_VALUES 4u
+/* Most values a PREDICTION may hold (prediction mode); one with more is rejected. */
+#define MCU_MAX_PREDICTION_VALUES 4u
 
 #include "rtu_edge_proto.h"
 
@@ -43,6 +46,14 @@ typedef struct {
     void (*observe)(void *ctx, float *obs, float *reward, int *terminal, int *truncated);
     /* Hold the safe state at once: motors off or braked, whatever is safe for this machine. */
     void (*apply_safe)(void *ctx);
+    /* Prediction mode (docs/protocol.md section 6): the robot's own controller. Called when a
+     * PREDICTION answers the latest OBS, with that observation (cfg.obs_values values) and the
+     * host's prediction values as sent (n of them, 1..MCU_MAX_PREDICTION_VALUES; the host
+     * never sends non-finite ones); writes the action to apply: cfg.action_values values (for
+     * discrete actions the index), rounded and clipped like a host's ACTION, then applied with
+     * apply. NULL: this MCU takes only ACTIONs and rejects every PREDICTION. */
+    void (*control)(void *ctx, const float *obs, const float *prediction, uint16_t n,
+                    float *action);
 } mcu_plant_t;
 
 typedef struct {
@@ -79,6 +90,11 @@ typedef struct {
     uint32_t actions_nonfinite;    /* NaN/Inf value: safe state held, OBS still unanswered */
     uint32_t actions_ended;        /* answered a TERMINAL/TRUNCATED OBS: values ignored */
     uint32_t actions_clipped;      /* outside the bounds (or not an integer index): clipped */
+    uint32_t predictions_accepted; /* PREDICTIONs that answered the latest OBS: the controller
+                                      acted (or, answering an episode's last OBS, a new one began) */
+    uint32_t predictions_rejected; /* stale or already answered, disarmed or latched, no
+                                      controller, more than MCU_MAX_PREDICTION_VALUES values */
+    uint32_t predictions_nonfinite; /* accepted ones holding NaN/Inf (passed on as sent) */
     uint32_t watchdog_trips;
     uint32_t safe_applied;         /* apply_safe calls */
     uint32_t frames_ignored;       /* valid frames with an MCU id (0x80..): TX echoed to RX */
@@ -112,6 +128,8 @@ typedef struct {
     float ep_return;
     float obs[MCU_MAX_OBS_VALUES];
     float action[MCU_MAX_ACTION_VALUES];
+    float prediction[MCU_MAX_PREDICTION_VALUES]; /* the last accepted PREDICTION's values */
+    uint16_t prediction_count;                   /* ... and how many (0: none yet) */
     uint8_t obs_wire[RTU_EDGE_WIRE_BYTES(RTU_EDGE_OBS_PAYLOAD_BYTES(MCU_MAX_OBS_VALUES))];
     int obs_wire_len;       /* the latest OBS on the wire, re-sent byte for byte */
     uint8_t tx[RTU_EDGE_WIRE_BYTES(RTU_EDGE_STATUS_PAYLOAD_BYTES)]; /* HELLO and STATUS */
@@ -142,7 +160,8 @@ uint32_t mcu_idle_ms(const mcu_t *m, uint32_t now_ms, uint32_t max_ms);
  * 0, episode abandoned, then mcu_boot. Counters in m->stats are kept. */
 void mcu_reboot(mcu_t *m, uint32_t new_boot_id, uint32_t now_ms);
 
-/* STATUS.actions_rejected: stale + disarmed + non-finite. */
+/* STATUS.actions_rejected: stale + disarmed + non-finite ACTIONs, and rejected PREDICTIONs
+ * (protocol.md: a PREDICTION is rejected and counted like an ACTION). */
 uint32_t mcu_actions_rejected(const mcu_t *m);
 
 /* A random non-zero boot id from whatever entropy the board has (timer jitter, ADC noise,

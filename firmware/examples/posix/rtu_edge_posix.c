@@ -1,9 +1,13 @@
 /* rtu_edge_posix.c: the example firmware loop (mcu_loop.c) on a pseudo-terminal, playing the
  * CartPole-P plant (cartpole.c). Connect a real `rtu-edge run BUNDLE --port PTY` to it, with a
- * bundle trained on classic/CartPole-P (obs_size 2, discrete 2: the default env).
+ * bundle trained on classic/CartPole-P (obs_size 2, discrete 2: the default env). A prediction
+ * bundle (`rtu-edge train --algo td`) answers each OBS with a PREDICTION; then the plant's own
+ * controller acts (--controller: random, the default, as `sim-robot` and training; lean, a
+ * push toward the side the pole leans; none, which rejects every PREDICTION).
  *
  *   rtu_edge_posix [--link PATH] [--seed N] [--watchdog-ms N] [--boot-id N]
  *                  [--max-steps N] [--reboot-after-steps N] [--stats-json PATH]
+ *                  [--controller random|lean|none]
  *
  * It prints the pty's path (and makes PATH a symlink to it), runs until SIGINT/SIGTERM or
  * --max-steps, then prints its counters (and writes them as JSON with --stats-json). */
@@ -27,6 +31,8 @@ typedef struct {
     cartpole_t pole;
     int action;
     uint32_t safe_holds;
+    uint32_t rng; /* xorshift32 state of the random controller */
+    int lean;     /* the lean controller instead of the random one */
 } sim_plant_t;
 
 static void plant_reset(void *ctx, float *obs) { cartpole_reset(&((sim_plant_t *)ctx)->pole, obs); }
@@ -38,6 +44,22 @@ static void plant_apply(void *ctx, const float *action) {
 static void plant_observe(void *ctx, float *obs, float *reward, int *terminal, int *truncated) {
     sim_plant_t *s = (sim_plant_t *)ctx;
     cartpole_step(&s->pole, s->action, obs, reward, terminal, truncated);
+}
+
+/* Prediction mode: the robot's own controller chooses the action; the host only predicts. */
+static void plant_control(void *ctx, const float *obs, const float *prediction, uint16_t n,
+                          float *action) {
+    sim_plant_t *s = (sim_plant_t *)ctx;
+    (void)prediction;
+    (void)n;
+    if (s->lean) {
+        action[0] = obs[1] > 0.0f ? 1.0f : 0.0f; /* the pole leans right: push right */
+        return;
+    }
+    s->rng ^= s->rng << 13;
+    s->rng ^= s->rng >> 17;
+    s->rng ^= s->rng << 5;
+    action[0] = (float)(s->rng >> 31); /* 0 or 1, uniform */
 }
 
 /* A simulated cart does not move while disarmed: the safe state is simply "not stepping". */
@@ -153,9 +175,10 @@ static void print_stats(FILE *f, const mcu_t *m, const pty_port_t *port, int jso
             fprintf(f, "%s%s %lu", i > 1 ? ", " : "", rtu_edge_err_name((rtu_edge_err_t)i),
                     (unsigned long)p->errors[i]);
         fprintf(f,
-                "); actions applied %lu, rejected %lu; watchdog trips %lu; obs sent %lu, "
-                "re-sent %lu; tx dropped %lu bytes\n",
+                "); actions applied %lu, rejected %lu; predictions accepted %lu, rejected %lu; "
+                "watchdog trips %lu; obs sent %lu, re-sent %lu; tx dropped %lu bytes\n",
                 (unsigned long)s->actions_applied, (unsigned long)mcu_actions_rejected(m),
+                (unsigned long)s->predictions_accepted, (unsigned long)s->predictions_rejected,
                 (unsigned long)s->watchdog_trips, (unsigned long)s->obs_sent,
                 (unsigned long)s->obs_resent, (unsigned long)port->tx_dropped);
         return;
@@ -181,6 +204,9 @@ static void print_stats(FILE *f, const mcu_t *m, const pty_port_t *port, int jso
     FIELD("actions_nonfinite", s->actions_nonfinite);
     FIELD("actions_ended", s->actions_ended);
     FIELD("actions_clipped", s->actions_clipped);
+    FIELD("predictions_accepted", s->predictions_accepted);
+    FIELD("predictions_rejected", s->predictions_rejected);
+    FIELD("predictions_nonfinite", s->predictions_nonfinite);
     FIELD("watchdog_trips", s->watchdog_trips);
     FIELD("safe_applied", s->safe_applied);
     FIELD("frames_ignored", s->frames_ignored);
@@ -199,7 +225,7 @@ static void print_stats(FILE *f, const mcu_t *m, const pty_port_t *port, int jso
 }
 
 int main(int argc, char **argv) {
-    const char *link = NULL, *stats_json = NULL;
+    const char *link = NULL, *stats_json = NULL, *controller = "random";
     unsigned long seed = 0, watchdog_ms = 500, max_steps = 0, reboot_after = 0, boot_id = 0;
     int master, slave, i, rebooted = 0;
     char path[256];
@@ -216,6 +242,10 @@ int main(int argc, char **argv) {
         const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(opt, "--link") == 0 && val) link = val;
         else if (strcmp(opt, "--stats-json") == 0 && val) stats_json = val;
+        else if (strcmp(opt, "--controller") == 0 && val
+                 && (strcmp(val, "random") == 0 || strcmp(val, "lean") == 0
+                     || strcmp(val, "none") == 0))
+            controller = val;
         else if (strcmp(opt, "--seed") == 0) seed = arg_number(opt, val);
         else if (strcmp(opt, "--watchdog-ms") == 0) watchdog_ms = arg_number(opt, val);
         else if (strcmp(opt, "--max-steps") == 0) max_steps = arg_number(opt, val);
@@ -225,7 +255,7 @@ int main(int argc, char **argv) {
             fprintf(stderr,
                     "usage: rtu_edge_posix [--link PATH] [--seed N] [--watchdog-ms N] "
                     "[--boot-id N] [--max-steps N] [--reboot-after-steps N] "
-                    "[--stats-json PATH]\n");
+                    "[--stats-json PATH] [--controller random|lean|none]\n");
             return 2;
         }
         i++;
@@ -252,6 +282,9 @@ int main(int argc, char **argv) {
     cartpole_init(&sim.pole, (uint32_t)seed);
     sim.action = 0;
     sim.safe_holds = 0;
+    sim.rng = (uint32_t)seed * 2654435761u + 0x9E3779B9u;
+    if (sim.rng == 0) sim.rng = 1;
+    sim.lean = strcmp(controller, "lean") == 0;
     port.fd = master;
     port.tx_dropped = 0;
     memset(&cfg, 0, sizeof cfg);
@@ -266,6 +299,7 @@ int main(int argc, char **argv) {
     plant.apply = plant_apply;
     plant.observe = plant_observe;
     plant.apply_safe = plant_apply_safe;
+    plant.control = strcmp(controller, "none") == 0 ? NULL : plant_control;
     mport.ctx = &port;
     mport.write = port_write;
     if (boot_id == 0) {
@@ -282,8 +316,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("rtu_edge_posix: CartPole-P (obs 2, discrete 2), boot id 0x%08lx, watchdog %lu ms, "
-           "on %s%s%s\n",
-           (unsigned long)mcu.boot_id, watchdog_ms, path, link ? " -> " : "", link ? link : "");
+           "controller %s, on %s%s%s\n",
+           (unsigned long)mcu.boot_id, watchdog_ms, controller, path, link ? " -> " : "",
+           link ? link : "");
     printf("connect with: rtu-edge run BUNDLE --port %s\n", link ? link : path);
     fflush(stdout);
 

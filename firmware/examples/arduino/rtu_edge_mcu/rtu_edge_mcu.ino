@@ -109,6 +109,17 @@ static void plant_observe(void *ctx, float *obs, float *reward, int *terminal, i
 #endif
 }
 
+/* Prediction mode (a `rtu-edge train --algo td` bundle answers each OBS with a PREDICTION):
+ * this board's own controller acts, here a push toward the side the pole leans. The host's
+ * prediction (e.g. of the return) is in prediction[0..n); this controller does not use it. */
+static void plant_control(void *ctx, const float *obs, const float *prediction, uint16_t n,
+                          float *action) {
+    (void)ctx;
+    (void)prediction;
+    (void)n;
+    action[0] = obs[1] > 0.0f ? 1.0f : 0.0f;
+}
+
 /* The safe state of this machine: motor off. (The protocol's safe action is whatever the
  * firmware decides is safe; it need not be one of the policy's actions.) */
 static void plant_apply_safe(void *ctx) {
@@ -162,7 +173,8 @@ void setup() {
     cfg.control_period_ms = CONTROL_PERIOD_MS;
     cfg.watchdog_ms = WATCHDOG_MS;
     cfg.rx_timeout_ms = rtu_edge_rx_timeout_ms(RTU_EDGE_BAUD);
-    mcu_plant_t plant = {NULL, plant_reset, plant_apply, plant_observe, plant_apply_safe};
+    mcu_plant_t plant = {NULL,          plant_reset,      plant_apply,
+                         plant_observe, plant_apply_safe, plant_control};
     mcu_port_t port = {NULL, port_write};
     if (mcu_init(&mcu, &cfg, &plant, &port, rx_buf, sizeof rx_buf, boot_id) != 0) {
         for (;;) plant_apply_safe(NULL); /* a configuration bug: never run */
