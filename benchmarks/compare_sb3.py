@@ -324,6 +324,24 @@ def _fmt(x, nd=1):
     return "-" if x is None else f"{x:,.{nd}f}"
 
 
+def throughput_ratios(result: dict) -> None:
+    """Fill the throughput row's sb3 numbers (from this file's sb3 runs on its env) and ratios."""
+    t = result.get("throughput")
+    if not t:
+        return
+    sb3 = [r for r in result["runs"] if r["env"] == t["env"] and r["agent"] == "sb3"]
+    t["sb3_steps_per_second"] = _mean(r["steps_per_second"] for r in sb3)
+    t["sb3_steps"] = sb3[0]["steps_run"] if sb3 else None
+    t["sb3_recurrent_params"] = sb3[0]["policy"]["recurrent_params"] if sb3 else None
+    t["sb3_steps_per_process_cpu_s"] = _mean(r.get("steps_per_process_cpu_s") for r in sb3)
+    for key, rtu, ref in (
+        ("ratio", "steps_per_second", "sb3_steps_per_second"),
+        ("cpu_ratio", "steps_per_process_cpu_s", "sb3_steps_per_process_cpu_s"),
+    ):
+        t[key] = t["rtu"][rtu] / t[ref] if t["rtu"].get(rtu) and t[ref] else None
+    t["target"] = ">= 5x sb3-contrib RecurrentPPO (issue 8)"
+
+
 def table(result: dict) -> str:
     lines = [
         f"{result['steps']:,} environment steps per run, seeds {result['seeds']}, one thread each",
@@ -351,6 +369,7 @@ def table(result: dict) -> str:
             + f" | {_fmt(_mean(r['steps_per_second'] for r in rs), 0)}"
             + f" | {_fmt(_mean(r.get('steps_per_process_cpu_s') for r in rs), 0)} |"
         )
+    throughput_ratios(result)
     t = result.get("throughput")
     if t:
         lines += [
@@ -462,24 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             result["throughput"] = {"env": t["env"], "rtu": t["rtu"]}
 
     def save() -> None:
-        t = result["throughput"]
-        if t:
-            sb3 = [r for r in result["runs"] if r["env"] == t["env"] and r["agent"] == "sb3"]
-            t["sb3_steps_per_second"] = _mean(r["steps_per_second"] for r in sb3)
-            t["sb3_steps"] = sb3[0]["steps_run"] if sb3 else None
-            t["sb3_recurrent_params"] = sb3[0]["policy"]["recurrent_params"] if sb3 else None
-            t["ratio"] = (
-                t["rtu"]["steps_per_second"] / t["sb3_steps_per_second"]
-                if t["sb3_steps_per_second"]
-                else None
-            )
-            t["sb3_steps_per_process_cpu_s"] = _mean(r["steps_per_process_cpu_s"] for r in sb3)
-            t["cpu_ratio"] = (
-                t["rtu"]["steps_per_process_cpu_s"] / t["sb3_steps_per_process_cpu_s"]
-                if t["sb3_steps_per_process_cpu_s"]
-                else None
-            )
-            t["target"] = ">= 5x sb3-contrib RecurrentPPO (issue 8)"
+        throughput_ratios(result)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
 
