@@ -87,7 +87,7 @@ class BuiltSize:
     bundle: Path
     cfg: object  # the learner's Config
     agent: object  # AgentConfig
-    state: dict  # the initial state (torch tensors), as in the bundle
+    state: dict  # the initial state (torch tensors by name; the bundle holds it packed)
 
     def torch_stepper(self, graph: str):
         """A fresh eager step of `graph` ("learn" | "act") from the initial state."""
@@ -100,16 +100,21 @@ class TorchStepper:
     def __init__(self, built: BuiltSize, graph: str):
         import torch
 
+        from export.bundle import packing_of
+        from rtu_edge import packing
         from rtu_edge.learners import get_learner
 
         learner = get_learner(ALGO)
         self._torch = torch
         self.cfg, self.agent = built.cfg, built.agent
+        # the state packed as in the bundle: torch steps the same flat buffers as onnxruntime
+        state = packing.pack(built.state, packing_of(learner, built.agent, built.state))
         if graph == "learn":
-            names, self.fn = list(built.state), learner.learn_step
+            names, self.fn = list(state), learner.learn_step
         else:
-            names, self.fn = learner.act_state_names(built.agent, built.state), learner.act_step
-        self.state_t = {k: built.state[k].clone() for k in names}
+            names, self.fn = learner.act_state_names(built.agent, state), learner.act_step
+        readable = packing.with_views(state, packing_of(learner, built.agent, built.state))
+        self.state_t = {k: readable[k].clone() for k in names}
 
     def __call__(self, inputs: Mapping) -> None:
         torch = self._torch

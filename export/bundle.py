@@ -33,6 +33,7 @@ import rtu_edge
 from export.parity import ParityError, ParityReport, check_parity
 from firmware_bridge import contract as C
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
+from rtu_edge import packing as P
 from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
 from rtu_edge.cells import rtrl_cells
@@ -130,10 +131,11 @@ def export_graph(
         plan.carried,
         [o.name for o in plan.step_outputs],
     )
+    values = P.with_views(state, learner.packing(agent) if learner.packing else ())
     try:
         return _to_onnx(
             module,
-            tuple(state[k] for k in plan.state_names) + tuple(example),
+            tuple(values[k] for k in plan.state_names) + tuple(example),
             plan.state_names + [s.name for s in plan.step_inputs],
             [C.next_name(k) for k in plan.carried] + [o.name for o in plan.step_outputs],
         )
@@ -242,6 +244,14 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 # ---- the export -------------------------------------------------------------------------------
 
 
+def packing_of(learner: Learner, agent: AgentConfig, state: dict) -> tuple[C.PackedBuffer, ...]:
+    """The learner's packed buffers whose tensors are all in ``state`` (an act-only state
+    has parameters but no eligibility traces)."""
+    if learner.packing is None:
+        return ()
+    return tuple(b for b in learner.packing(agent) if all(t.name in state for t in b.tensors))
+
+
 def streaming_run(run: rd.Run, state: dict) -> tuple[rd.Run, dict]:
     """A run of a learner that does not learn per tick (ppo) as the streaming learner its
     ``to_streaming`` converts the trained state to (ac): the bundle is that learner's."""
@@ -283,6 +293,8 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             f"{out} already holds files; choose another --out or pass --overwrite"
         )
     torch.set_num_threads(1)
+    packing = packing_of(learner, agent, state)
+    state = P.pack(state, packing)
     plans = plan_graphs(learner, agent, state)
 
     t0 = time.perf_counter()
@@ -297,7 +309,9 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     blobs = {g: m.SerializeToString() for g, m in models.items()}
     report = None
     if cfg.check_parity:
-        report = check_parity(run, state, blobs, plans, steps=cfg.parity_steps, tol=cfg.parity_tol)
+        report = check_parity(
+            run, state, blobs, plans, steps=cfg.parity_steps, tol=cfg.parity_tol, packing=packing
+        )
         log(
             f"parity: {report.steps} teacher-forced steps, worst relative error {report.worst_rel:.2e} "
             f"({report.worst_name}), tolerance {cfg.parity_tol:.0e}"
@@ -352,6 +366,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
         | ({"trained_by": asdict(trained_by)} if trained_by is not None else {}),
         parity=asdict(report) if report is not None else None,
         rtrl_cells=tuple(rtrl_cells()),
+        packing=packing,
     )
     # What the robot will check, checked here first: a bundle that breaks the contract is a bug.
     written = manifest.to_json()

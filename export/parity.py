@@ -21,14 +21,15 @@ export, while a wrong graph lies far from float64 (a discount of 0.5 for 0.99: e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from firmware_bridge.contract import next_name, sample_noise
+from firmware_bridge.contract import PackedBuffer, next_name, sample_noise, unpack_state
 from rtu_edge import envs as envs_mod
+from rtu_edge import packing as P
 from rtu_edge.train import action_spec, env_action, random_action
 
 
@@ -70,6 +71,22 @@ def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0)) / scale
 
 
+def _unpack_next(values: dict, packing) -> dict:
+    """Outputs with every packed ``B.next`` replaced by its tensors' ``X.next``."""
+    layout = [
+        PackedBuffer(
+            next_name(b.name), tuple(replace(t, name=next_name(t.name)) for t in b.tensors)
+        )
+        for b in packing
+        if next_name(b.name) in values
+    ]
+    if not layout:
+        return values
+    if isinstance(next(iter(values.values())), torch.Tensor):
+        return P.unpack(values, layout)
+    return unpack_state(values, layout)
+
+
 def check_parity(
     run,
     state: dict[str, torch.Tensor],
@@ -79,9 +96,14 @@ def check_parity(
     tol: float = 1e-5,
     seed: int = 12345,
     rest_steps: int = 32,
+    packing: tuple = (),
 ) -> ParityReport:
     """Run both graphs (`blobs`, laid out as `plans`: export.bundle.plan_graphs) next to the
-    learner's torch steps on a real trajectory of the run's environment."""
+    learner's torch steps on a real trajectory of the run's environment.
+
+    ``state`` is packed by ``packing`` (contract.PackedBuffer) as the bundle is; a packed
+    output is compared tensor by tensor, each against its own largest entry, as if unpacked.
+    """
     learner, agent, cfg = run.learner, run.agent, run.train.learner
     fns = {"learn": learner.learn_step, "act": learner.act_step}
     sessions = {g: _session(b) for g, b in blobs.items()}
@@ -116,7 +138,8 @@ def check_parity(
         results = {}
         for g, plan in plans.items():
             inputs = {s.name: values[s.source] for s in plan.step_inputs}
-            feeds = {k: state[k].numpy() for k in plan.state_names} | inputs
+            readable = P.with_views(state, packing)
+            feeds = {k: readable[k].numpy() for k in plan.state_names} | inputs
             got = dict(zip(out_names[g], sessions[g].run(None, feeds)))
             tin = {k: torch.from_numpy(v) for k, v in inputs.items()}
             new, out = fns[g](cfg, agent, state, tin)
@@ -124,6 +147,7 @@ def check_parity(
             new64, out64 = fns[g](cfg, agent, s64, {k: v.double() for k, v in tin.items()})
             want = {next_name(k): new[k] for k in plan.carried} | out
             want64 = {next_name(k): new64[k] for k in plan.carried} | out64
+            got, want, want64 = (_unpack_next(d, packing) for d in (got, want, want64))
             for name, r in want.items():
                 key, ref = f"{g}:{name}", want64[name].numpy()
                 e = rel_error(got[name], r.numpy())
@@ -159,7 +183,7 @@ def check_parity(
         # a robot at rest, from a fresh state: one observation held for rest_steps ticks
         rest_obs = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         if driver == "learn":
-            state = learner.initial_state(agent, cfg, seed)
+            state = P.pack(learner.initial_state(agent, cfg, seed), packing)
         for t in range(rest_steps):
             values = {
                 "obs": rest_obs,

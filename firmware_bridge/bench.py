@@ -133,11 +133,7 @@ class _OrtStepper:
     """`StepRunner.step` as `rtu-edge run` calls it (firmware_bridge/robot_loop.py)."""
 
     def __init__(self, bundle: Bundle, graph: str):
-        session = bundle.session(graph)
-        names = {i.name for i in session.get_inputs()}
-        self.runner = StepRunner(
-            session, {k: v for k, v in bundle.initial_state().items() if k in names}
-        )
+        self.runner = StepRunner(bundle.session(graph), bundle.graph_state(graph))
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> object:
         return self.runner.step(**inputs)
@@ -147,9 +143,7 @@ class _OrtStepper:
 
 
 def _state_of(bundle: Bundle, graph: str) -> dict[str, np.ndarray]:
-    names = bundle.state_input_names(graph)
-    state = bundle.initial_state()
-    return {k: np.ascontiguousarray(state[k]) for k in names}
+    return {k: np.ascontiguousarray(v) for k, v in bundle.graph_state(graph).items()}
 
 
 def last_level_cache_bytes() -> int | None:

@@ -49,6 +49,8 @@ from firmware_bridge.contract import (
     ContractError,
     Manifest,
     TensorSpec,
+    graph_state,
+    packed_tensors,
 )
 from firmware_bridge.runtime import StepRunner, make_session, numpy_dtype
 
@@ -108,12 +110,26 @@ class Bundle:
         return [i.name for i in session.get_inputs() if i.name + NEXT_SUFFIX in outputs]
 
     def state_input_names(self, graph: str) -> list[str]:
-        """Inputs of ``graph`` fed from the state: carried ones and read-only ones (params.*)."""
-        return [i.name for i in self.session(graph).get_inputs() if i.name in self._state]
+        """Inputs of ``graph`` fed from the state: carried ones and read-only ones (params.*,
+        possibly tensors inside a packed buffer, which a graph reads by their own names)."""
+        held = set(self._state) | set(packed_tensors(self.manifest.packing))
+        return [i.name for i in self.session(graph).get_inputs() if i.name in held]
 
     def step_input_names(self, graph: str) -> list[str]:
         """Per-step inputs of ``graph`` (obs, reward, first, ...): those not held in the state."""
-        return [i.name for i in self.session(graph).get_inputs() if i.name not in self._state]
+        held = set(self.state_input_names(graph))
+        return [i.name for i in self.session(graph).get_inputs() if i.name not in held]
+
+    def graph_state(self, graph: str, state: Mapping[str, np.ndarray] | None = None) -> dict:
+        """What ``graph`` reads from ``state`` (default: the initial state), by its input
+        names; a tensor inside a packed buffer comes out of the buffer (contract.graph_state)."""
+        state = self._state if state is None else state
+        names = self.state_input_names(graph)
+        inside = packed_tensors(self.manifest.packing)
+        missing = [n for n in names if n not in state and inside.get(n, ("",))[0] not in state]
+        if missing:
+            raise BundleError(f"state for graph {graph!r} lacks {sorted(missing)}")
+        return graph_state(state, names, self.manifest.packing)
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """Fresh copies of every tensor in state.npz, keyed by tensor name."""
@@ -125,12 +141,7 @@ class Bundle:
         Only the tensors ``graph`` reads are taken from ``state``, so the full learner state
         can be passed to the act graph.
         """
-        state = self._state if state is None else state
-        names = self.state_input_names(graph)
-        missing = [n for n in names if n not in state]
-        if missing:
-            raise BundleError(f"state for graph {graph!r} lacks {sorted(missing)}")
-        return StepRunner(self.session(graph), {n: state[n] for n in names})
+        return StepRunner(self.session(graph), self.graph_state(graph, state))
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -189,6 +200,12 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
     state = _load_state(data[state_file], state_file, state_names)
     _check_state_against_graphs(state, state_file, graphs, manifest)
+    for buf in manifest.packing:
+        if state[buf.name].shape != (buf.size,):
+            raise BundleError(
+                f"{state_file}: packed buffer {buf.name!r} has shape {list(state[buf.name].shape)}"
+                f", but the tensors manifest.json places in it need [{buf.size}]. {_FIX}"
+            )
     fingerprint = hashlib.sha256(manifest_bytes).hexdigest()
     return Bundle(root, manifest, fingerprint, sessions, state)
 
@@ -337,6 +354,7 @@ def _check_state_against_graphs(
 ) -> None:
     """Every carried input is in the state, with the graph's dtype and shape."""
     problems = []
+    inside = {n: v for n, v in packed_tensors(manifest.packing).items() if v[0] in state}
     for graph, (_file, inputs, outputs, _opset) in graphs.items():
         step_inputs = [s.name for s in manifest.graphs[graph].step_inputs]
         out = {s.name: s for s in outputs}
@@ -347,6 +365,15 @@ def _check_state_against_graphs(
                     f"{graph}: {nxt.name} is {nxt.dtype}{list(nxt.shape)} but {spec.name} is "
                     f"{spec.dtype}{list(spec.shape)}"
                 )
+            if spec.name not in state and spec.name in inside:  # read out of a packed buffer
+                buf, t = inside[spec.name]
+                if nxt is not None or (state[buf].dtype.name, t.shape) != (spec.dtype, spec.shape):
+                    problems.append(
+                        f"{graph}: {spec.name!r} inside {buf} is {state[buf].dtype.name}"
+                        f"{list(t.shape)} and read-only, the graph wants {spec.dtype}"
+                        f"{list(spec.shape)}" + (" and carries it" if nxt is not None else "")
+                    )
+                continue
             if spec.name not in state:
                 if nxt is not None:
                     problems.append(f"{graph}: carried tensor {spec.name!r} is not in {file}")

@@ -26,7 +26,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-FORMAT_VERSION = 2  # 2: step I/O declared with sources and uses; cell-generic tensor names
+# 2: step I/O declared with sources and uses; cell-generic tensor names
+# 3: parameters and eligibility traces packed into flat buffers (`PackedBuffer`, state.packed)
+FORMAT_VERSION = 3
 OPSET = 18  # ai.onnx opset of every exported graph
 GRAPHS = ("learn", "act")  # the graphs a bundle may hold; the robot runs one of them
 # act.onnx is always there; learn.onnx only when the cell has exact RTRL (a cell trained by
@@ -93,6 +95,95 @@ def carried_names(inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
     """Inputs ``X`` that have an output ``X.next``, in input order."""
     out = set(outputs)
     return [n for n in inputs if next_name(n) in out]
+
+
+# ---- packed state: several tensors in one flat buffer -------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackedTensor:
+    """One tensor inside a packed buffer: its own state name, where it starts, its shape."""
+
+    name: str  # e.g. "params.enc.w"
+    offset: int  # index of its first element in the buffer
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class PackedBuffer:
+    """A 1-D state tensor (e.g. ``params.flat``) holding several tensors back to back, each
+    flattened in C order. A graph reads and writes the buffer; checkpoints and tools name the
+    tensors inside it with `unpack_state`. (One buffer costs one binding and one elementwise
+    op where separate tensors cost one each: the exported step is dispatch-bound.)"""
+
+    name: str
+    tensors: tuple[PackedTensor, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(t.size for t in self.tensors)
+
+    @classmethod
+    def of(cls, name: str, shapes: Sequence[tuple[str, Sequence[int]]]) -> PackedBuffer:
+        """The buffer `name` holding `(tensor name, shape)` in that order, offsets computed."""
+        tensors, offset = [], 0
+        for tname, shape in shapes:
+            t = PackedTensor(tname, offset, tuple(int(d) for d in shape))
+            tensors.append(t)
+            offset += t.size
+        return cls(name, tuple(tensors))
+
+
+def pack_state(state: Mapping[str, np.ndarray], packing: Sequence[PackedBuffer]) -> dict:
+    """``state`` with the tensors of every buffer in `packing` replaced by the buffer."""
+    out = dict(state)
+    for buf in packing:
+        parts = [np.asarray(out.pop(t.name)).reshape(-1) for t in buf.tensors]
+        out[buf.name] = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return out
+
+
+def unpack_state(state: Mapping[str, np.ndarray], packing: Sequence[PackedBuffer]) -> dict:
+    """``state`` with every packed buffer replaced by the tensors it holds (copies), by name."""
+    out = dict(state)
+    for buf in packing:
+        flat = np.asarray(out.pop(buf.name))
+        if flat.shape != (buf.size,):
+            raise ContractError(
+                f"packed buffer {buf.name!r} has shape {list(flat.shape)}, its layout says "
+                f"[{buf.size}]. {FIX}"
+            )
+        for t in buf.tensors:
+            out[t.name] = flat[t.offset : t.offset + t.size].reshape(t.shape).copy()
+    return out
+
+
+def packed_tensors(packing: Sequence[PackedBuffer]) -> dict[str, tuple[str, PackedTensor]]:
+    """Every tensor inside the packed buffers: name -> (buffer name, its place)."""
+    return {t.name: (b.name, t) for b in packing for t in b.tensors}
+
+
+def graph_state(
+    state: Mapping[str, np.ndarray], names: Sequence[str], packing: Sequence[PackedBuffer]
+) -> dict[str, np.ndarray]:
+    """The state-fed inputs `names` of a graph: each from ``state``, or, for a tensor inside a
+    packed buffer (a graph may read one by its own name, e.g. act.onnx reads params.enc.w
+    without the rest of params.flat), a copy of its part of the buffer."""
+    inside = packed_tensors(packing)
+    out = {}
+    for n in names:
+        if n in state:
+            out[n] = state[n]
+        elif n in inside:
+            buf, t = inside[n]
+            out[n] = np.asarray(state[buf])[t.offset : t.offset + t.size].reshape(t.shape).copy()
+        else:
+            raise ContractError(f"the state has no tensor {n!r} (nor a packed buffer holding it)")
+    return out
 
 
 # ---- step I/O declarations -------------------------------------------------------------------
@@ -235,6 +326,9 @@ class Manifest:
     # the cells that can learn on the robot with the exporting rtu-edge (named in the robot's
     # message when an act-only bundle is asked to learn; the robot side has no cell registry)
     rtrl_cells: tuple[str, ...] = ()
+    # state tensors that hold several tensors each (format 3), in state_names; `unpack_state`
+    # with these names every tensor inside them (a checkpoint of a packed state included)
+    packing: tuple[PackedBuffer, ...] = ()
 
     @property
     def learns(self) -> bool:
@@ -290,7 +384,17 @@ class Manifest:
                 }
                 for name, g in self.graphs.items()
             },
-            "state": {"file": self.state_file, "names": list(self.state_names)},
+            "state": {
+                "file": self.state_file,
+                "names": list(self.state_names),
+                "packed": {
+                    b.name: [
+                        {"name": t.name, "offset": t.offset, "shape": list(t.shape)}
+                        for t in b.tensors
+                    ]
+                    for b in self.packing
+                },
+            },
             "parity": self.parity,
             "files": dict(self.files),
             "rtrl_cells": list(self.rtrl_cells),
@@ -305,10 +409,16 @@ class Manifest:
         m = r.obj(obj, "the manifest")
         version = r.int_(m, "format_version")
         if version != FORMAT_VERSION:
+            older = (
+                " (format 2 carries every parameter and eligibility trace as a tensor of its "
+                "own; format 3 packs them into flat buffers, state.packed)"
+                if version == 2
+                else ""
+            )
             raise ContractError(
                 f"{where} has format_version {version}; this rtu-edge reads format version "
-                f"{FORMAT_VERSION} only. Export the bundle with the rtu-edge version installed "
-                "on the robot, or install the matching rtu-edge here."
+                f"{FORMAT_VERSION} only{older}. Export the bundle with the rtu-edge version "
+                "installed on the robot, or install the matching rtu-edge here."
             )
         obs = r.obj(r.get(m, "observation"), "observation")
         obs_size = r.int_(obs, "size", lo=1, ctx="observation")
@@ -359,6 +469,7 @@ class Manifest:
                 raise r.bad(f"state.names holds an invalid tensor name {n!r}")
         if len(set(names)) != len(names):
             raise r.bad("state.names lists a name twice")
+        packing = _read_packing(r, state.get("packed", {}), names)
 
         used = [g.file for g in graphs.values()] + [state_file]
         if len(set(used)) != len(used):
@@ -405,6 +516,7 @@ class Manifest:
             hyperparameters=hyper,
             parity=parity,
             rtrl_cells=tuple(rtrl),
+            packing=packing,
         )
 
     def check_step_io(self) -> None:
@@ -421,7 +533,8 @@ class Manifest:
             out_specs = {s.name: s for s in g.outputs}
             carried = set(carried_names(list(in_specs), list(out_specs)))
             declared_in = {s.name for s in g.step_inputs}
-            expected_in = {n for n in in_specs if n not in self.state_names}
+            held = set(self.state_names) | set(packed_tensors(self.packing))
+            expected_in = {n for n in in_specs if n not in held}
             if declared_in != expected_in:
                 raise ContractError(
                     f"{MANIFEST}: {where}.step_inputs declares {sorted(declared_in)} but the graph's "
@@ -585,6 +698,41 @@ def _read_action(r: _Reader, a: dict) -> ActionSpec:
                 f"action.max_delta must be positive per dim (or null), got {list(max_delta)}"
             )
     return ActionSpec(kind, dims, num, low, high, safe, max_delta)
+
+
+def _read_packing(r: _Reader, packed, names: list[str]) -> tuple[PackedBuffer, ...]:
+    """state.packed: {buffer name: [{name, offset, shape}, ...]}, each buffer a state tensor
+    and its tensors back to back from offset 0, every name unique."""
+    if not isinstance(packed, dict) or len(packed) > MAX_NAMES:
+        raise r.bad("state.packed must be an object: packed buffer -> the tensors it holds")
+    seen = set(names)
+    out = []
+    for bname, entries in packed.items():
+        where = f"state.packed[{bname!r}]"
+        if bname not in names:
+            raise r.bad(f"{where}: the buffer is not in state.names")
+        if not isinstance(entries, list) or not entries or len(entries) > MAX_NAMES:
+            raise r.bad(f"{where} must be a non-empty list of tensors")
+        tensors, offset = [], 0
+        for e in entries:
+            e = r.obj(e, f"each entry of {where}")
+            name, off, shape = e.get("name"), e.get("offset"), e.get("shape")
+            if not isinstance(name, str) or not _NAME.match(name) or name in seen:
+                raise r.bad(f"{where}: invalid or repeated tensor name {name!r}")
+            if not (
+                isinstance(shape, list)
+                and len(shape) <= 8
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            ):
+                raise r.bad(f"{where}: {name!r} shape must be a list of non-negative ints")
+            if isinstance(off, bool) or off != offset:
+                raise r.bad(f"{where}: {name!r} must start at offset {offset}, got {off!r}")
+            t = PackedTensor(name, offset, tuple(shape))
+            seen.add(name)
+            tensors.append(t)
+            offset += t.size
+        out.append(PackedBuffer(bname, tuple(tensors)))
+    return tuple(out)
 
 
 def _read_specs(r: _Reader, items, where: str) -> tuple[TensorSpec, ...]:

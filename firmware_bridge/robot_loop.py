@@ -240,8 +240,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     full_state, counters = _resume(cfg, bundle, store, log)
 
     session = bundle.session(graph)
-    graph_inputs = {i.name for i in session.get_inputs()}
-    runner = StepRunner(session, {k: v for k, v in full_state.items() if k in graph_inputs})
+    runner = StepRunner(session, bundle.graph_state(graph, full_state))
     rng = np.random.default_rng(cfg.seed + int(counters.get("ticks", 0)))
 
     act = m.action
@@ -307,7 +306,8 @@ def run(cfg: RunConfig, log=print) -> dict:
             "reason": reason,
         }
         # hidden state and traces are saved too, but a resumed run starts a new episode
-        tensors = full_state | runner.state()
+        # (a graph's read-only copies of tensors inside packed buffers are not saved twice)
+        tensors = full_state | {k: v for k, v in runner.state().items() if k in full_state}
         try:
             store.save(c["ticks_before"] + c["ticks"], tensors, meta)
             c["checkpoints"] += 1

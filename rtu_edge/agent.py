@@ -111,6 +111,22 @@ def actor_param_names(cfg: AgentConfig) -> tuple[str, ...]:
     return trunk_param_names(cfg) + ACTOR_HEAD + extra
 
 
+def param_shapes(cfg: AgentConfig, heads: tuple[str, ...] = ("critic", "actor")) -> dict:
+    """The shape of every parameter `init_params` makes, by name, in its order (no drawing)."""
+    net, y = cfg.net, cfg.cell.output_size
+    shapes = {"enc.w": (cfg.obs_size, net.encoder_size), "enc.b": (net.encoder_size,)}
+    shapes.update({f"cell.{k}": tuple(v.shape) for k, v in cfg.cell.named_parameters()})
+    widths = {"critic": 1, "actor": cfg.policy_outputs}
+    for name in heads:
+        shapes[f"{name}.w1"] = (y, net.head_size)
+        shapes[f"{name}.b1"] = (net.head_size,)
+        shapes[f"{name}.w2"] = (net.head_size, widths[name])
+        shapes[f"{name}.b2"] = (widths[name],)
+    if "actor" in heads and cfg.action_kind == "continuous":
+        shapes["actor.log_std"] = (cfg.action_dims,)
+    return shapes
+
+
 def sparse_init(fan_in: int, fan_out: int, sparsity: float, generator: torch.Generator) -> Tensor:
     """Uniform(+-1/sqrt(fan_in)) weights with a fraction `sparsity` of each unit's inputs zeroed."""
     bound = 1.0 / math.sqrt(fan_in)
@@ -292,3 +308,33 @@ def trunk_backward(
     g_h0 = cell.input_grad(g_y, state, traces, cp)
     grads.update(encode_backward(p, x, h0, g_h0))
     return grads
+
+
+def trunk_backward_flat(
+    cfg: AgentConfig, p: Params, g_ys: list[Tensor], x: Tensor, h0: Hidden, state, traces
+) -> list[Tensor]:
+    """`trunk_backward` of each cotangent in `g_ys`, flat: every trunk gradient flattened and
+    concatenated in `trunk_param_names` order (the order of the learner's packed buffers).
+
+    A cell that offers `rtrl_backward_rows` takes all cotangents in one pass (one set of
+    graph nodes for the critic's, the actor's and the entropy's gradients); the others take
+    them one at a time. The numbers are the same either way.
+    """
+    names = trunk_param_names(cfg)
+    cp = cell_params(p)
+    both = cfg.cell.rtrl_backward_rows(torch.cat(g_ys), state, traces, cp)
+    if both is None:
+        out = []
+        for g_y in g_ys:
+            g = trunk_backward(cfg, p, g_y, x, h0, state, traces)
+            out.append(torch.cat([g[k].reshape(-1) for k in names]))
+        return out
+    cell_g, g_h0 = both
+    k = len(g_ys)
+    g_pre = tanh_layer_backward(h0, g_h0)  # (K, E): row i is cotangent i's
+    grads = {f"cell.{n}": v for n, v in cell_g.items()}
+    # enc.w: x^T @ g_pre of each row (an outer product: one multiply per entry, as the matmul)
+    grads["enc.w"] = x.transpose(0, 1)[None] * g_pre[:, None, :]
+    grads["enc.b"] = g_pre
+    flat = torch.cat([grads[n].reshape(k, -1) for n in names], dim=1)  # (K, trunk size)
+    return list(flat.unbind(0))

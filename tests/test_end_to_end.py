@@ -167,11 +167,16 @@ def test_learn_on_robot_resume_and_frozen_run_without_torch(bundle, sim_robot, t
     # learned parameters differ from the bundle's: on-robot learning changed something
     import numpy as np
 
+    from firmware_bridge import contract as C
     from firmware_bridge.checkpoints import CheckpointStore
 
     tensors, _, _ = CheckpointStore(ckpt).load_latest()
+    # the checkpoint holds the packed buffers; the manifest's layout names every tensor in them
+    packing = C.Manifest.from_json(json.loads((bundle / "manifest.json").read_text())).packing
     with np.load(bundle / "state.npz") as z:
-        assert not np.array_equal(tensors["params.cell.w1"], z["params.cell.w1"])
+        before = C.unpack_state(dict(z), packing)
+    after = C.unpack_state(tensors, packing)
+    assert not np.array_equal(after["params.cell.w1"], before["params.cell.w1"])
 
     # frozen (act graph) run from the checkpoint, also torch-free
     r = _run(

@@ -79,6 +79,13 @@ class Cell(nn.Module):
     def input_grad(self, dL_dy, state, traces, params=None):
         raise NotImplementedError(self._offline_msg())
 
+    def rtrl_backward_rows(self, dL_dys, state, traces, params=None):
+        """Optional: K cotangents (K, out) of a batch of one in one pass, as
+        (parameter gradients with a leading axis of K, input gradients (K, input)); row k
+        equals `rtrl_grads` and `input_grad` of cotangent k. None (the default): the caller
+        takes them one at a time."""
+        return None
+
     def _offline_msg(self) -> str:
         return (
             f"{type(self).__name__} has no exact RTRL; it is trained by truncated BPTT "

@@ -210,6 +210,26 @@ class RTU(Cell):
             )
             return {**g, **g_proj}
 
+    def rtrl_backward_rows(self, dL_dys: Tensor, state: RTUState, traces, params=None):
+        """K cotangents (K, 2n) of a batch of one at once: (parameter gradients with a leading
+        axis of K, input gradients (K, d)), row k equal to `rtrl_grads` and `input_grad` of
+        cotangent k. None with a projection (its gradient sums over the batch): call those."""
+        if self.projection:
+            return None
+        p = self.params(params)
+        act = self._inner_activation
+        g = rtu_math.grads(
+            p,
+            dL_dys,
+            state,
+            traces,
+            self.nonlinear,
+            act,
+            authors_theta_grad=self.authors_theta_grad,
+            rows=True,
+        )
+        return g, rtu_math.input_grad(p, dL_dys, state, self.nonlinear, act, rows=True)
+
     def input_grad(self, dL_dy: Tensor, state: RTUState, traces, params=None) -> Tensor:
         """One-step gradient of sum(dL_dy * y_t) w.r.t. x_t, (B, d)."""
         dL_dh, _ = self._unproject(dL_dy, state, params)

@@ -373,8 +373,13 @@ def grads(
     nonlinear: bool,
     activation: str,
     authors_theta_grad: bool = False,
+    rows: bool = False,
 ) -> dict[str, Tensor]:
     """Exact gradient of sum(dL_dy * y_t) w.r.t. the parameters, through all past steps.
+
+    rows=True: dL_dy (K, 2n) holds K cotangents of a batch of one (state and traces of batch
+    1), and each is taken on its own: every gradient gets a leading axis of K instead of the
+    batch sum (the learner's critic, actor and entropy gradients in one pass).
 
     `state` and `traces` are those returned by `step` for this time step; dL_dy is (B, 2n).
     Returns {"nu_log": (n,), "theta_log": (n,), "w1": (d, n), "w2": (d, n)} (keyed by the
@@ -395,6 +400,7 @@ def grads(
         )
     _check_activation(activation)
     b = _check_batch_input(dL_dy, 2 * n, p.w1.dtype, "dL_dy")
+    b = 1 if rows else b
     _check_state(state, b, n, p.w1.dtype)
     _check_traces(traces, b, d, n, nonlinear, p.w1.dtype)
 
@@ -423,17 +429,25 @@ def grads(
         g_nu = d1 * tr.nu_re + d2 * tr.nu_im
         g_th = d1 * tr.th_re + d2 * tr.th_im
 
-    g_th = g_th.sum(0)
+    if not rows:  # the batch sum (with rows, the leading axis is the cotangent's)
+        g_nu, g_th, g_w1, g_w2 = g_nu.sum(0), g_th.sum(0), g_w1.sum(0), g_w2.sum(0)
     if authors_theta_grad:
         g_th = g_th / torch.exp(p.theta_log)
     nu_key, th_key = type(p)._fields[:2]
-    return {nu_key: g_nu.sum(0), th_key: g_th, "w1": g_w1.sum(0), "w2": g_w2.sum(0)}
+    return {nu_key: g_nu, th_key: g_th, "w1": g_w1, "w2": g_w2}
 
 
 def input_grad(
-    p: AnyRTUParams, dL_dy: Tensor, state: RTUState, nonlinear: bool, activation: str
+    p: AnyRTUParams,
+    dL_dy: Tensor,
+    state: RTUState,
+    nonlinear: bool,
+    activation: str,
+    rows: bool = False,
 ) -> Tensor:
     """One-step gradient of sum(dL_dy * y_t) w.r.t. x_t, (B, d): no temporal credit.
+
+    rows=True: dL_dy (K, 2n) holds K cotangents of a batch of one; returns (K, d), one row each.
 
     dL/dx_t[i] = sum_k Re(conj(D_k) * gamma_k * (w1[i,k] + i*w2[i,k])) with D the cotangent
     of the pre-activation a_t. `state` is the one returned by `step`. For the non-linear RTU
@@ -444,7 +458,7 @@ def input_grad(
     d, n = _check_params(p)
     _check_activation(activation)
     b = _check_batch_input(dL_dy, 2 * n, p.w1.dtype, "dL_dy")
-    _check_state(state, b, n, p.w1.dtype)
+    _check_state(state, 1 if rows else b, n, p.w1.dtype)
 
     c = torch.cat([state.c1, state.c2], dim=-1)
     if nonlinear:

@@ -27,6 +27,10 @@ RTU's exact RTRL traces supplying the recurrent gradients):
 
 v(S_{t-1}) is the value computed on the previous tick, i.e. with the parameters before the last
 update: the usual one-forward-per-step form of online TD.
+
+The step computes on the packed state (`packing`: parameters and eligibility traces in flat
+buffers, so the exported graph has a handful of nodes per step of the update rather than a
+handful per parameter tensor); docs/learner.md "The packed form".
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from firmware_bridge.contract import NoiseSpec, StepInput, StepOutput
 from rtu_edge import agent as A
+from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
 from rtu_edge.ops import plus_eps
@@ -106,7 +112,50 @@ def initial_state(agent: A.AgentConfig, cfg: ACConfig | None = None, seed: int =
 
 
 def params_of(s: State) -> A.Params:
+    """The parameters of a state by tensor (not packed), keyed without the ``params.`` prefix."""
     return {k[len("params.") :]: v for k, v in s.items() if k.startswith("params.")}
+
+
+# ---- packed layout (the bundle's form of the state) -----------------------------------------
+
+PARAMS, ELIG_V, ELIG_PI = "params.flat", "elig_v.flat", "elig_pi.flat"
+LOG_STD, ELIG_LOG_STD = "params.actor.log_std", "elig_pi.actor.log_std"
+
+
+def packing(agent: A.AgentConfig) -> tuple[P.PackedBuffer, ...]:
+    """The flat buffers of the learn step: (params.flat, elig_v.flat, elig_pi.flat).
+
+    params.flat is [critic head | trunk (encoder, cell) | actor head], elig_v.flat the critic's
+    [critic head | trunk] and elig_pi.flat the actor's [trunk | actor head], so the two traces
+    line up with the start and the end of the parameters. A Gaussian policy's log std and its
+    trace stay tensors of their own: the update clamps the one and not the rest.
+    """
+    cached = agent.__dict__.get("_ac_packing")
+    if cached is not None:
+        return cached
+    shapes = A.param_shapes(agent)
+    trunk = A.trunk_param_names(agent)
+
+    def buf(name: str, group: str, names) -> P.PackedBuffer:
+        return P.PackedBuffer.of(name, [(f"{group}.{k}", shapes[k]) for k in names])
+
+    layout = (
+        buf(PARAMS, "params", A.CRITIC_HEAD + trunk + A.ACTOR_HEAD),
+        buf(ELIG_V, "elig_v", A.CRITIC_HEAD + trunk),
+        buf(ELIG_PI, "elig_pi", trunk + A.ACTOR_HEAD),
+    )
+    agent.__dict__["_ac_packing"] = layout
+    return layout
+
+
+def _params(agent: A.AgentConfig, s: State) -> A.Params:
+    """The parameters by name (without ``params.``) from a packed or a by-tensor state."""
+    if PARAMS not in s:
+        return params_of(s)
+    p = {k[len("params.") :]: v for k, v in P.views(packing(agent)[0], s[PARAMS]).items()}
+    if LOG_STD in s:
+        p["actor.log_std"] = s[LOG_STD]
+    return p
 
 
 # ---- running statistics (Welford, as masks so they export) ---------------------------------
@@ -171,14 +220,6 @@ def _keep_if_finite(old: State, upd: State) -> State:
 # ---- ObGD ---------------------------------------------------------------------------------
 
 
-def _l1(tensors) -> Tensor:
-    total = None
-    for t in tensors:
-        part = t.abs().sum()
-        total = part if total is None else total + part
-    return total
-
-
 def obgd_step_size(lr: float, kappa: float, delta: Tensor, z_l1: Tensor) -> Tensor:
     """ObGD: shrink the step so that it cannot overshoot the TD target (Elsayed et al., Alg. 3)."""
     delta_bar = torch.clamp(delta.abs(), min=1.0)
@@ -202,9 +243,18 @@ def ac_step(
     """One streaming AC(lambda) tick. Returns (new state, action, value, td_error).
 
     Shapes: obs (1, obs_size); reward, first, terminal (1,); noise (1, agent.noise_size).
+    The state may be packed (the bundle's form, `packing`) or by tensor (`initial_state`'s
+    form); the new state comes back in the same form. The step itself works on the packed one.
     """
+    layout = packing(agent)
+    if PARAMS not in s:
+        new, action, value, delta = ac_step(
+            cfg, agent, P.pack(s, layout), obs, reward, first, terminal, noise
+        )
+        return P.unpack(new, layout), action, value, delta
+    params_buf, elig_v_buf, elig_pi_buf = layout
     keep = 1.0 - first  # (1,): 0 on the first tick of an episode
-    p = params_of(s)
+    p = _params(agent, s)
     new: State = {}
 
     # 1. normalisers (statistics that would become non-finite, e.g. after a burst of 1e38
@@ -230,34 +280,33 @@ def ac_step(
     v_boot = value * (1.0 - terminal)
     delta = (r + cfg.gamma * v_boot - s["carry.v_prev"]) * keep
 
-    # 4. ObGD updates from the eligibility traces. On the first tick delta is 0, so nothing moves.
-    crit_names = A.critic_param_names(agent)
-    act_names = A.actor_param_names(agent)
-    z_v = {k: s[f"elig_v.{k}"] for k in crit_names}
-    z_pi = {k: s[f"elig_pi.{k}"] for k in act_names}
-    z_v_l1 = _l1(z_v.values())
-    z_pi_l1 = _l1(z_pi.values())
+    # 4. ObGD updates from the eligibility traces, each one flat buffer (z_v over the critic's
+    # parameters, z_pi over the actor's). On the first tick delta is 0, so nothing moves.
+    continuous = agent.action_kind == "continuous"
+    z_v, z_pi = s[ELIG_V], s[ELIG_PI]
+    z_v_l1 = z_v.abs().sum()
+    z_pi_l1 = z_pi.abs().sum()
+    if continuous:  # the log std's trace is a tensor of its own (its parameter is clamped)
+        z_pi_l1 = z_pi_l1 + s[ELIG_LOG_STD].abs().sum()
     step_v = obgd_step_size(cfg.lr, cfg.kappa_value, delta, z_v_l1)
     step_pi = obgd_step_size(cfg.lr, cfg.kappa_policy, delta, z_pi_l1)
 
-    # gradients at S_t (pre-update parameters): critic grad v, actor grad log pi and grad entropy
+    # gradients at S_t (pre-update parameters): critic grad v, actor grad log pi and grad entropy,
+    # each flat in the layout of its trace (heads by hand, the trunk's in one pass for all three)
     g_v_head, g_y_v = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))
-    g_v = A.trunk_backward(agent, p, g_y_v, x, h0, state, traces)
-    g_v.update(g_v_head)
     g_pi_head, g_y_pi = A.head_backward(p, "actor", y, pi_hid, sample.dlogp_dout)
-    g_pi = A.trunk_backward(agent, p, g_y_pi, x, h0, state, traces)
-    g_pi.update(g_pi_head)
-    if agent.action_kind == "continuous":
-        g_pi["actor.log_std"] = sample.dlogp_dlogstd
-        # the entropy of a Gaussian depends on log_std only: no gradient flows into the trunk
-        g_h = {"actor.log_std": sample.dent_dlogstd}
-    else:
+    g_ys = [g_y_v, g_y_pi]
+    if not continuous:
         g_h_head, g_y_h = A.head_backward(p, "actor", y, pi_hid, sample.dent_dout)
-        g_h = A.trunk_backward(agent, p, g_y_h, x, h0, state, traces)
-        g_h.update(g_h_head)
+        g_ys.append(g_y_h)
+    # (a Gaussian's entropy depends on log_std only, with gradient 1: no trunk gradient)
+    trunk = A.trunk_backward_flat(agent, p, g_ys, x, h0, state, traces)
+    g_v = torch.cat([P.cat_flat(g_v_head[k] for k in A.CRITIC_HEAD), trunk[0]])  # as elig_v.flat
+    g_pi = torch.cat([trunk[1], P.cat_flat(g_pi_head[k] for k in A.ACTOR_HEAD)])  # as elig_pi.flat
 
     # w += step_v delta z_v + step_pi (delta z_pi + entropy_coef grad H), as scalar coefficients
-    # times tensors (few graph nodes per parameter: the exported step is dispatch-bound).
+    # times flat buffers. params.flat is [critic head | trunk | actor head]: z_v lines up with
+    # its first part and z_pi with its last, so each term is padded with zeros to the whole.
     # The whole update is skipped when anything is non-finite; the host counts it.
     ok = torch.isfinite(delta * z_v_l1 * z_pi_l1 * value).all()
     c_v = step_v * delta
@@ -266,29 +315,27 @@ def ac_step(
         c_h = step_pi * cfg.entropy_coef * delta.abs()  # delta is 0 on the first tick
     else:
         c_h = step_pi * (cfg.entropy_coef * keep)
-    for k, w in p.items():
-        terms = []
-        if k in z_v:
-            terms.append(c_v * z_v[k])
-        if k in z_pi:
-            terms.append(c_pi * z_pi[k])
-        if k in g_h:
-            terms.append(c_h * g_h[k])
-        dw = terms[0]
-        for t in terms[1:]:
-            dw = dw + t
-        new[f"params.{k}"] = torch.where(ok, w + dw, w)
-    if "actor.log_std" in p:  # exploration noise stays within bounds (a robot moves with it)
-        new["params.actor.log_std"] = torch.clamp(
-            new["params.actor.log_std"], cfg.log_std_min, cfg.log_std_max
+    w = s[PARAMS]
+    critic_only = params_buf.size - elig_pi_buf.size  # the critic head, first in params.flat
+    actor_only = params_buf.size - elig_v_buf.size  # the actor head, last
+    dw = F.pad(c_v * z_v, (0, actor_only)) + F.pad(c_pi * z_pi, (critic_only, 0))
+    if not continuous:
+        g_h = torch.cat([trunk[2], P.cat_flat(g_h_head[k] for k in A.ACTOR_HEAD)])
+        dw = dw + F.pad(c_h * g_h, (critic_only, 0))
+    new[PARAMS] = torch.where(ok, w + dw, w)
+    if continuous:  # exploration noise stays within bounds (a robot moves with it)
+        log_std = s[LOG_STD]
+        moved = log_std + (c_pi * s[ELIG_LOG_STD] + c_h * sample.dent_dlogstd)
+        new[LOG_STD] = torch.clamp(
+            torch.where(ok, moved, log_std), cfg.log_std_min, cfg.log_std_max
         )
 
     # 5. eligibility traces: z = gamma * lambda * z + grad at S_t, zeroed on the first tick
     decay = (cfg.gamma * cfg.lam) * keep
-    for k in crit_names:
-        new[f"elig_v.{k}"] = decay * z_v[k] + g_v[k]
-    for k in act_names:
-        new[f"elig_pi.{k}"] = decay * z_pi[k] + g_pi[k]
+    new[ELIG_V] = decay * z_v + g_v
+    new[ELIG_PI] = decay * z_pi + g_pi
+    if continuous:
+        new[ELIG_LOG_STD] = decay * s[ELIG_LOG_STD] + sample.dlogp_dlogstd
 
     new.update(state_to_dict("carry", state))
     new.update(state_to_dict("trace", traces))
@@ -319,9 +366,10 @@ def act_step(
 ) -> tuple[State, dict[str, Tensor]]:
     """One control tick without learning: greedy action, value and the new cell state.
 
-    Uses the normaliser statistics as they are (no update) and no RTRL traces.
+    Uses the normaliser statistics as they are (no update) and no RTRL traces. The parameters
+    may be packed (params.flat) or by tensor.
     """
-    p = params_of(s)
+    p = _params(agent, s)
     obs = torch.clamp(inputs["obs"], -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
     x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
@@ -372,8 +420,15 @@ def act_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
 
 
 def act_state_names(agent: A.AgentConfig, s: State) -> list[str]:
-    """The tensors the act graph reads: the parameters it uses, obs statistics, cell state."""
-    names = [k for k in s if k.startswith("params.") and k != "params.actor.log_std"]
+    """The tensors the act graph reads: the parameters it uses, obs statistics, cell state.
+
+    The parameters by their own names even when the state is packed: the act graph reads them
+    out of params.flat (contract.graph_state) instead of splitting the buffer on every tick.
+    """
+    if PARAMS in s:
+        names = [t.name for t in packing(agent)[0].tensors]
+    else:
+        names = [k for k in s if k.startswith("params.") and k != LOG_STD]
     names += ["norm.obs_count", "norm.obs_mean", "norm.obs_m2"]
     names += [f"carry.{k}" for k in agent.cell.State._fields]
     return names
@@ -409,4 +464,5 @@ LEARNER = Learner(
     act_outputs=act_outputs,
     act_state_names=act_state_names,
     noise=noise,
+    packing=packing,
 )

@@ -47,6 +47,10 @@ class Learner:
     # A non-streaming learner's export: (cfg, agent, state) -> (streaming algo, its config, its
     # state); export/bundle.py then exports that learner's graphs (ppo -> ac).
     to_streaming: Callable | None = None
+    # (agent) -> tuple of firmware_bridge.contract.PackedBuffer: state tensors that the bundle
+    # carries packed into flat buffers (ac: parameters and eligibility traces). Its step
+    # functions then take the state packed or by tensor; export packs it (rtu_edge/packing.py).
+    packing: Callable | None = None
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:

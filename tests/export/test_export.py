@@ -10,8 +10,17 @@ import onnx
 import pytest
 import torch
 
-from export.bundle import ExportConfig, check_standard_ops, export_graph, export_run, plan_graphs
+from export.bundle import (
+    ExportConfig,
+    check_standard_ops,
+    export_graph,
+    export_run,
+    packing_of,
+    plan_graphs,
+)
 from export.parity import ParityError, check_parity
+from firmware_bridge import contract as C
+from rtu_edge import packing as P
 from rtu_edge.config import NetConfig
 from rtu_edge.learners.ac import ACConfig
 from rtu_edge.train import TrainConfig, load_run, train
@@ -42,7 +51,7 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
     manifest = export_run(
         ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
     )
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == C.FORMAT_VERSION
     assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= 1e-5
     assert manifest["parity"]["steps"] >= 200
     for file, sha in manifest["files"].items():
@@ -71,6 +80,8 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
 def test_parity_check_catches_a_graph_that_differs(runs):
     """Export the learn step with another discount: the check must see it."""
     run, state = load_run(runs["cartpole"])
+    packing = packing_of(run.learner, run.agent, state)
+    state = P.pack(state, packing)  # as export_run does
     ac = run.train.learner
     wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
     blobs = {
@@ -78,9 +89,10 @@ def test_parity_check_catches_a_graph_that_differs(runs):
         "act": export_graph(run.learner, "act", ac, run.agent, state).SerializeToString(),
     }
     plans = plan_graphs(run.learner, run.agent, state)
-    report = check_parity(run, state, blobs, plans, steps=200)
+    report = check_parity(run, state, blobs, plans, steps=200, packing=packing)
     assert not report.ok
     assert report.worst_rel > 1e-3
+    assert "params.flat" not in report.worst_name  # a packed output is judged tensor by tensor
     with pytest.raises(ParityError, match="NOT written"):
         raise ParityError(report)
 
@@ -110,6 +122,7 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
 
     run, state = load_run(runs["cartpole"])
     agent, ac = run.agent, run.train.learner
+    state = P.pack(state, packing_of(run.learner, agent, state))
     state = {k: v.double() for k, v in state.items()}
     carried = list(state)
     step_names = ["obs", "reward", "first", "terminal", "noise"]

@@ -174,15 +174,20 @@ def test_bad_updates_in_a_row_roll_back_to_the_last_good_state(bundle, tmp_path,
     loop counts bad updates, rolls back after `max_bad_updates` in a row, and keeps learning
     from the restored state; everything saved at the end is finite. Without the rollback
     (load_state removed) it never recovers and the counts below fail."""
+    from firmware_bridge.bundle import load_bundle
     from firmware_bridge.runtime import StepRunner
 
     real_step = StepRunner.step
     calls = {"n": 0}
+    (params,) = [b for b in load_bundle(bundle).manifest.packing if b.name == "params.flat"]
+    (b2,) = [t for t in params.tensors if t.name == "params.critic.b2"]
 
     def corrupting_step(self, **inputs):
         calls["n"] += 1
-        if calls["n"] == 150 and "params.critic.b2" in self.carried_names:
-            self.load_state({"params.critic.b2": np.full((1,), np.nan, np.float32)}, partial=True)
+        if calls["n"] == 150 and "params.flat" in self.carried_names:
+            flat = self.state()["params.flat"]
+            flat[b2.offset] = np.nan  # params.critic.b2, inside the packed parameters
+            self.load_state({"params.flat": flat}, partial=True)
         return real_step(self, **inputs)
 
     monkeypatch.setattr(StepRunner, "step", corrupting_step)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from firmware_bridge import contract as C
 from rtu_edge import agent as A
 from rtu_edge import envs as envs_mod
 from rtu_edge.config import NetConfig
@@ -203,7 +204,7 @@ def test_ppo_run_exports_an_ac_bundle_with_parity(ppo_run, tmp_path):
     assert manifest["hyperparameters"]["train"]["algo"] == "ac"
     b = load_bundle(tmp_path / "b")
     assert b.manifest.learner == "ac"
-    bundle_state = np.load(tmp_path / "b" / "state.npz")
+    bundle_state = C.unpack_state(dict(np.load(tmp_path / "b" / "state.npz")), b.manifest.packing)
     _, state = load_run(out)
     for k in state:  # the trained weights and the normaliser; no Adam moments
         if k.startswith("params.") or k.startswith("norm.obs_"):
