@@ -41,8 +41,8 @@ def main() -> None:
     for env_id in args.envs:
         r = random_returns(env_id, args.episodes)
         print(
-            f"{env_id}: random actions, {len(r)} episodes: mean {np.mean(r):.1f}, "
-            f"min {min(r):.1f}, max {max(r):.1f}"
+            f"{env_id}: random actions, {len(r)} episodes: mean {np.mean(r):.4g}, "
+            f"min {min(r):.4g}, max {max(r):.4g}"
         )
 
 
