@@ -299,24 +299,26 @@ def test_posix_firmware_refuses_mismatches_trips_its_watchdog_and_counts_garbage
     assert stats["frame_errors"] == 2 and stats["stops"] >= 1
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A tiny CartPole-P run (the default env: obs 2, discrete 2), exported."""
+def _tiny_bundle(root, **train_options):
+    """Train a tiny CartPole-P run (hidden size 8) in ROOT/run and export it to ROOT/bundle."""
     pytest.importorskip("torch")
     from export.bundle import ExportConfig, export_run
+    from rtu_edge.config import NetConfig
     from rtu_edge.train import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("c-firmware-bundle")
-    from rtu_edge.config import NetConfig
-
-    train(
-        TrainConfig(out=str(root / "run"), steps=800, net=NetConfig(hidden_size=8)), progress=False
-    )
+    cfg = TrainConfig(out=str(root / "run"), net=NetConfig(hidden_size=8), **train_options)
+    train(cfg, progress=False)
     export_run(
         ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
         log=lambda m: None,
     )
     return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A tiny CartPole-P run (the default env: obs 2, discrete 2), exported."""
+    return _tiny_bundle(tmp_path_factory.mktemp("c-firmware-bundle"), steps=800)
 
 
 TICKS = 3000
@@ -385,27 +387,12 @@ def test_posix_firmware_reboot_is_seen_and_survived_by_the_host(build, tmp_path)
 def td_bundle(tmp_path_factory):
     """A tiny td (prediction-mode) CartPole-P run, exported: its graphs answer with a
     prediction, not an action."""
-    pytest.importorskip("torch")
-    from export.bundle import ExportConfig, export_run
-    from rtu_edge.config import NetConfig
-    from rtu_edge.train import TrainConfig, train
-
-    root = tmp_path_factory.mktemp("c-firmware-td-bundle")
-    train(
-        TrainConfig(
-            out=str(root / "run"),
-            algo="td",
-            env="classic/CartPole-P",
-            steps=300,
-            net=NetConfig(hidden_size=8),
-        ),
-        progress=False,
+    return _tiny_bundle(
+        tmp_path_factory.mktemp("c-firmware-td-bundle"),
+        algo="td",
+        env="classic/CartPole-P",
+        steps=300,
     )
-    export_run(
-        ExportConfig(run_dir=str(root / "run"), out=str(root / "bundle"), parity_steps=200),
-        log=lambda m: None,
-    )
-    return root / "bundle"
 
 
 PREDICTION_TICKS = 1500
