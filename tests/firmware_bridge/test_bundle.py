@@ -638,3 +638,16 @@ def test_robot_path_imports_neither_torch_nor_onnx(bundle_dir, tmp_path):
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_packed_layout_that_does_not_fit_its_buffer_is_refused(bundle_dir):
+    """state.packed places tensors in a state tensor; a layout whose sizes do not add up to a
+    1-D buffer of that length is refused at load, naming the buffer and the size it needs."""
+    _edit_manifest(
+        bundle_dir,
+        lambda m: m["state"].update(
+            packed={"norm.obs_mean": [{"name": "norm.a", "offset": 0, "shape": [OBS + 1]}]}
+        ),
+    )
+    with pytest.raises(BundleError, match=rf"packed buffer 'norm.obs_mean'.*need \[{OBS + 1}\]"):
+        load_bundle(bundle_dir)
