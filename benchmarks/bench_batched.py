@@ -105,13 +105,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    try:
+        batches = [int(x) for x in args.batches.split(",")]
+    except ValueError:
+        sys.exit(f"error: --batches must be comma-separated integers, got {args.batches!r}")
+    if min(batches) < 1 or args.steps < 1 or args.rounds < 1:
+        sys.exit("error: --batches, --steps and --rounds must be at least 1")
     torch.set_num_threads(1)
     rows = []
     print("size   B  sequential agent-steps/s  vmap agent-steps/s  speed-up  max |diff|")
     for size in args.sizes.split(","):
         if size not in SIZES:
             sys.exit(f"error: unknown size {size!r}; choose from {sorted(SIZES)}")
-        for b in (int(x) for x in args.batches.split(",")):
+        for b in batches:
             r = measure(size, b, args.steps, args.rounds)
             rows.append(r)
             print(

@@ -158,3 +158,10 @@ def test_train_refuses_a_budget_too_small_for_the_cell(tmp_path):
     )
     assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output  # no traceback
     assert r.output.startswith("error: a budget of 3") and "too small for cell 'rtu'" in r.output
+
+
+def test_train_refuses_budget_with_resume(tmp_path):
+    _refused(
+        ["train", "--out", str(tmp_path / "r"), "--resume", "--budget", "2000"],
+        "--budget sizes a new run",
+    )

@@ -39,7 +39,10 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=5)
     args = ap.parse_args()
     for env_id in args.envs:
-        r = random_returns(env_id, args.episodes)
+        try:
+            r = random_returns(env_id, args.episodes)
+        except ValueError as e:  # an unknown env id: the registry's message lists the ids
+            sys.exit(f"error: {e}")
         print(
             f"{env_id}: random actions, {len(r)} episodes: mean {np.mean(r):.4g}, "
             f"min {min(r):.4g}, max {max(r):.4g}"

@@ -115,7 +115,10 @@ def main() -> None:
         sweeps = [s for s in sweeps if any(s.name.startswith(p) for p in args.only)]
     if not sweeps:
         sys.exit(f"error: no sweeps (*/index.json) under {runs}; run benchmarks/study/run.sh first")
-    tables = [summarize_sweep(s) for s in sweeps]
+    try:
+        tables = [summarize_sweep(s) for s in sweeps]
+    except (OSError, ValueError, KeyError) as e:  # a damaged index.json or summary.json
+        sys.exit(f"error: cannot read a sweep under {runs}: {e}; rerun its spec to repair it")
     for t in tables:
         print(markdown(t), end="\n\n")
     if args.json:

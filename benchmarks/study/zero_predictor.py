@@ -39,6 +39,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = ap.parse_args()
+    if args.steps < 10:
+        sys.exit(
+            f"error: --steps must be at least 10 (the window is the last 10%), got {args.steps}"
+        )
     for env_id, gamma in ENVS.items():
         values = [zero_msre(env_id, gamma, args.steps, s) for s in args.seeds]
         print(
