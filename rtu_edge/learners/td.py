@@ -25,8 +25,9 @@ Per tick, in order:
 5. z = gamma lambda (1 - first) z + grad v(S_t), with grad v(S_t) at the pre-update parameters.
 
 Cells without exact RTRL (gru, lru; or any cell with ``learner.mode=tbptt``) learn by truncated
-BPTT instead: TD(0) semi-gradient through a window of the last ``truncation`` observations
-(`tbptt_step`, section "T-BPTT" below), with its own training loop (`train_td`).
+BPTT instead: the same TD(lambda), with grad v(S_t) taken by autograd through a window of the
+last ``truncation`` observations (`tbptt_step`, section "T-BPTT" below), with its own training
+loop (`train_td`).
 
 It does not act. Both graphs declare no ``action`` output and one ``prediction`` output of use
 "prediction" (firmware_bridge/contract.py): on the robot, the host answers each OBS with a
@@ -88,7 +89,8 @@ class TDConfig:
     eps: float = 1e-8  # variance floor of the normaliser
     # "auto": eligibility traces from exact RTRL for cells that have it, truncated BPTT for the
     # others (gru, lru); "rtrl": an error for T-BPTT cells; "tbptt": truncated BPTT for any cell
-    # (the paper's baseline: TD(0) semi-gradient through the last `truncation` observations).
+    # (the paper's baseline: grad v through the last `truncation` observations, in the same
+    # TD(lambda) eligibility trace; lam=0 makes it the TD(0) semi-gradient).
     mode: str = "auto"
     truncation: int = 16  # T-BPTT: grad v(S_{t-1}) flows back through its last T observations
 
@@ -119,7 +121,7 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
     rtrl = uses_rtrl(cfg, agent)
     params = A.init_params(agent, seed, heads=("critic",))
     s: State = {f"params.{k}": v for k, v in params.items()}
-    for k in A.critic_param_names(agent) if rtrl else ():
+    for k in A.critic_param_names(agent):  # the eligibility trace z (RTRL and T-BPTT alike)
         s[f"elig.{k}"] = torch.zeros_like(params[k])
     if cfg.optimizer == "adam":
         for k in A.critic_param_names(agent):
@@ -235,26 +237,31 @@ def td_step(
     return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan")))
 
 
-# ---- T-BPTT: TD(0) semi-gradient through a window of the last observations -----------------------
+# ---- T-BPTT: TD(lambda) with the gradient taken through a window of the last observations ------
 #
 # A cell without exact RTRL (gru, lru; or any cell with --set learner.mode=tbptt) has no exact
-# eligibility trace, so td learns as the paper's T-BPTT baselines do, one tick at a time:
+# gradient of v(S_t) from forward-mode traces, so td takes it as the paper's T-BPTT baselines do,
+# one tick at a time:
 #
 # 1. keep the last T + 1 ticks: features x, `first` flags, and the detached cell state before
 #    each (the state the online pass carried into it);
 # 2. run the cell with autograd over the window (`cell.forward` through `functional_call`) from
 #    the detached state before its oldest tick: v over the window, the newest value v(S_t);
 # 3. delta = C_t + gamma (1 - terminal) v(S_t) - v(S_{t-1}) (0 on a first tick), with v(S_t)
-#    a constant (semi-gradient); z = grad v(S_{t-1}) by autograd, so the gradient of v(S_{t-1})
+#    a constant (semi-gradient); g = grad v(S_{t-1}) by autograd, so the gradient of v(S_{t-1})
 #    flows back through its last T observations (and stops at a reset inside the window);
-# 4. the update of the RTRL learner with z in place of the eligibility trace: Adam on
-#    -delta z, or SGD theta += lr delta z; nothing moves on a first tick or when non-finite.
+# 4. the eligibility trace of the RTRL learner, with g in place of the exact gradient:
+#    z = gamma lambda (1 - first_{t-1}) z + g, so with lambda > 0 each update credits the
+#    observations of earlier ticks through z as well as through the window; lambda = 0 gives
+#    z = g, the TD(0) semi-gradient;
+# 5. the update of the RTRL learner: Adam on -delta z, or SGD theta += lr delta z; nothing moves
+#    on a first tick or when anything is non-finite (and a non-finite z is not kept).
 #
-# This is TD(0) (lambda is not used): a lambda-return over a truncated window would need the
-# future, and a truncated trace is not the exact trace either. The encoder gets its full
-# gradient through the window here (the RTRL learner gives it one-step gradients).
-# The carried state after S_t is the window pass's final state (the current parameters over the
-# window), detached.
+# g is taken at the current parameters, where the RTRL learner's trace holds each gradient at
+# the parameters of its own tick; for the small step sizes of the benchmark the two are close.
+# The encoder gets its full gradient through the window here (the RTRL learner gives it
+# one-step gradients). The carried state after S_t is the window pass's final state (the
+# current parameters over the window), detached.
 
 
 class Window:
@@ -302,8 +309,9 @@ def tbptt_step(
     first: Tensor,
     terminal: Tensor,
 ) -> tuple[State, Tensor, Tensor, dict[str, Tensor]]:
-    """One T-BPTT TD tick (pushes S_t onto ``window``). Returns (new state entries, v(S_t),
-    td_error (NaN when the update was skipped), z = grad v(S_{t-1}) by parameter name)."""
+    """One T-BPTT TD(lambda) tick (pushes S_t onto ``window``). Returns (new state entries,
+    v(S_t), td_error (NaN when the update was skipped), g = grad v(S_{t-1}) by parameter name:
+    the window's gradient, before it enters the eligibility trace)."""
     names = A.critic_param_names(agent)
     keep = 1.0 - first
     with torch.no_grad():
@@ -318,17 +326,23 @@ def tbptt_step(
             v_prev = v[-2].detach()
         else:  # a first tick: no previous state in this episode, nothing to learn
             got, v_prev = [None] * len(names), torch.zeros((), dtype=v.dtype)
-    z = {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(names, got)}
+    grad = {k: torch.zeros_like(leaves[k]) if g is None else g for k, g in zip(names, got)}
     with torch.no_grad():
         value = v[-1].detach().reshape(1)
         delta = (cumulant + cfg.gamma * value * (1.0 - terminal) - v_prev) * keep
+        # z through S_{t-1}: decayed unless S_{t-1} began its episode (or there is none)
+        prev_first = firsts[-2] if len(window) >= 2 else torch.ones_like(first)
+        decay = (cfg.gamma * cfg.lam) * (1.0 - prev_first)
+        z = {k: decay * s[f"elig.{k}"] + grad[k] for k in names}
         z_l1 = sum(t.abs().sum() for t in z.values())
         ok = torch.isfinite(delta * z_l1 * value).all()
         do = torch.logical_and(ok, keep > 0)
         p = {k: s[f"params.{k}"] for k in names}
         _update(cfg, s, p, names, delta, z, do, value.dtype, new)
+        for k in names:  # a non-finite trace would poison every later update: start it afresh
+            new[f"elig.{k}"] = torch.where(ok, z[k], torch.zeros_like(z[k]))
         new.update(state_to_dict("carry", type(last)(*(c.detach() for c in last))))
-    return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan"))), z
+    return new, value, torch.where(ok, delta, torch.full_like(delta, float("nan"))), grad
 
 
 def train_td(cfg, progress: bool = True) -> dict | None:

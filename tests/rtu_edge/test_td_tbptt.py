@@ -74,7 +74,7 @@ def test_window_gradient_equals_autograd_over_the_sequence(cell, mode, layer_nor
     n = 11
     cfg = L.TDConfig(lr=0.0, optimizer=optimizer, mode=mode, truncation=n)
     s0 = {k: v.double() for k, v in L.initial_state(agent, cfg, seed=3).items()}
-    assert not any(k.startswith(("elig.", "trace.")) for k in s0)
+    assert not any(k.startswith("trace.") for k in s0)
     s, window = dict(s0), L.Window(cfg.truncation)
     obs, cumulants, firsts = _sequence(agent, n, reset=6)
     checked = 0
@@ -94,6 +94,58 @@ def test_window_gradient_equals_autograd_over_the_sequence(cell, mode, layer_nor
     assert checked == n - 2
     for k in A.critic_param_names(agent):  # lr 0: nothing moved
         torch.testing.assert_close(s[f"params.{k}"], s0[f"params.{k}"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.8])
+def test_the_trace_accumulates_window_gradients_and_resets_with_the_episode(lam):
+    """With lr 0, the eligibility trace after tick t is sum_j (gamma lambda)^j g_{t-1-j} over
+    the window gradients g of the same episode (autograd through the whole sequence here), and
+    lambda 0 leaves z = g, the TD(0) semi-gradient. The update moves along delta z: with SGD
+    and lr > 0 the first update equals lr delta z."""
+    agent = _agent("gru")
+    n, reset = 10, 6
+    cfg = L.TDConfig(lr=0.0, optimizer="sgd", lam=lam, gamma=0.9, truncation=n)
+    s0 = {k: v.double() for k, v in L.initial_state(agent, cfg, seed=3).items()}
+    s, window = dict(s0), L.Window(cfg.truncation)
+    obs, cumulants, firsts = _sequence(agent, n, reset=reset)
+    names = A.critic_param_names(agent)
+    checked = 0
+    for t in range(n):
+        new, _, _, g = L.tbptt_step(
+            cfg, agent, s, window, obs[t], cumulants[t], firsts[t], torch.zeros(1, dtype=F64)
+        )
+        s.update(new)
+        if firsts[t]:
+            continue
+        start = 0 if t - 1 < reset else reset  # the episode of S_{t-1}
+        for k in names:
+            want = sum(
+                (cfg.gamma * lam) ** (t - 1 - u)
+                * _autograd_value_grad(agent, s0, obs, firsts, u)[k]
+                for u in range(start, t)
+            )
+            torch.testing.assert_close(s[f"elig.{k}"], want, rtol=1e-10, atol=1e-12)
+        checked += 1
+    assert checked == n - 2
+    # one SGD step from that state moves theta by lr * delta * z exactly
+    cfg_step = L.TDConfig(lr=0.1, optimizer="sgd", lam=lam, gamma=0.9, truncation=n)
+    z_before = {k: s[f"elig.{k}"] for k in names}
+    x_next = torch.randn(1, agent.obs_size, dtype=F64)
+    new, _, delta, g = L.tbptt_step(
+        cfg_step,
+        agent,
+        s,
+        window,
+        x_next,
+        torch.ones(1, dtype=F64),
+        torch.zeros(1, dtype=F64),
+        torch.zeros(1, dtype=F64),
+    )
+    decay = cfg.gamma * lam
+    for k in names:
+        z = decay * z_before[k] + g[k]
+        want = s[f"params.{k}"] + 0.1 * delta * z
+        torch.testing.assert_close(new[f"params.{k}"], want, rtol=1e-12, atol=1e-14)
 
 
 def test_a_short_window_truncates_the_gradient():
