@@ -6,7 +6,9 @@ For every sweep directory under --runs: its runs grouped over seeds by (env, cel
 budget), with the mean, the standard deviation and the per-seed values of the metrics that
 summary.json holds (msre, final_return, steps/s, FLOPs per step, size). Prints one markdown
 table per sweep and writes all of them to --json (a small file, committed; the run directories
-are not).
+are not). Sweeps already in --json whose directories are not under --runs are kept as they were
+(the run directories of earlier sessions are gone, their summaries are not); `--drop NAME`
+removes one.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/study", help="the directory holding the sweeps")
     ap.add_argument("--json", default="benchmarks/results/study.json", help="where to write")
     ap.add_argument("--only", nargs="*", default=[], help="sweep name prefixes to include")
+    ap.add_argument("--drop", nargs="*", default=[], help="sweeps to remove from --json")
     args = ap.parse_args()
     runs = Path(args.runs)
     sweeps = sorted(p.parent for p in runs.glob("*/index.json"))
@@ -122,7 +125,25 @@ def main() -> None:
     for t in tables:
         print(markdown(t), end="\n\n")
     if args.json:
-        atomic_write_json(Path(args.json), {"command": " ".join(sys.argv), "sweeps": tables})
+        fresh = {t["sweep"] for t in tables}
+        kept = [t for t in _earlier(Path(args.json)) if t["sweep"] not in fresh | set(args.drop)]
+        if kept:
+            print(
+                f"kept from {args.json} (no run directories here): "
+                + ", ".join(t["sweep"] for t in kept)
+            )
+        merged = sorted(tables + kept, key=lambda t: t["sweep"])
+        atomic_write_json(Path(args.json), {"command": " ".join(sys.argv), "sweeps": merged})
+
+
+def _earlier(path: Path) -> list[dict]:
+    """The sweeps of an existing --json file ([] when there is none)."""
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["sweeps"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"error: {path} is not a study summary ({e}); move it away or fix it")
 
 
 if __name__ == "__main__":

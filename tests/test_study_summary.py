@@ -1,0 +1,77 @@
+"""benchmarks/study/summarize.py on a real (tiny) sweep: the tables, and the committed summary
+keeping the sweeps whose run directories are gone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rtu_edge.sweep import load_spec, run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "study" / "summarize.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """runs/<sweep>: one td sweep of 2 seeds x 150 steps on the trace-conditioning stream."""
+    root = tmp_path_factory.mktemp("study")
+    spec = root / "tiny.toml"
+    spec.write_text(
+        f'out = "{root / "runs" / "tiny"}"\nsteps = 150\nworkers = 2\n'
+        'envs = ["animal/trace-conditioning"]\ncells = ["rtu"]\nalgos = ["td"]\nseeds = [0, 1]\n'
+        'extra = ["--hidden-size", "4", "--compile", "no"]\n'
+    )
+    index = run_sweep(load_spec(spec), log=lambda m: None)
+    assert [r["status"] for r in index["runs"]] == ["done", "done"]
+    return root / "runs"
+
+
+def _summarize(runs: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--runs", str(runs), "--json", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_sweep_is_summarized_over_its_seeds(runs, tmp_path):
+    out = tmp_path / "study.json"
+    done = _summarize(runs, out)
+    assert done.returncode == 0, done.stderr
+    assert "### tiny (150 steps)" in done.stdout
+    (table,) = json.loads(out.read_text())["sweeps"]
+    (group,) = table["groups"]
+    assert group["seeds"] == [0, 1] and group["cell"] == "rtu" and group["hidden_size"] == 4
+    values = group["values"]["msre"]
+    assert len(values) == 2 and group["msre"] == pytest.approx(sum(values) / 2)
+
+
+def test_sweeps_without_run_directories_are_kept_and_can_be_dropped(runs, tmp_path):
+    out = tmp_path / "study.json"
+    old = {"sweep": "0_earlier", "spec": {"steps": 10}, "groups": []}
+    stale = {"sweep": "tiny", "spec": {"steps": 10}, "groups": []}  # replaced by the fresh one
+    out.write_text(json.dumps({"command": "earlier", "sweeps": [old, stale]}))
+    done = _summarize(runs, out)
+    assert done.returncode == 0, done.stderr
+    assert "kept from" in done.stdout and "0_earlier" in done.stdout
+    sweeps = json.loads(out.read_text())["sweeps"]
+    assert [s["sweep"] for s in sweeps] == ["0_earlier", "tiny"]
+    assert sweeps[1]["spec"]["steps"] == 150 and sweeps[1]["groups"]
+    done = _summarize(runs, out, "--drop", "0_earlier")
+    assert done.returncode == 0, done.stderr
+    assert [s["sweep"] for s in json.loads(out.read_text())["sweeps"]] == ["tiny"]
+
+
+def test_a_damaged_summary_file_is_a_one_line_error_and_is_left_alone(runs, tmp_path):
+    out = tmp_path / "study.json"
+    out.write_text("{not json")
+    done = _summarize(runs, out)
+    assert done.returncode != 0
+    assert "is not a study summary" in done.stderr and "Traceback" not in done.stderr
+    assert out.read_text() == "{not json"
