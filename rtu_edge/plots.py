@@ -514,6 +514,23 @@ def plot_summary(
     where: keep only the runs matching these ``KEY=VALUE[,VALUE...]`` (`select_runs`)."""
     runs = select_runs(find_runs(paths), where)
     series = summary_series(runs, x, y, by, skip_missing)
+    draw_summary(series, out, x, y, logx=logx, logy=logy, flat=flat, title=_title(runs, title))
+    return series
+
+
+def draw_summary(
+    series: dict,
+    out: str | Path,
+    x: str,
+    y: str,
+    logx: bool = False,
+    logy: bool = False,
+    flat: bool = False,
+    title: str = "",
+) -> Path:
+    """Draw `summary_series`-shaped numbers ({label: {"x", "mean", "low", "high", "n"}}) as the
+    summary figure of `plot_summary` (also used for figures drawn from a committed summary,
+    benchmarks/study/figures.py). Axis labels come from AXIS_LABELS, else the keys."""
     for axis, key, on in (("x", x, logx), ("y", y, logy)):
         if not on:
             continue
@@ -558,17 +575,12 @@ def plot_summary(
                 axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
                 axis.set_major_formatter(FuncFormatter(_round_tick))
                 axis.set_minor_formatter(NullFormatter())
-        ax.set(
-            title=_title(runs, title),
-            xlabel=AXIS_LABELS.get(x, x),
-            ylabel=AXIS_LABELS.get(y, y),
-        )
+        ax.set(title=title, xlabel=AXIS_LABELS.get(x, x), ylabel=AXIS_LABELS.get(y, y))
         ax.grid(alpha=0.3, which="both" if logx or logy else "major")
         ax.legend(loc="best", fontsize=8)
-        _save(fig, Path(out))
+        return _save(fig, Path(out))
     finally:
         plt.close(fig)
-    return series
 
 
 def _round_tick(value: float, _pos=None) -> str:

@@ -75,3 +75,26 @@ def test_a_damaged_summary_file_is_a_one_line_error_and_is_left_alone(runs, tmp_
     assert done.returncode != 0
     assert "is not a study summary" in done.stderr and "Traceback" not in done.stderr
     assert out.read_text() == "{not json"
+
+
+FIGURES = ROOT / "benchmarks" / "study" / "figures.py"
+
+
+def test_figures_are_drawn_from_the_committed_summary(tmp_path):
+    """figures.py redraws item 6 from benchmarks/results/study.json alone (no run directories),
+    and names the sweep to run when the summary lacks one."""
+    done = subprocess.run(
+        [sys.executable, str(FIGURES), "--out", str(tmp_path), "--only", "6"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    png = tmp_path / "6_popgym_return.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"command": "-", "sweeps": []}))
+    done = subprocess.run(
+        [sys.executable, str(FIGURES), "--json", str(empty), "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "has no sweep '1_trace_rtrl'" in done.stderr and "run.sh 1_trace_rtrl" in done.stderr

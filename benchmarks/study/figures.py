@@ -1,0 +1,174 @@
+"""Figures of docs/results.md drawn from the committed study summary, not from run directories.
+
+    python benchmarks/study/figures.py [--json benchmarks/results/study.json] [--out docs/figures]
+        [--only 1 6]
+
+The run directories of a study are large and stay on the machine that ran them (runs/ is not
+committed); benchmarks/study/summarize.py keeps every run's metrics in study.json, per seed. This
+script redraws from those numbers, so a figure can be remade on any machine, and a figure that
+combines sweeps of different sessions needs no rerun of the older ones:
+
+- 1: trace conditioning, MSRE vs FLOPs per step: RTU by RTRL (n = 2..32) against GRU, LRU and
+  RTU by T-BPTT (T = 2, 8, 32) inside the same TD(lambda) (`1_trace_msre_vs_flops.png`), and
+  against the TD(0) T-BPTT of the first run (`1c_trace_msre_vs_flops_td0.png`);
+- 6: POPGym Easy, the final return of each cell per task with 95% intervals over seeds and the
+  uniformly random policy's return (`6_popgym_return.png`).
+
+Each point is the mean over seeds with a Student-t 95% interval (rtu_edge.plots, the same as
+`rtu-edge plot`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from rtu_edge.plots import _pyplot, _save, ci95_half_width, draw_summary  # noqa: E402
+
+# Uniformly random actions, 20 episodes (`python benchmarks/study/random_policy.py --episodes 20
+# popgym/...`), as in docs/results.md item 6.
+POPGYM_RANDOM = {
+    "popgym/RepeatFirstEasy": -0.51,
+    "popgym/CountRecallEasy": -0.94,
+    "popgym/ConcentrationEasy": -0.19,
+    "popgym/AutoencodeEasy": -0.58,
+    "popgym/HigherLowerEasy": 0.01,
+}
+
+
+class FigureError(RuntimeError):
+    """The summary lacks what a figure needs; the message says which sweep to run."""
+
+
+def load_sweeps(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text())
+        return {s["sweep"]: s for s in data["sweeps"]}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FigureError(f"{path} is not a study summary ({e}); run summarize.py") from None
+
+
+def _sweep(sweeps: dict, name: str) -> dict:
+    if name not in sweeps:
+        raise FigureError(
+            f"study.json has no sweep {name!r}: run `bash benchmarks/study/run.sh {name}` "
+            "and `python benchmarks/study/summarize.py`"
+        )
+    return sweeps[name]
+
+
+def _finite(values) -> np.ndarray:
+    return np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
+def series_of(groups: list[dict], x: str, y: str, label) -> dict:
+    """`rtu_edge.plots.summary_series`-shaped numbers from summary groups: one point per group
+    at the mean of its x over seeds, y's mean over seeds and its 95% interval; lines by
+    ``label(group)``, each sorted by x."""
+    lines: dict[str, list[tuple[float, np.ndarray]]] = {}
+    for g in groups:
+        xs, ys = _finite(g["values"][x]), _finite(g["values"][y])
+        if len(xs) == 0 or len(ys) == 0:
+            continue
+        lines.setdefault(label(g), []).append((float(xs.mean()), ys))
+    out = {}
+    for name in sorted(lines):
+        pts = sorted(lines[name], key=lambda p: p[0])
+        mean = np.array([ys.mean() for _, ys in pts])
+        half = np.array([float(ci95_half_width(ys)) for _, ys in pts])
+        out[name] = {
+            "x": np.array([xv for xv, _ in pts]),
+            "mean": mean,
+            "low": mean - half,
+            "high": mean + half,
+            "n": np.array([len(ys) for _, ys in pts]),
+        }
+    return out
+
+
+def _method(g: dict, td: str = "") -> str:
+    kind = "RTRL" if g.get("gradient", "rtrl") == "rtrl" else "T-BPTT"
+    return f"{g['cell']}, {kind}{td if kind == 'T-BPTT' else ''}"
+
+
+def figure_1(sweeps: dict, out: Path) -> list[Path]:
+    rtrl = _sweep(sweeps, "1_trace_rtrl")["groups"]
+    written = []
+    for sweep, td, name in (
+        ("1_trace_tbptt_lambda", " TD(λ)", "1_trace_msre_vs_flops.png"),
+        ("1_trace_tbptt", " TD(0)", "1c_trace_msre_vs_flops_td0.png"),
+    ):
+        groups = rtrl + _sweep(sweeps, sweep)["groups"]
+        series = series_of(groups, "flops_per_step", "msre", lambda g, td=td: _method(g, td))
+        title = f"animal/trace-conditioning, td, n = 8 for T-BPTT (T = 2, 8, 32){td}"
+        written.append(
+            draw_summary(series, out / name, "flops_per_step", "msre", logx=True, title=title)
+        )
+    return written
+
+
+def figure_6(sweeps: dict, out: Path) -> list[Path]:
+    table = _sweep(sweeps, "6_popgym")
+    envs = table["spec"]["envs"]
+    cells = table["spec"]["cells"]
+    by = {(g["env"], g["cell"]): _finite(g["values"]["final_return"]) for g in table["groups"]}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    try:
+        width = 0.8 / len(cells)
+        seeds = set()
+        for i, cell in enumerate(cells):
+            vals = [by.get((env, cell), np.array([])) for env in envs]
+            seeds |= {len(v) for v in vals}
+            mean = [v.mean() if len(v) else np.nan for v in vals]
+            half = [float(ci95_half_width(v)) if len(v) else 0.0 for v in vals]
+            pos = np.arange(len(envs)) + (i - (len(cells) - 1) / 2) * width
+            ax.bar(pos, mean, width, yerr=half, capsize=3, label=cell)
+        for j, env in enumerate(envs):
+            if env in POPGYM_RANDOM:
+                ax.hlines(
+                    POPGYM_RANDOM[env], j - 0.45, j + 0.45, colors="k", linestyles=":", lw=1.5,
+                    label="random policy" if j == 0 else None,
+                )  # fmt: skip
+        ax.set_xticks(np.arange(len(envs)), [e.split("/")[-1].removesuffix("Easy") for e in envs])
+        n = "-".join(str(s) for s in sorted(seeds))
+        seeds_text = f"{n} seed{'' if n == '1' else 's'}"
+        ax.set(
+            ylabel="return (last 10% of steps)",
+            title=f"POPGym Easy, ppo, {table['spec']['steps']:,} steps, {seeds_text}, 95% intervals",
+        )
+        ax.axhline(0, color="0.6", lw=0.8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8, loc="lower right")
+        return [_save(fig, out / "6_popgym_return.png")]
+    finally:
+        plt.close(fig)
+
+
+FIGURES = {"1": figure_1, "6": figure_6}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="benchmarks/results/study.json", type=Path)
+    ap.add_argument("--out", default="docs/figures", type=Path)
+    ap.add_argument("--only", nargs="*", default=sorted(FIGURES), choices=sorted(FIGURES))
+    args = ap.parse_args()
+    try:
+        sweeps = load_sweeps(args.json)
+        for item in args.only:
+            for path in FIGURES[item](sweeps, args.out):
+                print(f"wrote {path}")
+    except FigureError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
