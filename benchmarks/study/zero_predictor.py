@@ -17,7 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rtu_edge.envs.registry import make  # noqa: E402
 from rtu_edge.train import msre  # noqa: E402
 
-ENVS = {"animal/trace-conditioning": 0.9, "animal/trace-patterning": 0.9}
+ENVS = {
+    "animal/trace-conditioning": 0.9,
+    "animal/trace-patterning": 0.9,
+    "animal/trace-conditioning-isi30": 0.966,
+}
 
 
 def zero_msre(env_id: str, gamma: float, steps: int, seed: int) -> float:
