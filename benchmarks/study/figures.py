@@ -11,11 +11,11 @@ combines sweeps of different sessions needs no rerun of the older ones:
 - 1: trace conditioning, MSRE vs FLOPs per step: RTU by RTRL (n = 2..32) against GRU, LRU and
   RTU by T-BPTT (T = 2, 8, 32) inside the same TD(lambda) (`1_trace_msre_vs_flops.png`), and
   against the TD(0) T-BPTT of the first run (`1c_trace_msre_vs_flops_td0.png`);
-- 6: POPGym Easy, the final return of each cell per task with 95% intervals over seeds and the
-  uniformly random policy's return (`6_popgym_return.png`).
+- 6: POPGym Easy, the final return of each cell per task over seeds and the uniformly random
+  policy's return (`6_popgym_return.png`).
 
-Each point is the mean over seeds with a Student-t 95% interval (rtu_edge.plots, the same as
-`rtu-edge plot`).
+Each point is the mean over seeds; its bar is the Student-t 95% interval of the mean
+(rtu_edge.plots, as `rtu-edge plot`) for 3 or more seeds, and the range of the seeds for 2.
 """
 
 from __future__ import annotations
@@ -82,15 +82,25 @@ def series_of(groups: list[dict], x: str, y: str, label) -> dict:
     for name in sorted(lines):
         pts = sorted(lines[name], key=lambda p: p[0])
         mean = np.array([ys.mean() for _, ys in pts])
-        half = np.array([float(ci95_half_width(ys)) for _, ys in pts])
+        low, high = zip(*(_spread(ys) for _, ys in pts))
         out[name] = {
             "x": np.array([xv for xv, _ in pts]),
             "mean": mean,
-            "low": mean - half,
-            "high": mean + half,
+            "low": np.array(low),
+            "high": np.array(high),
             "n": np.array([len(ys) for _, ys in pts]),
         }
     return out
+
+
+def _spread(ys: np.ndarray) -> tuple[float, float]:
+    """The bar of one point: the 95% interval of the mean for 3 or more seeds; for 2 seeds the
+    two values themselves (a 2-seed t interval is 12.7 standard deviations wide and hides
+    everything else in the figure)."""
+    if len(ys) >= 3:
+        half = float(ci95_half_width(ys))
+        return float(ys.mean()) - half, float(ys.mean()) + half
+    return float(ys.min()), float(ys.max())
 
 
 def _method(g: dict, td: str = "") -> str:
@@ -107,9 +117,14 @@ def figure_1(sweeps: dict, out: Path) -> list[Path]:
     ):
         groups = rtrl + _sweep(sweeps, sweep)["groups"]
         series = series_of(groups, "flops_per_step", "msre", lambda g, td=td: _method(g, td))
-        title = f"animal/trace-conditioning, td, n = 8 for T-BPTT (T = 2, 8, 32){td}"
+        title = (
+            f"trace conditioning (ISI 7-13): RTRL n = 2..32; T-BPTT{td} n = 8, T = 2, 8, 32\n"
+            "mean of 2 seeds, bars from one seed to the other"
+        )
         written.append(
-            draw_summary(series, out / name, "flops_per_step", "msre", logx=True, title=title)
+            draw_summary(
+                series, out / name, "flops_per_step", "msre", logx=True, logy=True, title=title
+            )
         )
     return written
 
@@ -127,10 +142,11 @@ def figure_6(sweeps: dict, out: Path) -> list[Path]:
         for i, cell in enumerate(cells):
             vals = [by.get((env, cell), np.array([])) for env in envs]
             seeds |= {len(v) for v in vals}
-            mean = [v.mean() if len(v) else np.nan for v in vals]
-            half = [float(ci95_half_width(v)) if len(v) else 0.0 for v in vals]
+            mean = np.array([v.mean() if len(v) else np.nan for v in vals])
+            bars = np.array([_spread(v) if len(v) else (np.nan, np.nan) for v in vals])
+            yerr = np.vstack([mean - bars[:, 0], bars[:, 1] - mean])
             pos = np.arange(len(envs)) + (i - (len(cells) - 1) / 2) * width
-            ax.bar(pos, mean, width, yerr=half, capsize=3, label=cell)
+            ax.bar(pos, mean, width, yerr=yerr, capsize=3, label=cell)
         for j, env in enumerate(envs):
             if env in POPGYM_RANDOM:
                 ax.hlines(
@@ -142,7 +158,7 @@ def figure_6(sweeps: dict, out: Path) -> list[Path]:
         seeds_text = f"{n} seed{'' if n == '1' else 's'}"
         ax.set(
             ylabel="return (last 10% of steps)",
-            title=f"POPGym Easy, ppo, {table['spec']['steps']:,} steps, {seeds_text}, 95% intervals",
+            title=f"POPGym Easy, ppo, {table['spec']['steps']:,} steps, mean of {seeds_text}",
         )
         ax.axhline(0, color="0.6", lw=0.8)
         ax.grid(alpha=0.3, axis="y")
