@@ -98,3 +98,28 @@ def test_figures_are_drawn_from_the_committed_summary(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "has no sweep '1_trace_rtrl'" in done.stderr and "run.sh 1_trace_rtrl" in done.stderr
+
+
+def test_paired_differences_match_the_per_seed_values():
+    """paired.py's mean difference is the mean over shared seeds of (group - base), recomputed
+    here from study.json; a bad group name is a one-line error listing the groups."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "study"))
+    import paired
+
+    study = json.loads((ROOT / "benchmarks" / "results" / "study.json").read_text())
+    sweep = next(s for s in study["sweeps"] if s["sweep"] == "3_patterning_cells")
+    rows = paired.paired(sweep, "msre", "rtu")
+    by = {g["cell"]: dict(zip(g["seeds"], g["values"]["msre"])) for g in sweep["groups"]}
+    assert {r["group"] for r in rows} == set(by) - {"rtu"}
+    for r in rows:
+        shared = sorted(set(by[r["group"]]) & set(by["rtu"]))
+        want = sum(by[r["group"]][s] - by["rtu"][s] for s in shared) / len(shared)
+        assert r["seeds"] == len(shared) and r["mean_diff"] == pytest.approx(want)
+        assert r["ci95"][0] <= r["mean_diff"] <= r["ci95"][1]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "study" / "paired.py"), "3_patterning_cells",
+         "--base", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "no group 'nope'" in done.stderr
+    assert "Traceback" not in done.stderr
