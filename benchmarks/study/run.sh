@@ -5,7 +5,7 @@
 #   bash benchmarks/study/run.sh 1_ 2_      # only the specs whose names start so
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-specs=(1_trace_rtrl 1_trace_tbptt 1_trace_tbptt_lambda 1_isi30_rtrl 1_isi30_tbptt 2_time_vs_T 2_time_rtrl 3_patterning_cells 1_trace_lr 7_ppo_stale_fresh 8_cartpole_ac
+specs=(1_trace_rtrl 1_trace_tbptt 1_trace_tbptt_lambda 1_trace_lru_init 1_isi30_rtrl 1_isi30_tbptt 2_time_vs_T 2_time_rtrl 3_patterning_cells 1_trace_lr 7_ppo_stale_fresh 8_cartpole_ac
        8_memory_chain 4_mujoco 5_reacher 6_popgym 3_patterning_placement_rtu
        3_patterning_placement_lru)
 for s in "${specs[@]}"; do
