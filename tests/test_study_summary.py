@@ -81,15 +81,16 @@ FIGURES = ROOT / "benchmarks" / "study" / "figures.py"
 
 
 def test_figures_are_drawn_from_the_committed_summary(tmp_path):
-    """figures.py redraws item 6 from benchmarks/results/study.json alone (no run directories),
+    """figures.py redraws items 3 and 6 from benchmarks/results/study.json alone (no run dirs),
     and names the sweep to run when the summary lacks one."""
     done = subprocess.run(
-        [sys.executable, str(FIGURES), "--out", str(tmp_path), "--only", "6"],
+        [sys.executable, str(FIGURES), "--out", str(tmp_path), "--only", "3", "6"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    png = tmp_path / "6_popgym_return.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    for name in ("3_patterning_cells_by_seed.png", "6_popgym_return.png"):
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"command": "-", "sweeps": []}))
     done = subprocess.run(

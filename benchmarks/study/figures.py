@@ -11,6 +11,8 @@ combines sweeps of different sessions needs no rerun of the older ones:
 - 1: trace conditioning, MSRE vs FLOPs per step: RTU by RTRL (n = 2..32) against GRU, LRU and
   RTU by T-BPTT (T = 2, 8, 32) inside the same TD(lambda) (`1_trace_msre_vs_flops.png`), and
   against the TD(0) T-BPTT of the first run (`1c_trace_msre_vs_flops_td0.png`);
+- 3: trace patterning, the four RTRL cells seed by seed (the same seed is the same stream), with
+  each seed's zero-prediction MSRE (`3_patterning_cells_by_seed.png`);
 - 6: POPGym Easy, the final return of each cell per task over seeds and the uniformly random
   policy's return (`6_popgym_return.png`).
 
@@ -29,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # zero_predictor, beside this file
 
 from rtu_edge.plots import _pyplot, _save, ci95_half_width, draw_summary  # noqa: E402
 
@@ -168,7 +171,44 @@ def figure_6(sweeps: dict, out: Path) -> list[Path]:
         plt.close(fig)
 
 
-FIGURES = {"1": figure_1, "6": figure_6}
+def figure_3(sweeps: dict, out: Path) -> list[Path]:
+    """Trace patterning, RTRL cells, seed by seed: the runs of one seed see the same stream, so
+    a line per seed shows the paired comparison that the overlapping intervals of the summary
+    figure hide; the MSRE of always predicting 0 on that seed's stream is the marker on the
+    right."""
+    from zero_predictor import zero_msre
+
+    table = _sweep(sweeps, "3_patterning_cells")
+    cells = table["spec"]["cells"]
+    env, steps = table["spec"]["envs"][0], table["spec"]["steps"]
+    by = {g["cell"]: dict(zip(g["seeds"], g["values"]["msre"])) for g in table["groups"]}
+    seeds = sorted(set.intersection(*(set(by.get(c, {})) for c in cells)))
+    if not seeds:
+        raise FigureError("3_patterning_cells has no seed that every cell finished")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    try:
+        xs = np.arange(len(cells) + 1)
+        for s in seeds:
+            zero = zero_msre(env, 0.9, steps, s)
+            (line,) = ax.plot(xs[:-1], [by[c][s] for c in cells], marker="o", lw=1.2, alpha=0.8)
+            ax.plot(xs[-2:], [by[cells[-1]][s], zero], ls=":", lw=1, color=line.get_color())
+            ax.plot(xs[-1], zero, marker="x", ms=7, color=line.get_color(), label=f"seed {s}")
+        means = [np.mean([by[c][s] for s in seeds]) for c in cells]
+        ax.plot(xs[:-1], means, color="k", lw=2.5, marker="s", label="mean")
+        ax.set_xticks(xs, [*cells, "zero\nprediction"])
+        ax.set(
+            ylabel="MSRE (last 10% of steps)",
+            title=f"{env}, td by RTRL, 2,000 recurrent params, {steps:,} steps: one line per seed",
+        )
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return [_save(fig, out / "3_patterning_cells_by_seed.png")]
+    finally:
+        plt.close(fig)
+
+
+FIGURES = {"1": figure_1, "3": figure_3, "6": figure_6}
 
 
 def main() -> None:
