@@ -649,9 +649,13 @@ def sweep(
 
 @app.command()
 def bench(
-    bundle: Annotated[
-        Path | None,
-        typer.Argument(help="Time this bundle (onnxruntime only: works on the robot install)."),
+    bundles: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Time these bundles (onnxruntime only: works on the robot install); with "
+            "several, interleaved, and each one's times over the first's (an A/B).",
+            show_default=False,
+        ),
     ] = None,
     sizes: Annotated[
         str | None,
@@ -698,8 +702,8 @@ def bench(
         json_out is None or not json_out.is_dir(),
         f"--json {json_out} is a directory; give a file name",
     )
-    if bundle is not None:
-        _usage(sizes is None, "give a BUNDLE or --sizes, not both")
+    if bundles:
+        _usage(sizes is None, "give BUNDLEs or --sizes, not both")
         size_list: list[str] = []
     else:
         from export.bench_sizes import DEFAULT_SIZES, SIZES  # torch-free
@@ -715,7 +719,7 @@ def bench(
     from firmware_bridge.bundle import BundleError
 
     cfg = BenchConfig(
-        bundle=None if bundle is None else str(bundle),
+        bundles=[str(b) for b in bundles or ()],
         sizes=size_list,
         steps=steps,
         warmup=warmup,
@@ -724,7 +728,7 @@ def bench(
         denormals=denormals,
         json_out=None if json_out is None else str(json_out),
     )
-    if bundle is None:
+    if not bundles:
         _need_train_extra()
     try:
         report = run_bench_command(cfg, log=lambda m: typer.echo(m, err=True))

@@ -1,7 +1,7 @@
 """`rtu-edge bench`: build or load the bundles, time them (firmware_bridge/bench.py), report.
 
-An app beside cli.py like cli_demo.py: with a BUNDLE it uses onnxruntime and numpy only (the
-robot install); with sizes it also builds each size's bundle in a temporary directory with
+An app beside cli.py like cli_demo.py: with BUNDLEs it uses onnxruntime and numpy only (the
+robot install), and with more than one it adds the A/B block (each bundle over the first); with sizes it also builds each size's bundle in a temporary directory with
 the exporter (export/bench_sizes.py) and times the torch eager steps next to onnxruntime.
 """
 
@@ -16,7 +16,7 @@ from firmware_bridge.bundle import load_bundle
 
 @dataclass
 class BenchConfig:
-    bundle: str | None = None  # time this bundle (ORT only); None: build `sizes`
+    bundles: list[str] = field(default_factory=list)  # time these (ORT only); none: `sizes`
     sizes: list[str] = field(default_factory=lambda: ["demo", "paper"])
     steps: int = 2000  # timed steps per path, graph and case
     warmup: int = 2000  # untimed steps first; the first quarter moving
@@ -27,7 +27,7 @@ class BenchConfig:
 
     def command(self) -> str:
         """The command line that reproduces this run."""
-        what = self.bundle if self.bundle is not None else f"--sizes {','.join(self.sizes)}"
+        what = " ".join(self.bundles) if self.bundles else f"--sizes {','.join(self.sizes)}"
         return (
             f"rtu-edge bench {what} --steps {self.steps} --warmup {self.warmup} "
             f"--rounds {self.rounds} --cases {','.join(self.cases)} --denormals {self.denormals}"
@@ -38,8 +38,8 @@ class BenchConfig:
 def run_bench_command(cfg: BenchConfig, log=print) -> dict:
     """The report of `firmware_bridge.bench.run_bench` for `cfg` (the caller writes the JSON)."""
     with tempfile.TemporaryDirectory(prefix="rtu-edge-bench-") as tmp:
-        if cfg.bundle is not None:
-            targets = [BenchTarget(cfg.bundle, load_bundle(cfg.bundle))]
+        if cfg.bundles:
+            targets = [BenchTarget(b, load_bundle(b)) for b in cfg.bundles]
         else:
             from export.bench_sizes import build_size
 
@@ -63,6 +63,7 @@ def run_bench_command(cfg: BenchConfig, log=print) -> dict:
             cases=cfg.cases,
             denormals=cfg.denormals,
             command=cfg.command(),
+            compare=len(cfg.bundles) > 1,
             log=log,
         )
     return report

@@ -10,6 +10,18 @@ rounds (each path gets its share of every noisy period of a shared machine):
   copy is bound by memory, not by per-call overhead), hot in cache, and from memory after a
   buffer twice the size of the last-level cache was read and written.
 
+Several bundles (`rtu-edge bench BUNDLE_A BUNDLE_B ...`) are timed in the same rounds, so an
+A/B of two exports (e.g. before and after a change to the graphs) shares every noisy period;
+with ``compare=True`` the report also gives each one's ORT p50 and p99 over those of the first
+bundle of the same agent (`versus_first`; benchmarks/bench_ab.sh exports two commits' bundles
+and runs it). Each graph's node count is
+reported as stored and after onnxruntime's graph optimisations (what actually runs).
+
+In every round each path first takes one untimed step (with the input of its first timed one),
+so that its times do not depend on which path ran before it: the from-memory floor evicts
+the caches, and the path after it used to pay for that (the paper act graph's first case
+read 56 us where the same graph's next cases read 32).
+
 Cases (`CASES`): every case starts with `warmup` untimed steps, the first quarter of them with a
 moving robot so that the traces are not zero when the robot stops; then `steps` timed steps.
 A robot at rest drives eligibility traces into the subnormal range, which is slow on many CPUs;
@@ -25,6 +37,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,18 +46,20 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from firmware_bridge.bundle import Bundle
+from firmware_bridge.bundle import Bundle, count_nodes
 from firmware_bridge.contract import GRAPHS, sample_noise
 from firmware_bridge.fpenv import flush_denormals, subnormal_count
-from firmware_bridge.runtime import StepRunner
+from firmware_bridge.runtime import StepRunner, session_options
 
 __all__ = [
     "CASES",
     "DENORMALS",
+    "VERSUS_COLUMNS",
     "BenchTarget",
     "BenchError",
     "case_inputs",
     "format_table",
+    "graph_nodes",
     "machine_info",
     "run_bench",
     "subnormal_count",
@@ -184,6 +199,19 @@ class _Floor:
         np.add(self.evict_buf, 1.0, out=self.evict_buf)  # reads and writes all of it
 
 
+def graph_nodes(bundle: Bundle, graph: str) -> dict[str, int]:
+    """Nodes of `graph` as stored in the bundle and after onnxruntime's optimisations (the
+    session options `rtu-edge run` uses; the optimised model is written to a temporary file)."""
+    blob = (bundle.path / bundle.manifest.graphs[graph].file).read_bytes()
+    with tempfile.TemporaryDirectory(prefix="rtu-edge-nodes-") as tmp:
+        so = session_options()
+        so.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        so.log_severity_level = 3  # not the warning that the optimised file is machine-specific
+        ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+        optimised = Path(so.optimized_model_filepath).read_bytes()
+    return {"stored": count_nodes(blob), "optimised": count_nodes(optimised)}
+
+
 # ---- timing ---------------------------------------------------------------------------------
 
 
@@ -217,6 +245,8 @@ def _run_tasks(tasks: list[_Task], rounds: int) -> None:
     for _ in range(rounds):
         for task in tasks:
             fn, before, times, inputs = task.fn, task.before, task.times, task.inputs
+            if before is None:  # one untimed call first: the task before may have evicted
+                fn(None if inputs is None else inputs[task.pos])  # its data from the caches
             for _ in range(task.per_round):
                 x = None if inputs is None else inputs[task.pos]
                 if before is not None:
@@ -243,11 +273,14 @@ def run_bench(
     denormals: str = "flush",
     seed: int = 0,
     command: str | None = None,
+    compare: bool = False,
     log: Callable[[str], object] | None = None,
 ) -> dict:
     """Time every target's graphs in every case; returns the report (see `format_table`).
 
     `steps` timed steps per path, case and graph, split over `rounds` interleaved rounds.
+    With `compare` (several exports, an A/B) the report's ``versus_first`` gives every target's
+    ORT times over the first target's of the same agent.
     """
     if steps < 1 or rounds < 1 or warmup < 0:
         raise BenchError("steps and rounds must be at least 1 and warmup at least 0")
@@ -337,6 +370,7 @@ def run_bench(
                     ),
                 }
             graphs[graph] = {
+                "nodes": graph_nodes(b, graph),
                 "state_tensors": len(state),
                 "state_floats": int(sum(v.size for v in state.values())),
                 "state_bytes": int(sum(v.nbytes for v in state.values())),
@@ -374,7 +408,51 @@ def run_bench(
         "elapsed_s": elapsed,
         "units": "microseconds",
     }
-    return {"meta": meta, "sizes": sizes}
+    report = {"meta": meta, "sizes": sizes}
+    if compare:
+        report["versus_first"] = versus_first(sizes)
+    return report
+
+
+def _agent_key(size: dict) -> tuple:
+    return (
+        size["learner"],
+        size["cell"],
+        size["observation_size"],
+        size["action"]["kind"],
+        size["action"]["dims"],
+    )
+
+
+def versus_first(sizes: list[dict]) -> list[dict]:
+    """Every size's ORT p50 and p99 over those of the first size of the same agent (learner,
+    cell, observation and action sizes), per graph and case: an A/B of several exports."""
+    first: dict[tuple, int] = {}
+    for index, size in enumerate(sizes):
+        first.setdefault(_agent_key(size), index)
+    rows = []
+    for index, size in enumerate(sizes):
+        ref_index = first[_agent_key(size)]
+        base = sizes[ref_index]["graphs"]
+        for graph, g in size["graphs"].items():
+            for case, e in g["cases"].items():
+                ref = base.get(graph, {}).get("cases", {}).get(case, {}).get("ort", {})
+                rows.append(
+                    {
+                        "index": index,
+                        "name": size["name"],
+                        "first": ref_index,
+                        "graph": graph,
+                        "case": case,
+                        "nodes": g["nodes"]["optimised"],
+                        "p50": e["ort"]["p50"],
+                        "p99": e["ort"]["p99"],
+                        "p50_over_first": _ratio(e["ort"]["p50"], ref.get("p50")),
+                        "p99_over_first": _ratio(e["ort"]["p99"], ref.get("p99")),
+                        "over_copy_memory": e["ratios"]["ort_over_copy_memory"],
+                    }
+                )
+    return rows
 
 
 def machine_info() -> dict:
@@ -458,9 +536,11 @@ def format_table(report: dict) -> str:
     for size in report["sizes"]:
         for graph, g in size["graphs"].items():
             fl = g["copy_floor_us"]
+            nodes = g["nodes"]
             lines.append("")
             lines.append(
-                f"{size['name']} {graph}: {size['description'] or size['cell']}; state "
+                f"{size['name']} {graph}: {size['description'] or size['cell']}; "
+                f"{nodes['optimised']} nodes ({nodes['stored']} stored); state "
                 f"{g['state_floats']:,} floats ({g['state_bytes'] / 1024:,.0f} KiB), copy p50 "
                 f"{_us(fl['cache']['p50'])} us in cache, {_us(fl['memory']['p50'])} us from memory"
             )
@@ -480,10 +560,51 @@ def format_table(report: dict) -> str:
                     _num(r["ort_over_moving"], ".2f"),
                     str(e["subnormals_in_state"].get("ort", "-")),
                 ]
-                lines.append(
-                    "".join(
-                        c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(cells, widths))
-                    )
-                )
+                lines.append(_row(cells, widths))
+    if "versus_first" in report:
+        lines += _versus_first_lines(report["versus_first"])
     return "\n".join(lines)
+
+
+def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
+    return "".join(
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+
+
+VERSUS_COLUMNS = (
+    "graph",
+    "case",
+    "nodes",
+    "ORT p50",
+    "ORT p99",
+    "p50/first",
+    "p99/first",
+    "ORT/copy-mem",
+)
+
+
+def _versus_first_lines(rows: list[dict]) -> list[str]:
+    """The A/B block: one row per bundle, graph and case, its ORT times over the first's of
+    the same agent."""
+    names = {r["index"]: (r["name"], r["first"]) for r in rows}
+    widths = [7, 8, 7, 9, 9, 11, 11, 14]
+    lines = ["", "versus the first bundle of the same agent, timed in the same rounds:"]
+    for i, (name, first) in names.items():
+        lines.append(f"[{i}] {name}" + ("" if first == i else f" (over [{first}])"))
+        lines.append(_row(VERSUS_COLUMNS, widths))
+        for r in rows:
+            if r["index"] != i:
+                continue
+            cells = [
+                r["graph"],
+                r["case"],
+                str(r["nodes"]),
+                _num(r["p50"], ".0f"),
+                _num(r["p99"], ".0f"),
+                _num(r["p50_over_first"], ".2f"),
+                _num(r["p99_over_first"], ".2f"),
+                _num(r["over_copy_memory"], ".1f"),
+            ]
+            lines.append(_row(cells, widths))
+    return lines

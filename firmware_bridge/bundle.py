@@ -60,6 +60,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "TensorSpec",
+    "count_nodes",
     "load_bundle",
 ]
 
@@ -208,6 +209,19 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             )
     fingerprint = hashlib.sha256(manifest_bytes).hexdigest()
     return Bundle(root, manifest, fingerprint, sessions, state)
+
+
+def count_nodes(blob: bytes) -> int:
+    """The number of nodes in an ONNX model's main graph (read from the protobuf wire format,
+    so without the ``onnx`` package)."""
+    buf = memoryview(blob)
+    try:
+        for field, wire, value in _fields(buf, 0, len(buf)):
+            if field == _MODEL_GRAPH and wire == 2:
+                return sum(f == _GRAPH_NODE and w == 2 for f, w, _v in _fields(buf, *value))
+    except _Malformed as exc:
+        raise BundleError(f"not a valid ONNX model ({exc})") from None
+    return 0
 
 
 # -- files -------------------------------------------------------------------------------

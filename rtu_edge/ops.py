@@ -1,4 +1,5 @@
-"""Small tensor helpers whose exported ONNX graph must mean what the torch code means.
+"""Small tensor helpers whose exported ONNX graph must mean what the torch code means (and
+be cheap: `l1_norm`).
 
 Measured (torch 2.13, dynamo exporter at opset 18): the exporter's onnxscript optimizer treats
 a scalar constant within 1e-8 of zero as zero (its pattern constants match with abs_tol 1e-8),
@@ -22,3 +23,9 @@ def plus_eps(x: Tensor, eps: float) -> Tensor:
     no-op rule does not match it; in torch the result is exactly ``x + eps``.
     """
     return x + torch.full((1,) * x.dim(), eps, dtype=x.dtype)
+
+
+def l1_norm(x: Tensor) -> Tensor:
+    """``sum(|x|)`` as a 0-d tensor, exported as one ``ReduceL1`` node (one pass over x)
+    rather than ``Abs`` then ``ReduceSum`` (two passes, the first writing a copy of x)."""
+    return torch.linalg.vector_norm(x, ord=1)

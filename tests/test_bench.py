@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from firmware_bridge.bench import COLUMNS, case_inputs
+from firmware_bridge.bench import COLUMNS, VERSUS_COLUMNS, case_inputs
 from firmware_bridge.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,8 @@ def _check_report(report: dict, names: list[str], paths: list[str]) -> None:
         assert size["paths"] == paths
         assert set(size["graphs"]) == set(GRAPHS)
         for g in size["graphs"].values():
+            assert set(g["nodes"]) == {"stored", "optimised"}
+            assert g["nodes"]["stored"] > 0 and g["nodes"]["optimised"] > 0
             assert g["state_floats"] > 0 and g["state_bytes"] == 4 * g["state_floats"]
             for where in ("cache", "memory"):
                 assert set(g["copy_floor_us"][where]) == {"p50", "p99", "n"}
@@ -141,6 +143,56 @@ def test_bench_bundle_runs_without_torch(tiny_bundle, tmp_path):
     assert report["meta"]["torch"] is None
     assert report["sizes"][0]["paths"] == ["ort"]
     assert list(report["sizes"][0]["graphs"]["learn"]["cases"]) == ["moving", "rest"]
+
+
+def test_several_bundles_are_timed_together_with_each_over_the_first(tiny_bundle, tmp_path):
+    """`rtu-edge bench A B`: both bundles in the same rounds, then the A/B block (B over A)."""
+    out = tmp_path / "ab.json"
+    args = ["bench", str(tiny_bundle), str(tiny_bundle), *FAST]
+    r = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    headers, blocks = _header_and_rows(r.stdout)
+    assert len(headers) == 4  # two bundles, two graphs each
+    lines = r.stdout.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.startswith("versus the first bundle"))
+    ab = [ln.split() for ln in lines[at + 1 :] if ln.strip()]
+    assert [row[0] for row in ab if row[0].startswith("[")] == ["[0]", "[1]"]
+    assert sum(" ".join(row) == " ".join(VERSUS_COLUMNS) for row in ab) == 2
+    data = [row for row in ab if row[0] in GRAPHS]
+    assert len(data) == 2 * 2 * 3  # bundles x graphs x cases
+    for row in data:  # graph, case, nodes, 2 times, 3 ratios: every cell filled
+        assert len(row) == 8 and "-" not in row
+    assert all(row[5] == "1.00" for row in data[:6])  # the first over itself
+    report = json.loads(out.read_text())
+    _check_report(report, [str(tiny_bundle)] * 2, ["ort"])
+    assert report["meta"]["command"].startswith(f"rtu-edge bench {tiny_bundle} {tiny_bundle} ")
+    rows = report["versus_first"]
+    assert [(x["index"], x["graph"], x["case"]) for x in rows] == [
+        (i, g, c) for i in (0, 1) for g in GRAPHS for c in CASES
+    ]
+    for x in rows:
+        assert set(x) == {
+            "index",
+            "name",
+            "first",
+            "graph",
+            "case",
+            "nodes",
+            "p50",
+            "p99",
+            "p50_over_first",
+            "p99_over_first",
+            "over_copy_memory",
+        }
+        assert x["p50_over_first"] > 0 and x["p99_over_first"] > 0
+    assert all(x["p50_over_first"] == 1.0 for x in rows if x["index"] == 0)
+    assert {x["first"] for x in rows} == {0}  # the same agent: both over the first
+
+
+def test_one_bundle_has_no_ab_block(tiny_bundle):
+    r = CliRunner().invoke(app, ["bench", str(tiny_bundle), *FAST, "--cases", "moving"])
+    assert r.exit_code == 0, r.output
+    assert "versus the first bundle" not in r.stdout
 
 
 def test_case_inputs_follow_the_declared_sources(tiny_bundle):

@@ -46,7 +46,7 @@ from rtu_edge import agent as A
 from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
-from rtu_edge.ops import plus_eps
+from rtu_edge.ops import l1_norm, plus_eps
 
 State = dict[str, Tensor]
 
@@ -284,10 +284,10 @@ def ac_step(
     # parameters, z_pi over the actor's). On the first tick delta is 0, so nothing moves.
     continuous = agent.action_kind == "continuous"
     z_v, z_pi = s[ELIG_V], s[ELIG_PI]
-    z_v_l1 = z_v.abs().sum()
-    z_pi_l1 = z_pi.abs().sum()
+    z_v_l1 = l1_norm(z_v)
+    z_pi_l1 = l1_norm(z_pi)
     if continuous:  # the log std's trace is a tensor of its own (its parameter is clamped)
-        z_pi_l1 = z_pi_l1 + s[ELIG_LOG_STD].abs().sum()
+        z_pi_l1 = z_pi_l1 + l1_norm(s[ELIG_LOG_STD])
     step_v = obgd_step_size(cfg.lr, cfg.kappa_value, delta, z_v_l1)
     step_pi = obgd_step_size(cfg.lr, cfg.kappa_policy, delta, z_pi_l1)
 
@@ -301,8 +301,9 @@ def ac_step(
         g_ys.append(g_y_h)
     # (a Gaussian's entropy depends on log_std only, with gradient 1: no trunk gradient)
     trunk = A.trunk_backward_flat(agent, p, g_ys, x, h0, state, traces)
-    g_v = torch.cat([P.cat_flat(g_v_head[k] for k in A.CRITIC_HEAD), trunk[0]])  # as elig_v.flat
-    g_pi = torch.cat([trunk[1], P.cat_flat(g_pi_head[k] for k in A.ACTOR_HEAD)])  # as elig_pi.flat
+    # (each one Concat of all its parts: a nested one would copy the head's part twice)
+    g_v = P.cat_flat([*(g_v_head[k] for k in A.CRITIC_HEAD), trunk[0]])  # as elig_v.flat
+    g_pi = P.cat_flat([trunk[1], *(g_pi_head[k] for k in A.ACTOR_HEAD)])  # as elig_pi.flat
 
     # w += step_v delta z_v + step_pi (delta z_pi + entropy_coef grad H), as scalar coefficients
     # times flat buffers. params.flat is [critic head | trunk | actor head]: z_v lines up with
@@ -320,7 +321,7 @@ def ac_step(
     actor_only = params_buf.size - elig_v_buf.size  # the actor head, last
     dw = F.pad(c_v * z_v, (0, actor_only)) + F.pad(c_pi * z_pi, (critic_only, 0))
     if not continuous:
-        g_h = torch.cat([trunk[2], P.cat_flat(g_h_head[k] for k in A.ACTOR_HEAD)])
+        g_h = P.cat_flat([trunk[2], *(g_h_head[k] for k in A.ACTOR_HEAD)])
         dw = dw + F.pad(c_h * g_h, (critic_only, 0))
     new[PARAMS] = torch.where(ok, w + dw, w)
     if continuous:  # exploration noise stays within bounds (a robot moves with it)
