@@ -29,6 +29,7 @@ from torch.func import vmap
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
 from firmware_bridge.contract import ActionSpec, NoiseSpec
 from rtu_edge import envs as envs_mod
+from rtu_edge import packing as P
 from rtu_edge import run_dir as rd
 from rtu_edge.agent import AgentConfig
 from rtu_edge.cells import CELLS
@@ -576,10 +577,15 @@ def _train_runs(cfgs: list[TrainConfig], learner: Learner, progress: bool) -> li
     plan = _Plan.of(cfg, learner)
     runs = _open_runs(cfgs, plan)
     batched = len(runs) > 1
-    state = _stack([r.state for r in runs]) if batched else runs[0].state
+    # the loop carries the learner's packed form (ac: flat parameter and trace buffers), so a
+    # step does not pack and unpack them; checkpoints hold the tensors by name, as always
+    layout = learner.packing(plan.agent) if learner.packing is not None else ()
+    packed = [P.pack(r.state, layout) for r in runs]
+    state = _stack(packed) if batched else packed[0]
 
-    def state_of(i: int) -> dict[str, torch.Tensor]:  # agent i's state, for a checkpoint
-        return {k: v[i].clone() for k, v in state.items()} if batched else state
+    def state_of(i: int) -> dict[str, torch.Tensor]:  # agent i's state by name, a copy
+        mine = _row(state, i) if batched else state
+        return {k: v.clone() for k, v in P.unpack(mine, layout).items()}
 
     flops: list[int] = []  # the same for every agent: counted once
 
