@@ -95,7 +95,10 @@ def train(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
     compile: Annotated[
-        str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
+        str,
+        typer.Option(
+            help="torch.compile the learn step: auto (>= 100k steps, over all --seeds) | yes | no."
+        ),
     ] = "auto",
     resume: Annotated[
         bool,

@@ -148,7 +148,7 @@ def make_step_fn(
 
     if cfg.compile not in ("auto", "yes", "no"):
         raise ValueError(f"compile must be 'auto', 'yes' or 'no', got {cfg.compile!r}")
-    if cfg.compile == "no" or (cfg.compile == "auto" and cfg.steps < 100_000):
+    if cfg.compile == "no" or (cfg.compile == "auto" and cfg.steps * (batch or 1) < 100_000):
         return eager
     compiled = torch.compile(eager, dynamic=False, fullgraph=True)
     signals: list[int] = []  # Ctrl-C / SIGTERM seen while compiling
