@@ -14,12 +14,14 @@ per core:
 - ``compiled``: ``--seed 0 --compile yes``; ``compiled batch K``: ``--seeds 0..K-1 --compile yes``;
 - ``sb3``: ``RecurrentPPO("MlpLstmPolicy")`` with its defaults (benchmarks/compare_sb3.py).
 
-Two rates per measurement. ``agent_steps_per_s``: steady state, from each agent's metrics.csv
-between its first and its last episode end (so after imports, setup and compiling), summed
-over the K agents; sb3's is its own ``learn`` loop. ``agent_steps_per_cpu_s``: all agent-steps
-over the whole process's CPU time (imports, setup and compiling included), less sensitive to
-a shared machine. The rounds run the configurations in alternating order (the machine is
-shared); the table gives the median over rounds and the ratios to eager and to sb3.
+Two steady-state rates per measurement, both between each agent's first and last episode end
+(so after imports, setup and compiling) and summed over the K agents: ``agent_steps_per_s`` by
+the wall clock (metrics.csv), and ``agent_steps_per_cpu_s`` by the process's CPU time at those
+rows (recorded by this script's ``--train-worker`` wrapper around `rtu-edge train`), which a
+shared machine disturbs less. sb3's are its own ``learn`` loop's (wall and CPU time).
+``process_cpu_s`` is the whole process, setup and compiling included. The rounds run the
+configurations in alternating order (the machine is shared); the table gives the median over
+rounds and the ratios to eager and to sb3.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,23 +68,58 @@ def steady_rate(metrics: Path) -> float | None:
     return (int(b["step"]) - int(a["step"])) / (float(b["wall_time_s"]) - float(a["wall_time_s"]))
 
 
+def train_worker(clock: str, argv: list[str]) -> None:
+    """`rtu-edge train ARGV` in this process; the process CPU time at every metrics.csv row
+    (file, step, CPU s) goes to the JSON file `clock`."""
+    from cli import app
+    from rtu_edge import run_dir as rd
+
+    ticks = []
+    writerow = rd.MetricsLog.writerow
+
+    def timed(self, row):
+        ticks.append((self.file.name, int(row[0]), time.process_time()))
+        writerow(self, row)
+
+    rd.MetricsLog.writerow = timed
+    try:
+        app(argv, standalone_mode=False)
+    finally:
+        Path(clock).write_text(json.dumps(ticks))
+
+
+def steady_cpu_rate(ticks: list) -> float | None:
+    """Agent-steps per process CPU second between each agent's first and last episode end."""
+    total = 0.0
+    for name in {t[0] for t in ticks}:
+        mine = [t for t in ticks if t[0] == name]
+        if len(mine) < 2:
+            return None
+        total += (mine[-1][1] - mine[0][1]) / (mine[-1][2] - mine[0][2])
+    return total or None
+
+
 def run_train(env: str, steps: int, k: int, compile_: str) -> dict:
     seeds = ["--seed", "0"] if k == 1 else ["--seeds", ",".join(map(str, range(k)))]
     args = ["--env", env, "--steps", str(steps), *PAPER, *seeds, "--compile", compile_]
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cli", "train", "--out", tmp, "--overwrite", "--no-progress"]
-        proc = run_child(cmd + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        dirs = [Path(tmp)] if k == 1 else sorted(Path(tmp).glob("seed*"))
+        clock = Path(tmp) / "clock.json"
+        out = Path(tmp) / "runs"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--train-worker", str(clock)]
+        cmd += ["train", "--out", str(out), "--no-progress", *args]
+        proc = run_child(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dirs = [out] if k == 1 else sorted(out.glob("seed*"))
         assert len(dirs) == k, dirs
         rates = [steady_rate(d / "metrics.csv") for d in dirs]
         summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
-    steady = None if None in rates else sum(rates)
+        ticks = json.loads(clock.read_text())
     return {
         "agents": k,
         "agent_steps": k * steps,
-        "agent_steps_per_s": steady,
+        "agent_steps_per_s": None if None in rates else sum(rates),
+        "agent_steps_per_cpu_s": steady_cpu_rate(ticks),
         "agent_steps_per_s_with_setup": sum(s["steps_per_second"] for s in summaries),
-        "agent_steps_per_cpu_s": k * steps / proc["process_cpu_s"],
+        "agent_steps_per_process_cpu_s": k * steps / proc["process_cpu_s"],
         **proc,
         "command": "rtu-edge train " + " ".join(args),
     }
@@ -95,7 +133,8 @@ def run_one(env: str, steps: int, sb3_steps: int, k: int, compile_: str) -> dict
         "agents": 1,
         "agent_steps": r["steps_run"],
         "agent_steps_per_s": r["steps_per_second"],
-        "agent_steps_per_cpu_s": r["steps_per_process_cpu_s"],
+        "agent_steps_per_cpu_s": r["steps_run"] / r["learn_cpu_s"],
+        "agent_steps_per_process_cpu_s": r["steps_per_process_cpu_s"],
         "process_wall_s": r["process_wall_s"],
         "process_cpu_s": r["process_cpu_s"],
         "load_avg_1m": r["load_avg_1m"],
@@ -129,7 +168,7 @@ def format_table(table: dict[str, dict]) -> str:
         return "-" if x is None else f"{x:,.{nd}f}"
 
     lines = [
-        "| configuration | agent-steps/s | vs eager | vs sb3 | agent-steps / CPU s | "
+        "| configuration | agent-steps/s (wall) | vs eager | vs sb3 | agent-steps / CPU s | "
         "vs eager | vs sb3 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -146,6 +185,9 @@ def format_table(table: dict[str, dict]) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--train-worker"]:
+        train_worker(sys.argv[2], sys.argv[3:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", default="mujoco/HalfCheetah-P")
     ap.add_argument("--steps", type=int, default=3000, help="environment steps per agent")

@@ -60,9 +60,11 @@ def action_spec(info: envs_mod.EnvInfo) -> ActionSpec:
     )
 
 
-def env_action(spec: ActionSpec, action: torch.Tensor):
+def env_action(spec: ActionSpec, action: torch.Tensor | np.ndarray):
     """The learner's action as the environment takes it: an index, or a clipped float32 vector."""
-    a = spec.to_actuator(action.detach().cpu().numpy())
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu().numpy()
+    a = spec.to_actuator(action)
     return int(a[0]) if spec.kind == "discrete" else a
 
 
@@ -281,7 +283,7 @@ class _Plan:
     action_name: str | None  # the output the environment gets (None: random behaviour)
     checked: list[str]  # outputs whose non-finite value counts as a bad update
     predicting: bool  # has a "prediction" output: MSRE over the first and last 10%
-    idle: dict[str, torch.Tensor]  # the inputs of an agent that is done (in a batch)
+    idle: dict  # the inputs by source of an agent that is done (in a batch): a zero first tick
 
     @classmethod
     def of(cls, cfg: TrainConfig, learner: Learner) -> _Plan:
@@ -307,7 +309,7 @@ class _Plan:
             action_name=action_name,
             checked=[o.name for o in outputs if o.use in ("check", "prediction")],
             predicting="prediction" in {o.name for o in outputs},
-            idle=step_example(learner, agent),
+            idle={"obs": 0.0, "reward": 0.0, "first": 1.0, "terminal": 0.0, "noise": None},
         )
 
 
@@ -382,32 +384,28 @@ class _Run:
         self.writer = rd.MetricsLog(metrics_file, run_dir, cfg.tensorboard)
         return []
 
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """The next learn-step inputs by name, filled by their declared source."""
-        if self.finished:  # a done agent in a batch idles until the others finish
-            return self.plan.idle
-        values = {
-            "obs": torch.as_tensor(self.obs, dtype=torch.float32).reshape(1, -1),
-            "reward": torch.tensor([self.reward], dtype=torch.float32),
-            "first": torch.tensor([self.first]),
-            "terminal": torch.tensor([self.terminal]),
-        }
-        noise_spec = self.plan.noise_spec
+    def values(self) -> dict:
+        """The next learn-step inputs by source (obs, reward, first, terminal; noise drawn)."""
         return {
-            name: sample_noise(noise_spec, self.gen) if src == "noise" else values[src]
-            for name, src in self.plan.sources.items()
+            "obs": self.obs,
+            "reward": self.reward,
+            "first": self.first,
+            "terminal": self.terminal,
+            "noise": sample_noise(self.plan.noise_spec, self.gen),
         }
 
-    def consume(self, out: dict[str, torch.Tensor], state_fn, t0: float, log) -> None:
-        """The learn step's outputs for the inputs last given: log, step the environment (or
-        reset it after an episode's final tick) and checkpoint on schedule. `state_fn()` is
-        this agent's state after the step."""
+    def consume(self, out: dict[str, np.ndarray], state_fn, t0: float, log) -> None:
+        """The learn step's outputs (as arrays) for the inputs last given: log, step the
+        environment (or reset it after an episode's final tick) and checkpoint on schedule.
+        `state_fn()` is this agent's state after the step."""
         plan = self.plan
         if not all(math.isfinite(float(out[k].reshape(-1)[0])) for k in plan.checked):
             self.bad_updates += 1
         for key, (lo, hi) in self.windows.items():
             if plan.predicting and lo <= self.step < hi:
-                for column, x in zip(self.logs[key], (out["prediction"], self.reward, self.first)):
+                for column, x in zip(
+                    self.logs[key], (out["prediction"][0], self.reward, self.first)
+                ):
                     column.append(float(x))
         if self.episode_over:  # the tick on the final observation: learn, then reset
             self._end_episode(t0)
@@ -503,6 +501,26 @@ class _Run:
         return summary
 
 
+class _Inputs:
+    """The learn-step inputs of K agents in buffers allocated once (leading axis K), written
+    row by row in place each tick: a few numpy writes per agent instead of new tensors."""
+
+    def __init__(self, plan: _Plan, k: int, batched: bool) -> None:
+        self.rows: dict[str, np.ndarray] = {}  # source -> (K, *shape) view of its tensor
+        self.tensors: dict[str, torch.Tensor] = {}  # the step's inputs by name
+        for s in plan.learner.step_inputs(plan.agent):
+            buf = torch.zeros((k, *s.shape))
+            self.rows[s.source] = buf.numpy()  # shares the tensor's memory
+            self.tensors[s.name] = buf if batched else buf[0]
+
+    def fill(self, i: int, run: _Run) -> None:
+        """Row i from agent i's next inputs (an idle agent's: a zero first tick)."""
+        values = run.plan.idle if run.finished else run.values()
+        for source, rows in self.rows.items():
+            v = values[source]
+            rows[i] = 0.0 if v is None else v.numpy() if isinstance(v, torch.Tensor) else v
+
+
 def _stack(dicts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([d[k] for d in dicts]) for k in dicts[0]}
 
@@ -596,6 +614,7 @@ def _train_runs(cfgs: list[TrainConfig], learner: Learner, progress: bool) -> li
 
     extra = {"batch_size": len(runs)} if batched else {}
     summaries: list[dict | None] = [None] * len(runs)
+    inputs = _Inputs(plan, len(runs), batched)
     bar = _Bar(runs, progress)
     log = bar.log
     t0 = time.perf_counter()
@@ -606,8 +625,10 @@ def _train_runs(cfgs: list[TrainConfig], learner: Learner, progress: bool) -> li
                 cfg, plan.agent, state, log=log, batch=len(runs) if batched else None
             )
             while not all(r.finished for r in runs):
-                inputs = [r.inputs() for r in runs]
-                new, out = step_fn(state, _stack(inputs) if batched else inputs[0])
+                for i, r in enumerate(runs):
+                    inputs.fill(i, r)
+                new, out = step_fn(state, inputs.tensors)
+                out = {k: v.numpy() for k, v in out.items()}
                 state.update(new)
                 for i, r in enumerate(runs):
                     if r.finished:
