@@ -62,7 +62,16 @@ def train(
     cell: Annotated[str, typer.Option(help="Cell (`rtu-edge cells` lists them).")] = _NET.cell,
     algo: Annotated[str, typer.Option(help="Learner (`rtu-edge cells` lists them too).")] = "ac",
     steps: Annotated[int | None, typer.Option(help="Environment steps [default: 50000].")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed [default: 0].")] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Train these seeds (comma-separated, e.g. 0,1,2,3) in this one process as a "
+            "batch: one vmapped learn step per tick for all of them, one run directory per seed "
+            "(--out DIR gives DIR/seed0, DIR/seed1, ...), each as --seed would write it. "
+            "--algo ac only; with --resume, continues them all."
+        ),
+    ] = None,
     hidden_size: Annotated[int, typer.Option(help="Cell units n.")] = _NET.hidden_size,
     budget: Annotated[
         int | None,
@@ -86,7 +95,10 @@ def train(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Write into a non-empty run directory.")] = False,
     compile: Annotated[
-        str, typer.Option(help="torch.compile the learn step: auto (>= 100k steps) | yes | no.")
+        str,
+        typer.Option(
+            help="torch.compile the learn step: auto (>= 100k steps, over all --seeds) | yes | no."
+        ),
     ] = "auto",
     resume: Annotated[
         bool,
@@ -107,6 +119,8 @@ def train(
         f"--out {out} is a file, not a run directory; choose another --out",
     )
     _usage(steps is None or steps > 0, f"--steps must be at least 1, got {steps}")
+    seed_list = None if seeds is None else _parse_seeds(seeds)
+    _usage(seed_list is None or seed is None, "give --seed or --seeds, not both")
     for name, v in (
         ("hidden-size", hidden_size),
         ("encoder-size", encoder_size),
@@ -122,15 +136,17 @@ def train(
     from rtu_edge.cells import CELLS
     from rtu_edge.config import OverrideError, TrainConfig, apply_overrides
     from rtu_edge.learners import get_learner
-    from rtu_edge.run_dir import RunDirError, resume_config
-    from rtu_edge.train import CHECKPOINT
+    from rtu_edge.run_dir import RunDirError, resume_config, seed_dir
+    from rtu_edge.train import CHECKPOINT, train_batch
     from rtu_edge.train import train as run_training
 
-    checkpoint_before = _file_id(out / CHECKPOINT)
+    run_dirs = [out] if seed_list is None else [seed_dir(out, s) for s in seed_list]
+    checkpoints_before = [_file_id(d / CHECKPOINT) for d in run_dirs]
     try:
-        if resume:  # the run's own options; only --steps may raise the total
-            cfg = resume_config(out, steps)
-            cfg.tensorboard = cfg.tensorboard or tensorboard
+        if resume:  # the runs' own options; only --steps may raise the total
+            cfgs = [resume_config(d, steps) for d in run_dirs]
+            for c in cfgs:
+                c.tensorboard = c.tensorboard or tensorboard
         else:
             if cell not in CELLS:
                 raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
@@ -146,7 +162,7 @@ def train(
                 env=env,
                 algo=algo,
                 steps=50_000 if steps is None else steps,
-                seed=seed,
+                seed=0 if seed is None else seed,
                 overwrite=overwrite,
                 compile=compile,
                 tensorboard=tensorboard,
@@ -160,7 +176,11 @@ def train(
                 cfg.net.hidden_size = size_for_budget(
                     cell, cfg.net.encoder_size, budget, **cfg.net.cell_options
                 )
-        summary = run_training(cfg, progress=progress)
+            cfgs = [cfg] if seed_list is None else _per_seed(cfg, seed_list, run_dirs)
+        if seed_list is None:
+            summaries = [run_training(cfgs[0], progress=progress)]
+        else:
+            summaries = train_batch(cfgs, progress=progress)
     except (
         ValueError,
         FileExistsError,
@@ -172,23 +192,49 @@ def train(
         _fail(str(e))
     except KeyboardInterrupt:
         # say only what is true: was a checkpoint written by this command?
-        if _file_id(out / CHECKPOINT) not in (None, checkpoint_before):
-            _fail(
-                f"interrupted; checkpoint saved. Continue with: rtu-edge train --out {out} --resume",
-                130,
-            )
-        if checkpoint_before is not None:
+        again = f"rtu-edge train --out {out}" + (f" --seeds {seeds}" if seed_list else "")
+        now = [_file_id(d / CHECKPOINT) for d in run_dirs]
+        if any(n not in (None, b) for n, b in zip(now, checkpoints_before)):
+            _fail(f"interrupted; checkpoint saved. Continue with: {again} --resume", 130)
+        if any(b is not None for b in checkpoints_before):
             _fail(
                 f"interrupted before a new checkpoint was written; the previous one in {out} is "
-                f"unchanged. Continue from it with: rtu-edge train --out {out} --resume",
+                f"unchanged. Continue from it with: {again} --resume",
                 130,
             )
         _fail("interrupted before any checkpoint was written; start the run again", 130)
-    typer.echo(json.dumps(summary, indent=2))
-    tb = ", tb/" if cfg.tensorboard else ""
-    typer.echo(
-        f"run written to {out} (metrics.csv{tb}, learning_curve.png, checkpoint.safetensors)"
-    )
+    tb = ", tb/" if cfgs[0].tensorboard else ""
+    files = f"metrics.csv{tb}, learning_curve.png, checkpoint.safetensors"
+    if seed_list is None:
+        typer.echo(json.dumps(summaries[0], indent=2))
+        typer.echo(f"run written to {out} ({files})")
+    else:
+        typer.echo(json.dumps({str(d): s for d, s in zip(run_dirs, summaries)}, indent=2))
+        names = ", ".join(str(d) for d in run_dirs)
+        typer.echo(f"runs written to {names} (each: {files})")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2`: distinct integers, or a usage error."""
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        out = []
+    _usage(bool(out), f"--seeds must be comma-separated integers such as 0,1,2,3; got {text!r}")
+    _usage(len(set(out)) == len(out), f"--seeds lists a seed twice: {text!r}")
+    return out
+
+
+def _per_seed(cfg, seed_list: list[int], run_dirs: list[Path]) -> list:
+    """One copy of `cfg` per seed, each with its own seed and run directory."""
+    import copy
+
+    out = []
+    for s, d in zip(seed_list, run_dirs):
+        c = copy.deepcopy(cfg)
+        c.seed, c.out = s, str(d)
+        out.append(c)
+    return out
 
 
 @app.command()

@@ -4,6 +4,9 @@
 
 Uses the paper's MuJoCo budget (encoder 64, RTU n=192, heads 64). steps/s excludes the
 one-off compile time, which is reported separately.
+
+benchmarks/bench_train_batched.py is the fuller study (issue 8's targets): eager vs
+`train --seeds` batches vs --compile vs sb3-contrib RecurrentPPO, steady-state, per core.
 """
 
 from __future__ import annotations

@@ -48,8 +48,9 @@ class TrainConfig:
     overwrite: bool = False  # allow writing into a non-empty run directory
     resume: bool = False  # continue the run in `out` from its last checkpoint
     # torch.compile the learn step: several times faster per step, but compiling takes tens of
-    # seconds (needs a C++ compiler), so "auto" compiles only when steps >= 100k; if
-    # compilation fails, training runs eagerly. "auto" | "yes" | "no".
+    # seconds (needs a C++ compiler), so "auto" compiles only when steps >= 100k (steps times
+    # the seeds of a batched run, `train --seeds`); if compilation fails, training runs
+    # eagerly. "auto" | "yes" | "no".
     compile: str = "auto"
     # also log the metrics.csv rows as TensorBoard scalars in RUN/tb/ (needs tensorboard)
     tensorboard: bool = False

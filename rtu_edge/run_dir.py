@@ -10,6 +10,10 @@ RUN_DIR/
   summary.json            final_return, steps_per_second, recurrent_params, flops_per_step, ...
   learning_curve.png      episode returns over steps
 
+`rtu-edge train --out DIR --seeds 0,1,2` (one batched process) writes one such run directory
+per seed, DIR/seed0, DIR/seed1, DIR/seed2 (`seed_dir`), each exactly what `--seed N --out
+DIR/seedN` writes, plus "batch_size" in its summary.json.
+
 Every error names the file and says what to do.
 """
 
@@ -42,6 +46,11 @@ METRICS_HEADER = [
 ]
 MAX_CONFIG_BYTES = 1 << 20
 TENSORBOARD = "tb"
+
+
+def seed_dir(out: str | Path, seed: int) -> Path:
+    """The run directory of one seed of a batched run (`rtu-edge train --seeds`)."""
+    return Path(out) / f"seed{seed}"
 
 
 class RunDirError(ValueError):
