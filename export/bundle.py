@@ -30,7 +30,7 @@ import onnx
 import torch
 
 import rtu_edge
-from export.parity import ParityError, ParityReport, check_parity
+from export.parity import PARITY_TOL, ParityError, ParityReport, check_parity
 from firmware_bridge import contract as C
 from firmware_bridge.atomic import atomic_write_bytes, atomic_write_json
 from rtu_edge import packing as P
@@ -52,7 +52,7 @@ class ExportConfig:
     run_dir: str  # a directory written by `rtu-edge train`
     out: str  # bundle directory to create
     parity_steps: int = 256  # teacher-forced steps compared against torch (>= 200)
-    parity_tol: float = 1e-5  # max relative error allowed per output (see export/parity.py)
+    parity_tol: float = PARITY_TOL  # max relative error allowed per output (export/parity.py)
     check_parity: bool = True  # skipping the check is possible but says so loudly
     max_delta: float | None = None  # cap on the action change per step on the robot (None: no cap)
     overwrite: bool = False  # replace an existing bundle directory

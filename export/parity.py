@@ -60,6 +60,15 @@ def _session(model_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
 
 
+# The default tolerance of the check. Float32 results of the same graph differ between CPUs:
+# torch and onnxruntime pick different vectorised exp / sin / cos and summation orders per
+# instruction set, and the RTRL traces chain several of them. On an Intel Xeon the td learner's
+# `elig.cell.theta_log` (rtu-nonlinear, online-lru) differed by 2.2e-5 on one step of 200, where
+# an AMD EPYC stayed below 1e-5. An export bug (a wrong term, sign or mask) shows up as an error
+# of 1e-2 or more, so 1e-4 keeps the check sharp without refusing good bundles on some CPUs.
+PARITY_TOL = 1e-4
+
+
 def rel_error(a: np.ndarray, ref: np.ndarray) -> float:
     if a.shape != ref.shape:
         return float("inf")
@@ -93,7 +102,7 @@ def check_parity(
     blobs: dict[str, bytes],
     plans: dict,
     steps: int = 256,
-    tol: float = 1e-5,
+    tol: float = PARITY_TOL,
     seed: int = 12345,
     rest_steps: int = 32,
     packing: tuple = (),

@@ -18,7 +18,7 @@ from export.bundle import (
     packing_of,
     plan_graphs,
 )
-from export.parity import ParityError, check_parity
+from export.parity import PARITY_TOL, ParityError, check_parity
 from firmware_bridge import contract as C
 from rtu_edge import packing as P
 from rtu_edge.config import NetConfig
@@ -52,7 +52,7 @@ def test_export_writes_a_verified_bundle(runs, tmp_path, name):
         ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
     )
     assert manifest["format_version"] == C.FORMAT_VERSION
-    assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= 1e-5
+    assert manifest["parity"]["ok"] and manifest["parity"]["worst_rel"] <= PARITY_TOL
     assert manifest["parity"]["steps"] >= 200
     for file, sha in manifest["files"].items():
         assert hashlib.sha256((bundle / file).read_bytes()).hexdigest() == sha
