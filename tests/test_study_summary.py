@@ -63,6 +63,9 @@ def test_sweeps_without_run_directories_are_kept_and_can_be_dropped(runs, tmp_pa
     sweeps = json.loads(out.read_text())["sweeps"]
     assert [s["sweep"] for s in sweeps] == ["0_earlier", "tiny"]
     assert sweeps[1]["spec"]["steps"] == 150 and sweeps[1]["groups"]
+    before = out.read_text()
+    done = _summarize(runs, out, "--drop", "0_erlier")  # a typo: refused, nothing written
+    assert done.returncode != 0 and "not in" in done.stderr and out.read_text() == before
     done = _summarize(runs, out, "--drop", "0_earlier")
     assert done.returncode == 0, done.stderr
     assert [s["sweep"] for s in json.loads(out.read_text())["sweeps"]] == ["tiny"]
@@ -99,6 +102,11 @@ def test_figures_are_drawn_from_the_committed_summary(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "has no sweep '1_trace_rtrl'" in done.stderr and "run.sh 1_trace_rtrl" in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(FIGURES), "--json", str(empty), "--out", str(empty)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "is a file" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_paired_differences_match_the_per_seed_values():
@@ -123,4 +131,11 @@ def test_paired_differences_match_the_per_seed_values():
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode != 0 and "no group 'nope'" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "study" / "paired.py"), "3_patterning_cells",
+         "--metric", "nope"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "no metric 'nope'" in done.stderr
     assert "Traceback" not in done.stderr

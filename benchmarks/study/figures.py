@@ -176,7 +176,7 @@ def figure_3(sweeps: dict, out: Path) -> list[Path]:
     a line per seed shows the paired comparison that the overlapping intervals of the summary
     figure hide; the MSRE of always predicting 0 on that seed's stream is the marker on the
     right."""
-    from zero_predictor import zero_msre
+    from zero_predictor import ENVS, zero_msre
 
     table = _sweep(sweeps, "3_patterning_cells")
     cells = table["spec"]["cells"]
@@ -190,7 +190,7 @@ def figure_3(sweeps: dict, out: Path) -> list[Path]:
     try:
         xs = np.arange(len(cells) + 1)
         for s in seeds:
-            zero = zero_msre(env, 0.9, steps, s)
+            zero = zero_msre(env, ENVS.get(env, 0.9), steps, s)
             (line,) = ax.plot(xs[:-1], [by[c][s] for c in cells], marker="o", lw=1.2, alpha=0.8)
             ax.plot(xs[-2:], [by[cells[-1]][s], zero], ls=":", lw=1, color=line.get_color())
             ax.plot(xs[-1], zero, marker="x", ms=7, color=line.get_color(), label=f"seed {s}")
@@ -217,6 +217,8 @@ def main() -> None:
     ap.add_argument("--out", default="docs/figures", type=Path)
     ap.add_argument("--only", nargs="*", default=sorted(FIGURES), choices=sorted(FIGURES))
     args = ap.parse_args()
+    if args.out.exists() and not args.out.is_dir():
+        sys.exit(f"error: --out {args.out} is a file; give the directory for the figures")
     try:
         sweeps = load_sweeps(args.json)
         for item in args.only:

@@ -74,6 +74,11 @@ def main() -> None:
         sys.exit(f"error: {args.json} is not a study summary ({e}); run summarize.py")
     if args.sweep not in sweeps:
         sys.exit(f"error: no sweep {args.sweep!r} in {args.json}; sweeps: {sorted(sweeps)}")
+    known = (
+        sorted(sweeps[args.sweep]["groups"][0]["values"]) if sweeps[args.sweep]["groups"] else []
+    )
+    if args.metric not in known:
+        sys.exit(f"error: no metric {args.metric!r} in {args.sweep}; metrics: {known}")
     rows = paired(sweeps[args.sweep], args.metric, args.base)
     print(f"{args.sweep}: {args.metric} of each group minus {rows[0]['base'] if rows else '-'}")
     print("| group | seeds | mean difference | 95% interval | base better on |")

@@ -126,7 +126,11 @@ def main() -> None:
         print(markdown(t), end="\n\n")
     if args.json:
         fresh = {t["sweep"] for t in tables}
-        kept = [t for t in _earlier(Path(args.json)) if t["sweep"] not in fresh | set(args.drop)]
+        earlier = _earlier(Path(args.json))
+        unknown = set(args.drop) - {t["sweep"] for t in earlier}
+        if unknown:
+            sys.exit(f"error: --drop {sorted(unknown)}: not in {args.json}; nothing written")
+        kept = [t for t in earlier if t["sweep"] not in fresh | set(args.drop)]
         if kept:
             print(
                 f"kept from {args.json} (no run directories here): "
