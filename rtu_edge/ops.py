@@ -12,6 +12,8 @@ export/parity.py's at-rest phase catches this class.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -29,3 +31,16 @@ def l1_norm(x: Tensor) -> Tensor:
     """``sum(|x|)`` as a 0-d tensor, exported as one ``ReduceL1`` node (one pass over x)
     rather than ``Abs`` then ``ReduceSum`` (two passes, the first writing a copy of x)."""
     return torch.linalg.vector_norm(x, ord=1)
+
+
+def finite(x: Tensor) -> Tensor:
+    """Whether the one element of ``x`` is finite, as a bool tensor of x's shape.
+
+    ``|x| < inf`` is False for +-inf and for NaN (every comparison with NaN is False): two
+    graph nodes (``Abs``, ``Less``), where ``torch.isfinite(x).all()`` exports as eight
+    (``IsInf``, ``IsNaN``, two ``Not``, ``And``, then ``Cast``, ``ReduceMin``, ``Cast``).
+    The learners test a product or a sum of everything that must be finite, so one element.
+    """
+    if x.numel() != 1:
+        raise ValueError(f"finite() takes one element, got shape {tuple(x.shape)}")
+    return x.abs() < math.inf

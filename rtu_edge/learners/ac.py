@@ -46,7 +46,7 @@ from rtu_edge import agent as A
 from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
-from rtu_edge.ops import l1_norm, plus_eps
+from rtu_edge.ops import finite, l1_norm, plus_eps
 
 State = dict[str, Tensor]
 
@@ -208,12 +208,14 @@ def _keep_if_finite(old: State, upd: State) -> State:
     """`upd` if every tensor in it is finite, else the old values of the same tensors.
 
     One check on the sum of everything (a non-finite entry, or a sum that overflows, keeps the
-    old values): a few graph nodes instead of a finiteness test per tensor.
+    old values): a few graph nodes instead of a finiteness test per tensor. A one-element
+    tensor enters the sum as it is (a ReduceSum node fewer each; the same value).
     """
     total = None
     for v in upd.values():
-        total = v.sum() if total is None else total + v.sum()
-    ok = torch.isfinite(total)
+        part = v if v.numel() == 1 else v.sum()
+        total = part if total is None else total + part
+    ok = finite(total)
     return {k: torch.where(ok, v, old[k]) for k, v in upd.items()}
 
 
@@ -309,7 +311,7 @@ def ac_step(
     # times flat buffers. params.flat is [critic head | trunk | actor head]: z_v lines up with
     # its first part and z_pi with its last, so each term is padded with zeros to the whole.
     # The whole update is skipped when anything is non-finite; the host counts it.
-    ok = torch.isfinite(delta * z_v_l1 * z_pi_l1 * value).all()
+    ok = finite(delta * z_v_l1 * z_pi_l1 * value)
     c_v = step_v * delta
     c_pi = step_pi * delta
     if cfg.entropy_td_scaled:

@@ -1,0 +1,57 @@
+"""rtu_edge.ops: each helper means the same in torch and in its exported graph (onnxruntime)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from firmware_bridge.runtime import make_session
+from rtu_edge.ops import finite, l1_norm, plus_eps
+
+VALUES = [0.0, -0.0, 1.5, -3e38, 1e-45, math.inf, -math.inf, math.nan]
+
+
+class _Ops(torch.nn.Module):
+    def forward(self, x, v):
+        return finite(x), plus_eps(v, 1e-8), l1_norm(v)
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ops") / "ops.onnx"
+    args = (torch.zeros(1), torch.zeros(3))
+    torch.onnx.export(_Ops(), args, str(path), dynamo=True, opset_version=18, verbose=False)
+    model = onnx.load(str(path))
+    return model, make_session(model.SerializeToString())
+
+
+def test_finite_is_isfinite_for_one_element():
+    for v in VALUES:
+        x = torch.tensor([v])
+        assert bool(finite(x)) == math.isfinite(v), v
+        assert finite(x).shape == x.shape
+    assert bool(finite(torch.tensor(math.nan))) is False  # 0-d works too
+
+
+def test_finite_refuses_more_than_one_element():
+    with pytest.raises(ValueError, match="one element"):
+        finite(torch.zeros(2))
+
+
+def test_exported_ops_agree_with_torch(session):
+    model, sess = session
+    ops = [n.op_type for n in model.graph.node]
+    assert "IsNaN" not in ops and "IsInf" not in ops  # the cheap form survived export
+    assert "ReduceL1" in ops
+    v = np.zeros(3, np.float32)  # plus_eps must not be folded away: sqrt(0 + eps) > 0
+    for value in VALUES:
+        x = np.array([value], np.float32)
+        got_finite, got_eps, got_l1 = sess.run(None, {"x": x, "v": v})
+        assert bool(got_finite[0]) == math.isfinite(value), value
+    assert np.all(got_eps == np.float32(1e-8))
+    w = np.array([1.0, -2.0, 0.5], np.float32)
+    assert sess.run(None, {"x": x, "v": w})[2] == pytest.approx(3.5)
