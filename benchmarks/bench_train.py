@@ -2,8 +2,10 @@
 
     python benchmarks/bench_train.py [--env mujoco/HalfCheetah-P] [--steps 20000]
 
-Uses the paper's MuJoCo budget (encoder 64, RTU n=192, heads 64). steps/s excludes the
-one-off compile time, which is reported separately.
+Uses the paper's MuJoCo budget (encoder 64, RTU n=192, heads 64). steps/s is train()'s own
+figure, over the training loop, so it includes torch.compile's one-off compile on the first
+steps (seconds to minutes; use enough --steps); setup_and_compile_s is the rest of the call
+(environment, run directory, final checkpoint). bench_train_batched.py times steady state.
 
 benchmarks/bench_train_batched.py is the fuller study (issue 8's targets): eager vs
 `train --seeds` batches vs --compile vs sb3-contrib RecurrentPPO, steady-state, per core.

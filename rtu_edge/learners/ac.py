@@ -170,8 +170,11 @@ def _welford(count: Tensor, mean: Tensor, m2: Tensor, x: Tensor) -> tuple[Tensor
 
 
 def _variance(count: Tensor, m2: Tensor) -> Tensor:
-    """Sample variance, and 1 until there are two samples."""
-    return torch.where(count >= 2, m2 / torch.clamp(count - 1, min=1.0), torch.ones_like(m2))
+    """Sample variance, and 1 until there are two samples.
+
+    (Below two samples the division's value, m2 / 0 or m2 / -1, is computed and not selected.)
+    """
+    return torch.where(count >= 2, m2 / (count - 1), torch.ones_like(m2))
 
 
 def normalise_obs(cfg: ACConfig, s: State, obs: Tensor) -> tuple[Tensor, State]:
