@@ -28,16 +28,29 @@ PYTHON=${PYTHON:-python}
 SIZES=${SIZES:-demo paper}
 
 mkdir -p "$OUT/base-src"
+OUT=$(cd "$OUT" && pwd)  # absolute: the exports run from other directories
+case $PYTHON in */*) PYTHON=$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON") ;; esac
 git -C "$REPO" archive "$BASE" | tar -x -C "$OUT/base-src"
 
 export_sizes() {  # SRC DEST: export SIZES with the code in SRC
-    PYTHONPATH="$1" "$PYTHON" - "$2" $SIZES <<'EOF'
+    # Run from SRC: `python -` puts the working directory ahead of PYTHONPATH on sys.path, so
+    # from this checkout both sides would export this checkout's code. The script checks where
+    # its packages came from.
+    (cd "$1" && PYTHONPATH="$1" "$PYTHON" - "$1" "$2" $SIZES) <<'EOF'
+import os
 import sys
 
+import export
+import rtu_edge
 from export.bench_sizes import build_size
 
-for name in sys.argv[2:]:
-    print(build_size(name, sys.argv[1]).bundle)
+src = os.path.realpath(sys.argv[1])
+for module in (export, rtu_edge):
+    where = os.path.realpath(module.__file__)
+    if not where.startswith(src + os.sep):
+        sys.exit(f"bench_ab.sh: {module.__name__} came from {where}, not from {src}")
+for name in sys.argv[3:]:
+    print(build_size(name, sys.argv[2]).bundle)
 EOF
 }
 export_sizes "$OUT/base-src" "$OUT/before"
