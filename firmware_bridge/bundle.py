@@ -212,19 +212,34 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def count_nodes(blob: bytes) -> int:
-    """The number of nodes in an ONNX model's main graph (read from the protobuf wire format,
-    so without the ``onnx`` package)."""
+    """The number of nodes in an ONNX model's main graph, those inside the branches of its
+    control-flow nodes (``If``) included (read from the protobuf wire format, so without the
+    ``onnx`` package)."""
     buf = memoryview(blob)
+
+    def graph(span, depth: int) -> int:
+        if depth > _MAX_DEPTH:
+            raise _Malformed("subgraphs nested too deeply")
+        total = 0
+        for field, wire, value in _fields(buf, *span):
+            if field != _GRAPH_NODE or wire != 2:
+                continue
+            total += 1
+            for nfield, nwire, nvalue in _fields(buf, *value):
+                if nfield != _NODE_ATTR or nwire != 2:
+                    continue
+                for afield, awire, avalue in _fields(buf, *nvalue):
+                    if afield in (_ATTR_G, _ATTR_GRAPHS) and awire == 2:
+                        total += graph(avalue, depth + 1)
+        return total
+
     try:
         for field, wire, value in _fields(buf, 0, len(buf)):
             if field == _MODEL_GRAPH and wire == 2:
-                return sum(f == _GRAPH_NODE and w == 2 for f, w, _v in _fields(buf, *value))
+                return graph(value, 0)
     except _Malformed as exc:
         raise BundleError(f"not a valid ONNX model ({exc})") from None
     return 0
-
-
-# -- files -------------------------------------------------------------------------------
 
 
 def _resolve_inside(root: Path, name: object) -> Path:

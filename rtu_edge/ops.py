@@ -13,6 +13,7 @@ export/parity.py's at-rest phase catches this class.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -44,3 +45,45 @@ def finite(x: Tensor) -> Tensor:
     if x.numel() != 1:
         raise ValueError(f"finite() takes one element, got shape {tuple(x.shape)}")
     return x.abs() < math.inf
+
+
+def taken_if(
+    ok: Tensor,
+    update: Callable[..., tuple[Tensor, ...]],
+    old: tuple[Tensor, ...],
+    args: tuple[Tensor, ...] = (),
+) -> tuple[Tensor, ...]:
+    """``update(*old, *args)`` if the one-element bool ``ok`` holds, else ``old``: an update
+    applied only when it is finite. ``update`` returns one tensor per ``old`` tensor, of the
+    same shape and dtype, and reads tensors only through its arguments.
+
+    In torch (eager, vmap, compile) this is ``torch.where(ok, new, old)`` per tensor: the
+    update is computed either way and selected. Exported (``torch.compiler.is_exporting()``),
+    it is one ONNX ``If`` (``torch.cond``) whose branches compute the update or pass the old
+    values on, so the graph neither computes a skipped update nor passes over the buffers a
+    second time to select one. The values are the same either way. (onnxruntime's ``Where``
+    over a 75,847-float buffer costs about what an ``Add`` and a ``Mul`` of it together do.)
+    The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
+    0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
+    attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
+    """
+    if ok.numel() != 1:
+        raise ValueError(f"taken_if() takes a one-element condition, got shape {tuple(ok.shape)}")
+    n = len(old)
+    if torch.compiler.is_exporting():
+        return tuple(
+            torch.cond(
+                ok.reshape(()),
+                lambda *ops: tuple(update(*ops)),
+                lambda *ops: tuple(t.clone() for t in ops[:n]),
+                (*old, *args),
+            )
+        )
+    new = update(*old, *args)
+    return tuple(torch.where(ok, a, b) for a, b in zip(new, old, strict=True))
+
+
+def scalars(*xs: Tensor) -> tuple[Tensor, ...]:
+    """One-element tensors as 0-d ones, for `taken_if`'s args: the exporter traces its
+    operands with symbolic sizes and cannot broadcast a (1,) one against a buffer."""
+    return tuple(x.reshape(()) for x in xs)

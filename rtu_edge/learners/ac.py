@@ -46,7 +46,7 @@ from rtu_edge import agent as A
 from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
-from rtu_edge.ops import finite, l1_norm, plus_eps
+from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
 
 State = dict[str, Tensor]
 
@@ -321,19 +321,30 @@ def ac_step(
         c_h = step_pi * cfg.entropy_coef * delta.abs()  # delta is 0 on the first tick
     else:
         c_h = step_pi * (cfg.entropy_coef * keep)
-    w = s[PARAMS]
     critic_only = params_buf.size - elig_pi_buf.size  # the critic head, first in params.flat
     actor_only = params_buf.size - elig_v_buf.size  # the actor head, last
-    dw = F.pad(c_v * z_v, (0, actor_only)) + F.pad(c_pi * z_pi, (critic_only, 0))
-    if not continuous:
-        g_h = P.cat_flat([trunk[2], *(g_h_head[k] for k in A.ACTOR_HEAD)])
-        dw = dw + F.pad(c_h * g_h, (critic_only, 0))
-    new[PARAMS] = torch.where(ok, w + dw, w)
+
+    def dw(z_v, z_pi, c_v, c_pi):
+        return F.pad(c_v * z_v, (0, actor_only)) + F.pad(c_pi * z_pi, (critic_only, 0))
+
+    # applied only when ok (exported: inside an ONNX If, so no select pass over params.flat)
     if continuous:  # exploration noise stays within bounds (a robot moves with it)
-        log_std = s[LOG_STD]
-        moved = log_std + (c_pi * s[ELIG_LOG_STD] + c_h * sample.dent_dlogstd)
-        new[LOG_STD] = torch.clamp(
-            torch.where(ok, moved, log_std), cfg.log_std_min, cfg.log_std_max
+
+        def update(w, log_std, z_v, z_pi, z_log_std, dent, c_v, c_pi, c_h):
+            return w + dw(z_v, z_pi, c_v, c_pi), log_std + (c_pi * z_log_std + c_h * dent)
+
+        old = (s[PARAMS], s[LOG_STD])
+        args = (z_v, z_pi, s[ELIG_LOG_STD], sample.dent_dlogstd, *scalars(c_v, c_pi, c_h))
+        new[PARAMS], log_std = taken_if(ok, update, old, args)
+        new[LOG_STD] = torch.clamp(log_std, cfg.log_std_min, cfg.log_std_max)
+    else:
+        g_h = P.cat_flat([trunk[2], *(g_h_head[k] for k in A.ACTOR_HEAD)])
+
+        def update(w, z_v, z_pi, g_h, c_v, c_pi, c_h):
+            return (w + (dw(z_v, z_pi, c_v, c_pi) + F.pad(c_h * g_h, (critic_only, 0))),)
+
+        (new[PARAMS],) = taken_if(
+            ok, update, (s[PARAMS],), (z_v, z_pi, g_h, *scalars(c_v, c_pi, c_h))
         )
 
     # 5. eligibility traces: z = gamma * lambda * z + grad at S_t, zeroed on the first tick

@@ -55,7 +55,7 @@ from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.ac import _variance, normalise_obs, params_of
 from rtu_edge.learners.base import Learner
 from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
-from rtu_edge.ops import finite, plus_eps
+from rtu_edge.ops import finite, plus_eps, scalars, taken_if
 
 State = dict[str, Tensor]
 OPTIMIZERS = ("adam", "sgd")
@@ -158,27 +158,51 @@ def _features(cfg: TDConfig, s: State, obs: Tensor, learn: bool) -> tuple[Tensor
 
 def _update(cfg, s: State, p, names, delta: Tensor, z: dict, do: Tensor, dtype, new: State):
     """theta moves along delta * z (z = grad v(S_{t-1}) or the eligibility trace) where ``do``:
-    Adam on the gradient g = -delta z, or SGD theta += lr delta z. Writes into ``new``."""
+    Adam on the gradient g = -delta z, or SGD theta += lr delta z. Writes into ``new``.
+
+    Every tensor the update changes moves together or not at all (`taken_if`: exported as one
+    ONNX If). The update functions take, in order, the values they replace, then the traces,
+    then scalars."""
+    n = len(names)
+    zs = tuple(z[k] for k in names)
     if cfg.optimizer == "sgd":
-        for k in names:
-            w = p[k]
-            new[f"params.{k}"] = torch.where(do, w + (cfg.lr * delta) * z[k], w)
-    else:  # Adam on the gradient g = -delta z
-        b1, b2 = cfg.adam_beta1, cfg.adam_beta2
-        t = s["opt.t"] + do.to(dtype)
-        t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
-        step = cfg.lr / (1.0 - torch.pow(b1, t_c))
-        v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
-        for k in names:
-            w, m_old, v_old = p[k], s[f"opt.m.{k}"], s[f"opt.v.{k}"]
-            g = -delta * z[k]
+
+        def sgd(*ops):
+            ws, zs, (d,) = ops[:n], ops[n : 2 * n], ops[2 * n :]
+            return tuple(w + (cfg.lr * d) * zk for w, zk in zip(ws, zs, strict=True))
+
+        moved = taken_if(do, sgd, tuple(p[k] for k in names), (*zs, *scalars(delta)))
+        new.update({f"params.{k}": w for k, w in zip(names, moved, strict=True)})
+        return
+    # Adam on the gradient g = -delta z
+    b1, b2 = cfg.adam_beta1, cfg.adam_beta2
+    t = s["opt.t"] + do.to(dtype)
+    t_c = torch.clamp(t, min=1.0)  # no bias correction by 1 - b^0 = 0 before the first update
+    step = cfg.lr / (1.0 - torch.pow(b1, t_c))
+    v_corr = 1.0 / (1.0 - torch.pow(b2, t_c))
+
+    def adam(*ops):
+        ws, ms, vs, zs = (ops[i * n : (i + 1) * n] for i in range(4))
+        d, step, v_corr = ops[4 * n :]
+        out_w, out_m, out_v = [], [], []
+        for w, m_old, v_old, zk in zip(ws, ms, vs, zs, strict=True):
+            g = -d * zk
             m = b1 * m_old + (1.0 - b1) * g
             v = b2 * v_old + (1.0 - b2) * (g * g)
-            w_new = w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps)
-            new[f"params.{k}"] = torch.where(do, w_new, w)
-            new[f"opt.m.{k}"] = torch.where(do, m, m_old)
-            new[f"opt.v.{k}"] = torch.where(do, v, v_old)
-        new["opt.t"] = t
+            out_w.append(w - step * m / plus_eps(torch.sqrt(v * v_corr), cfg.adam_eps))
+            out_m.append(m)
+            out_v.append(v)
+        return (*out_w, *out_m, *out_v)
+
+    old = (
+        *(p[k] for k in names),
+        *(s[f"opt.m.{k}"] for k in names),
+        *(s[f"opt.v.{k}"] for k in names),
+    )
+    moved = taken_if(do, adam, old, (*zs, *scalars(delta, step, v_corr)))
+    for i, group in enumerate(("params", "opt.m", "opt.v")):
+        new.update({f"{group}.{k}": v for k, v in zip(names, moved[i * n : (i + 1) * n])})
+    new["opt.t"] = t
 
 
 # ---- the learn step -------------------------------------------------------------------------

@@ -651,3 +651,34 @@ def test_packed_layout_that_does_not_fit_its_buffer_is_refused(bundle_dir):
     )
     with pytest.raises(BundleError, match=rf"packed buffer 'norm.obs_mean'.*need \[{OBS + 1}\]"):
         load_bundle(bundle_dir)
+
+
+def test_count_nodes_counts_the_nodes_inside_if_branches():
+    """The learn graph's update sits inside an If: its nodes count, at any depth."""
+    model = learn_model()
+    top = len(model.graph.node)
+    assert bundle_mod.count_nodes(model.SerializeToString()) == top
+
+    def branch(name, n_nodes, inner=None):
+        nodes = [helper.make_node("Identity", ["x"], ["k"])]
+        nodes += [helper.make_node("Identity", ["k"], ["k"]) for _ in range(n_nodes - 1)]
+        if inner is not None:
+            nodes.append(inner)
+        return helper.make_graph(nodes, name, [], [_vi("k", [1])])
+
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    model.graph.initializer.append(cond)
+    inner = helper.make_node(
+        "If", ["cond"], ["j"], then_branch=branch("t2", 2), else_branch=branch("e2", 1)
+    )
+    model.graph.node.append(
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["unused"],
+            then_branch=branch("t", 3, inner),
+            else_branch=branch("e", 1),
+        )
+    )
+    # the outer If, its branches' 3 + 1 nodes, the inner If and its branches' 2 + 1
+    assert bundle_mod.count_nodes(model.SerializeToString()) == top + 1 + 3 + 1 + 1 + 2 + 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from firmware_bridge.runtime import make_session
-from rtu_edge.ops import finite, l1_norm, plus_eps
+from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
 
 VALUES = [0.0, -0.0, 1.5, -3e38, 1e-45, math.inf, -math.inf, math.nan]
 
@@ -55,3 +55,40 @@ def test_exported_ops_agree_with_torch(session):
     assert np.all(got_eps == np.float32(1e-8))
     w = np.array([1.0, -2.0, 0.5], np.float32)
     assert sess.run(None, {"x": x, "v": w})[2] == pytest.approx(3.5)
+
+
+def _update(w, z, c):
+    return (w + c * z,)
+
+
+class _Taken(torch.nn.Module):
+    def forward(self, w, z, c):
+        return taken_if(finite(c * z.sum()), _update, (w,), (z, *scalars(c)))[0]
+
+
+def test_taken_if_selects_the_update_only_when_ok():
+    w, z = torch.arange(4.0), torch.ones(4)
+    (moved,) = taken_if(torch.tensor([True]), _update, (w,), (z, torch.tensor(2.0)))
+    assert torch.equal(moved, w + 2.0)
+    (kept,) = taken_if(torch.tensor([False]), _update, (w,), (z, torch.tensor(math.nan)))
+    assert torch.equal(kept, w)  # a NaN update is not applied
+    with pytest.raises(ValueError, match="one-element condition"):
+        taken_if(torch.ones(2, dtype=torch.bool), _update, (w,), (z, torch.tensor(1.0)))
+
+
+def test_taken_if_exports_as_an_if_with_the_same_values(tmp_path):
+    path = tmp_path / "taken.onnx"
+    args = (torch.zeros(5), torch.zeros(5), torch.ones(1))
+    torch.onnx.export(_Taken(), args, str(path), dynamo=True, opset_version=18, verbose=False)
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert "If" in ops and "Where" not in ops  # no select pass over the buffer
+    sess = make_session(model.SerializeToString())
+    w = np.arange(5, dtype=np.float32)
+    z = np.linspace(-1, 1, 5).astype(np.float32)
+    for c in (0.5, -3.0, math.inf, math.nan):
+        feed = {"w": w, "z": z, "c": np.array([c], np.float32)}
+        torch_out = _Taken()(*(torch.from_numpy(v) for v in feed.values()))
+        (got,) = sess.run(None, feed)
+        np.testing.assert_array_equal(got, torch_out.numpy())
+        np.testing.assert_array_equal(got, w + c * z if math.isfinite(c) else w)
