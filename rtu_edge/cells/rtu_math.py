@@ -293,7 +293,7 @@ def step(
     """One RTU step that also carries the RTRL traces forward.
 
     x: (B, d). done: (B,) or None; done[b] = 1 means x[b] is the first input of a new
-    episode, so the state and the traces of row b are multiplied by (1 - done) first.
+    episode, so row b starts from a zero state and zero traces.
     Returns y (B, 2n) ordered [real parts, imaginary parts], the new state and the new
     traces; pass the returned state and traces to `grads` for this time step. The type of
     `p` chooses the parameterisation; below p_nu, p_theta are its first two fields
@@ -304,24 +304,27 @@ def step(
     _check_activation(activation)
     _check_state(state, b, n, p.w1.dtype)
     _check_traces(traces, b, d, n, nonlinear, p.w1.dtype)
-    if done is not None:
-        keep = _keep_mask(done, b, x.dtype)
-        state = RTUState(*(_mask(t, keep) for t in state))
-        traces = type(traces)(*(_mask(t, keep) for t in traces))
-
     co = _coeffs(p)
+    if done is not None:
+        # Row b starts from h_{t-1} = 0 and zero traces. Both enter this step only multiplied
+        # by lam (g, phi), so the reset is lam -> (1 - done_b) * lam: (B, n) coefficients
+        # rather than a masked copy of the state and of every trace (the same values).
+        keep = _keep_mask(done, b, x.dtype)[:, None]
+        co = co._replace(g=keep * co.g, phi=keep * co.phi)
     c1, c2 = state
     lh1, lh2, u1, u2 = _recur_terms(p, co, x, c1, c2)
     a1 = lh1 + co.gamma * u1
     a2 = lh2 + co.gamma * u2
     gx = x[:, :, None] * co.gamma  # (B, d, n): gamma_k * x_i, the w1/w2 input term
-    g, phi = co.g, co.phi
+    g, phi = co.g, co.phi  # (n,), or (B, n) with a reset
+    # the same for the (B, d, n) traces
+    g3, phi3 = (g, phi) if g.dim() == 1 else (g[:, None, :], phi[:, None, :])
 
     if not nonlinear:
         tr = traces
         # E_t = lam * E_{t-1} + gamma * x_t[:, None]
-        e_re = g * tr.e_re - phi * tr.e_im + gx
-        e_im = g * tr.e_im + phi * tr.e_re
+        e_re = g3 * tr.e_re - phi3 * tr.e_im + gx
+        e_im = g3 * tr.e_im + phi3 * tr.e_re
         # Tnu_t = lam * Tnu_{t-1} + (-dnu * lam) * h_{t-1} + (dnu * r^2 / gamma) * u_t
         #   (p_nu = nu_log: dnu = nu, the paper's form; p_nu = nu: dnu = 1)
         nu_re = g * tr.nu_re - phi * tr.nu_im - co.dnu * lh1 + co.dgamma * u1
@@ -345,10 +348,10 @@ def step(
     fp1_b = None if fp1 is None else fp1[:, None, :]  # (B, 1, n): broadcast over inputs
     fp2_b = None if fp2 is None else fp2[:, None, :]
     # w1: s = (gamma * x_i, 0);  w2: s = (0, gamma * x_i)
-    w1_1 = _scale(fp1_b, g * tr.w1_1 - phi * tr.w1_2 + gx)
-    w1_2 = _scale(fp2_b, g * tr.w1_2 + phi * tr.w1_1)
-    w2_1 = _scale(fp1_b, g * tr.w2_1 - phi * tr.w2_2)
-    w2_2 = _scale(fp2_b, g * tr.w2_2 + phi * tr.w2_1 + gx)
+    w1_1 = _scale(fp1_b, g3 * tr.w1_1 - phi3 * tr.w1_2 + gx)
+    w1_2 = _scale(fp2_b, g3 * tr.w1_2 + phi3 * tr.w1_1)
+    w2_1 = _scale(fp1_b, g3 * tr.w2_1 - phi3 * tr.w2_2)
+    w2_2 = _scale(fp2_b, g3 * tr.w2_2 + phi3 * tr.w2_1 + gx)
     # p_nu: s = (-dnu * (lam c)_1 + dgamma * u1, -dnu * (lam c)_2 + dgamma * u2)
     nu_1 = _scale(fp1, g * tr.nu_1 - phi * tr.nu_2 - co.dnu * lh1 + co.dgamma * u1)
     nu_2 = _scale(fp2, g * tr.nu_2 + phi * tr.nu_1 - co.dnu * lh2 + co.dgamma * u2)
