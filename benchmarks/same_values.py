@@ -1,0 +1,90 @@
+"""Whether two bundles of one agent compute the same learn step: a graph change that should keep
+the values (a restructured update, a folded mask) is checked by stepping the old and the new
+export with identical inputs and comparing every output of every tick and the final state.
+
+    python benchmarks/same_values.py OLD_BUNDLE NEW_BUNDLE [--ticks 800]
+
+The inputs cover what the graphs branch on: episode starts (`first` every 97 ticks) and ends,
+a held observation (ticks 300-449: the at-rest case), rewards of 3e38 (ticks 100-102: the
+normaliser's finite check) and of inf (ticks 250, 251, 460: the update is skipped, the If's
+other branch). Arrays are compared exactly (NaN equal to NaN, -0.0 equal to 0.0). Exits 1 if
+any differ. onnxruntime only (the robot install).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from firmware_bridge.bundle import load_bundle
+
+
+def tick_inputs(specs: dict, t: int, rng: np.random.Generator, rest: dict) -> dict:
+    feed = {}
+    for name, (shape, dtype) in specs.items():
+        if name == "obs":
+            if 300 <= t < 450:
+                rest.setdefault("obs", rng.normal(size=shape).astype(dtype))
+                feed[name] = rest["obs"]
+            else:
+                feed[name] = rng.normal(size=shape).astype(dtype)
+        elif name == "reward":
+            value = 3e38 if t in (100, 101, 102) else np.inf if t in (250, 251, 460) else None
+            feed[name] = np.full(shape, rng.normal() if value is None else value, dtype)
+        elif name == "first":
+            feed[name] = np.full(shape, float(t % 97 == 0), dtype)
+        elif name == "terminal":
+            feed[name] = np.full(shape, float(t % 97 == 96), dtype)
+        else:  # noise and anything else: standard normal
+            feed[name] = rng.normal(size=shape).astype(dtype)
+    return feed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old")
+    ap.add_argument("new")
+    ap.add_argument("--ticks", type=int, default=800)
+    args = ap.parse_args(argv)
+    bundles = [load_bundle(args.old), load_bundle(args.new)]
+    runners = [b.runner("learn") for b in bundles]
+    names = bundles[0].step_input_names("learn")
+    if bundles[1].step_input_names("learn") != names:
+        sys.exit(
+            f"the bundles' learn steps take different inputs: {names} vs "
+            f"{bundles[1].step_input_names('learn')}"
+        )
+    inputs = {i.name: i for i in bundles[0].session("learn").get_inputs()}
+    specs = {n: (tuple(inputs[n].shape), np.float32) for n in names}
+    rng, rest = np.random.default_rng(0), {}
+    compared = differ = skipped = 0
+    for t in range(args.ticks):
+        feed = tick_inputs(specs, t, rng, rest)
+        old, new = (r.step(**feed) for r in runners)
+        for k in old:
+            compared += 1
+            if not np.array_equal(old[k], new[k], equal_nan=True):
+                differ += 1
+                print(f"tick {t}: output {k} differs")
+        skipped += "td_error" in old and bool(np.isnan(old["td_error"]).any())
+    old_state, new_state = (r.state() for r in runners)
+    if set(old_state) != set(new_state):
+        sys.exit(f"the bundles carry different state: {sorted(set(old_state) ^ set(new_state))}")
+    for k in old_state:
+        compared += 1
+        if not np.array_equal(old_state[k], new_state[k], equal_nan=True):
+            differ += 1
+            print(
+                f"state {k} differs (max |diff| {np.nanmax(np.abs(old_state[k] - new_state[k]))})"
+            )
+    print(
+        f"{args.ticks} ticks ({skipped} skipped updates): {compared} arrays compared, "
+        f"{differ} differ"
+    )
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
