@@ -194,11 +194,25 @@ def _quiet_exporter():
                 lg.setLevel(lvl)
 
 
+def _all_nodes(graph: onnx.GraphProto):
+    """The graph's nodes and those of every subgraph (the branches of an ``If``), depth first."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
 def check_standard_ops(model: onnx.ModelProto) -> None:
-    """Only default-domain ONNX ops and a full checker pass, or raise."""
+    """Only default-domain ONNX ops (inside ``If`` branches too) and a full checker pass, or
+    raise."""
     onnx.checker.check_model(model, full_check=True)
     odd = sorted(
-        {f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS}
+        {
+            f"{n.domain}::{n.op_type}"
+            for n in _all_nodes(model.graph)
+            if n.domain not in STANDARD_DOMAINS
+        }
     )
     if odd:
         raise RuntimeError(

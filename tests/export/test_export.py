@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
 
 from export.bundle import (
     ExportConfig,
@@ -175,3 +176,32 @@ def test_export_cli_prints_what_it_did_and_nothing_else(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip()]
     assert [ln.split()[0] for ln in lines] == ["exported", "parity:", "bundle"], lines
+
+
+def test_check_standard_ops_looks_inside_if_branches():
+    """The learn graph's update sits in an If: a custom-domain op there is refused too."""
+
+    def branch(name, domain):
+        node = helper.make_node("Relu", ["x"], ["y"], domain=domain)
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        return helper.make_graph([node], name, [], [out])
+
+    def model(domain):
+        node = helper.make_node(
+            "If", ["c"], ["o"], then_branch=branch("t", domain), else_branch=branch("e", "")
+        )
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [
+                helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+            ],
+            [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1])],
+        )
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.example", 1)]
+        return helper.make_model(graph, opset_imports=opsets)
+
+    check_standard_ops(model(""))  # a standard If with standard branches passes
+    with pytest.raises(RuntimeError, match="com.example::Relu"):
+        check_standard_ops(model("com.example"))
