@@ -1,8 +1,9 @@
-"""Whether two bundles of one agent compute the same learn step: a graph change that should keep
-the values (a restructured update, a folded mask) is checked by stepping the old and the new
-export with identical inputs and comparing every output of every tick and the final state.
+"""Whether two bundles of one agent compute the same step (learn, or act with --graph act): a
+graph change that should keep the values (a restructured update, a folded mask) is checked by
+stepping the old and the new export with identical inputs and comparing every output of every
+tick and the final state.
 
-    python benchmarks/same_values.py OLD_BUNDLE NEW_BUNDLE [--ticks 800]
+    python benchmarks/same_values.py OLD_BUNDLE NEW_BUNDLE [--ticks 800] [--graph act]
 
 The inputs cover what the graphs branch on: episode starts (`first` every 97 ticks) and ends,
 a held observation (ticks 300-449: the at-rest case), rewards of 3e38 (ticks 100-102: the
@@ -47,16 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("old")
     ap.add_argument("new")
     ap.add_argument("--ticks", type=int, default=800)
+    ap.add_argument("--graph", choices=("learn", "act"), default="learn")
     args = ap.parse_args(argv)
     bundles = [load_bundle(args.old), load_bundle(args.new)]
-    runners = [b.runner("learn") for b in bundles]
-    names = bundles[0].step_input_names("learn")
-    if bundles[1].step_input_names("learn") != names:
+    runners = [b.runner(args.graph) for b in bundles]
+    names = bundles[0].step_input_names(args.graph)
+    if bundles[1].step_input_names(args.graph) != names:
         sys.exit(
-            f"the bundles' learn steps take different inputs: {names} vs "
-            f"{bundles[1].step_input_names('learn')}"
+            f"the bundles' {args.graph} steps take different inputs: {names} vs "
+            f"{bundles[1].step_input_names(args.graph)}"
         )
-    inputs = {i.name: i for i in bundles[0].session("learn").get_inputs()}
+    inputs = {i.name: i for i in bundles[0].session(args.graph).get_inputs()}
     specs = {n: (tuple(inputs[n].shape), np.float32) for n in names}
     rng, rest = np.random.default_rng(0), {}
     compared = differ = skipped = 0

@@ -165,13 +165,10 @@ class RTU(Cell):
         self, x: Tensor, state: RTUState, done: Tensor | None = None, params: Params | None = None
     ) -> tuple[Tensor, RTUState]:
         """One step without traces: x (B, d) -> y (B, 2n), new state."""
-        if done is not None:
-            keep = (1.0 - done).unsqueeze(-1)
-            state = RTUState(state.c1 * keep, state.c2 * keep)
-        ys, state = rtu_math.sequence(
-            self.params(params), x.unsqueeze(0), state, self.nonlinear, self._inner_activation
+        y, state = rtu_math.step_forward(
+            self.params(params), x, state, done, self.nonlinear, self._inner_activation
         )
-        return self._project(ys[0], params), state
+        return self._project(y, params), state
 
     def rtrl_step(self, x: Tensor, state: RTUState, traces, done=None, params=None):
         """One step with trace update: x (B, d) -> y (B, 2n), new state, new traces.

@@ -363,6 +363,36 @@ def step(
     return y, RTUState(c1_new, c2_new), new_traces
 
 
+def step_forward(
+    p: AnyRTUParams,
+    x: Tensor,
+    state: RTUState,
+    done: Tensor | None,
+    nonlinear: bool,
+    activation: str,
+) -> tuple[Tensor, RTUState]:
+    """One step without traces (the act step): `step`'s y and new state, and nothing else.
+
+    x (B, d), done (B,) or None (the reset folded into lam, as in `step`). Returns y (B, 2n)
+    ordered [real parts, imaginary parts] and the new state.
+    """
+    d, n = _check_params(p)
+    b = _check_batch_input(x, d, p.w1.dtype, "x")
+    _check_activation(activation)
+    _check_state(state, b, n, p.w1.dtype)
+    co = _coeffs(p)
+    if done is not None:
+        keep = _keep_mask(done, b, x.dtype)[:, None]
+        co = co._replace(g=keep * co.g, phi=keep * co.phi)
+    lh1, lh2, u1, u2 = _recur_terms(p, co, x, state.c1, state.c2)
+    a1 = lh1 + co.gamma * u1
+    a2 = lh2 + co.gamma * u2
+    if nonlinear:
+        c1, c2 = _act(activation, a1), _act(activation, a2)
+        return torch.cat([c1, c2], dim=-1), RTUState(c1, c2)
+    return _act(activation, torch.cat([a1, a2], dim=-1)), RTUState(a1, a2)
+
+
 # --------------------------------------------------------------------------------------
 # Gradients from traces
 # --------------------------------------------------------------------------------------

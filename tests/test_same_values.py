@@ -1,0 +1,62 @@
+"""benchmarks/same_values.py: equal for two exports of one step, unequal when a value moves."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.bench_sizes import build_size
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def same_values():
+    spec = importlib.util.spec_from_file_location("same_values", ROOT / "benchmarks/same_values.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("same")
+    a = build_size("tiny", root / "a").bundle
+    b = build_size("tiny", root / "b").bundle  # a second export of the same state
+    return a, b
+
+
+@pytest.mark.parametrize("graph", ["learn", "act"])
+def test_two_exports_of_one_step_are_the_same(same_values, bundles, graph, capsys):
+    assert (
+        same_values.main([str(bundles[0]), str(bundles[1]), "--ticks", "480", "--graph", graph])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert out.strip().endswith("0 differ"), out
+    if graph == "learn":  # the inf rewards at ticks 250, 251 and 460 skip three updates
+        assert "(3 skipped updates)" in out, out
+
+
+def test_a_changed_value_is_found(same_values, bundles, tmp_path, capsys):
+    changed = tmp_path / "changed"
+    shutil.copytree(bundles[1], changed)
+    # another initial state: the same graphs, every parameter nudged (the manifest's hash of
+    # state.npz is rewritten with it, so the bundle still loads)
+    with np.load(changed / "state.npz") as z:
+        state = {k: z[k] for k in z.files}
+    state = {k: (v * np.float32(1.001) if k.startswith("params.") else v) for k, v in state.items()}
+    np.savez(changed / "state.npz", **state)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    manifest["files"]["state.npz"] = hashlib.sha256(
+        (changed / "state.npz").read_bytes()
+    ).hexdigest()
+    (changed / "manifest.json").write_text(json.dumps(manifest))
+    assert same_values.main([str(bundles[0]), str(changed), "--ticks", "50"]) == 1
+    assert "differs" in capsys.readouterr().out
