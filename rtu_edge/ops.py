@@ -62,8 +62,8 @@ def taken_if(
     it is one ONNX ``If`` (``torch.cond``) whose branches compute the update or pass the old
     values on, so the graph neither computes a skipped update nor passes over the buffers a
     second time to select one. The values are the same either way. (Measured with
-    benchmarks/bench_ab.sh, README "Measured": the paper-size learn step 5% faster, the demo
-    one, whose buffer is 12x smaller, 1-3% slower.)
+    benchmarks/bench_ab.sh, README "Measured": the paper-size learn step 5% faster; the demo
+    one, whose buffer is 12x smaller, unchanged within the A/B's noise.)
     The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
     0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
     attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
