@@ -55,7 +55,7 @@ from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.ac import _variance, normalise_obs, params_of
 from rtu_edge.learners.base import Learner
 from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
-from rtu_edge.ops import finite, plus_eps, scalars, taken_if
+from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
 
 State = dict[str, Tensor]
 OPTIMIZERS = ("adam", "sgd")
@@ -241,7 +241,7 @@ def td_step(
 
     # 4. update with the trace up to S_{t-1}; skipped on a first tick and when non-finite
     z = {k: s[f"elig.{k}"] for k in names}
-    z_l1 = sum(t.abs().sum() for t in z.values())
+    z_l1 = sum(l1_norm(t) for t in z.values())
     ok = finite(delta * z_l1 * value)
     do = torch.logical_and(ok, keep > 0)  # (1,) bool
     _update(cfg, s, p, names, delta, z, do, value.dtype, new)
