@@ -19,7 +19,8 @@ import sys
 
 import numpy as np
 
-from firmware_bridge.bundle import load_bundle
+from firmware_bridge.bundle import BundleError, load_bundle
+from firmware_bridge.runtime import StepRunnerError
 
 
 def tick_inputs(specs: dict, t: int, rng: np.random.Generator, rest: dict) -> dict:
@@ -43,6 +44,12 @@ def tick_inputs(specs: dict, t: int, rng: np.random.Generator, rest: dict) -> di
     return feed
 
 
+def step_shapes(bundle, graph: str) -> dict[str, tuple]:
+    """The per-step inputs of ``graph`` and their shapes (obs, reward, first, ...)."""
+    step = set(bundle.step_input_names(graph))
+    return {i.name: tuple(i.shape) for i in bundle.session(graph).get_inputs() if i.name in step}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old")
@@ -50,16 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ticks", type=int, default=800)
     ap.add_argument("--graph", choices=("learn", "act"), default="learn")
     args = ap.parse_args(argv)
-    bundles = [load_bundle(args.old), load_bundle(args.new)]
-    runners = [b.runner(args.graph) for b in bundles]
-    names = bundles[0].step_input_names(args.graph)
-    if bundles[1].step_input_names(args.graph) != names:
+    if args.ticks < 1:
+        ap.error(f"--ticks must be at least 1, got {args.ticks}")
+    try:
+        bundles = [load_bundle(args.old), load_bundle(args.new)]
+        runners = [b.runner(args.graph) for b in bundles]
+    except (BundleError, StepRunnerError) as exc:
+        sys.exit(f"same_values.py: {exc}")
+    shapes = [step_shapes(b, args.graph) for b in bundles]
+    if shapes[0] != shapes[1]:
         sys.exit(
-            f"the bundles' {args.graph} steps take different inputs: {names} vs "
-            f"{bundles[1].step_input_names(args.graph)}"
+            f"same_values.py: the bundles' {args.graph} steps take different inputs "
+            f"({shapes[0]} vs {shapes[1]}); compare two exports of one agent"
         )
-    inputs = {i.name: i for i in bundles[0].session(args.graph).get_inputs()}
-    specs = {n: (tuple(inputs[n].shape), np.float32) for n in names}
+    specs = {n: (shape, np.float32) for n, shape in shapes[0].items()}
     rng, rest = np.random.default_rng(0), {}
     compared = differ = skipped = 0
     for t in range(args.ticks):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    path = ROOT / "benchmarks/bench_train_batched.py"
-    spec = importlib.util.spec_from_file_location("bench_train_batched", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
+def bench(load_benchmark):
+    yield load_benchmark("bench_train_batched")
     sys.modules.pop("compare_sb3", None)
 
 

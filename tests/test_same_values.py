@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from export.bench_sizes import build_size
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def same_values():
-    spec = importlib.util.spec_from_file_location("same_values", ROOT / "benchmarks/same_values.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def same_values(load_benchmark):
+    return load_benchmark("same_values")
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +53,16 @@ def test_a_changed_value_is_found(same_values, bundles, tmp_path, capsys):
     (changed / "manifest.json").write_text(json.dumps(manifest))
     assert same_values.main([str(bundles[0]), str(changed), "--ticks", "50"]) == 1
     assert "differs" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_one_line_refusals(same_values, bundles, tmp_path):
+    not_a_bundle = tmp_path / "empty"
+    not_a_bundle.mkdir()
+    with pytest.raises(SystemExit, match="^same_values.py: ") as e:
+        same_values.main([str(bundles[0]), str(not_a_bundle)])
+    assert "manifest" in str(e.value)  # the loader's own message says what is missing
+    with pytest.raises(SystemExit, match="^same_values.py: "):
+        same_values.main([str(bundles[0]), str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as e:
+        same_values.main([str(bundles[0]), str(bundles[1]), "--ticks", "0"])
+    assert e.value.code == 2  # argparse's usage error
