@@ -304,13 +304,7 @@ def step(
     _check_activation(activation)
     _check_state(state, b, n, p.w1.dtype)
     _check_traces(traces, b, d, n, nonlinear, p.w1.dtype)
-    co = _coeffs(p)
-    if done is not None:
-        # Row b starts from h_{t-1} = 0 and zero traces. Both enter this step only multiplied
-        # by lam (g, phi), so the reset is lam -> (1 - done_b) * lam: (B, n) coefficients
-        # rather than a masked copy of the state and of every trace (the same values).
-        keep = _keep_mask(done, b, x.dtype)[:, None]
-        co = co._replace(g=keep * co.g, phi=keep * co.phi)
+    co = _reset_into_lam(_coeffs(p), done, b, x.dtype)
     c1, c2 = state
     lh1, lh2, u1, u2 = _recur_terms(p, co, x, c1, c2)
     a1 = lh1 + co.gamma * u1
@@ -380,10 +374,7 @@ def step_forward(
     b = _check_batch_input(x, d, p.w1.dtype, "x")
     _check_activation(activation)
     _check_state(state, b, n, p.w1.dtype)
-    co = _coeffs(p)
-    if done is not None:
-        keep = _keep_mask(done, b, x.dtype)[:, None]
-        co = co._replace(g=keep * co.g, phi=keep * co.phi)
+    co = _reset_into_lam(_coeffs(p), done, b, x.dtype)
     lh1, lh2, u1, u2 = _recur_terms(p, co, x, state.c1, state.c2)
     a1 = lh1 + co.gamma * u1
     a2 = lh2 + co.gamma * u2
@@ -624,6 +615,17 @@ def _coeffs(p: AnyRTUParams) -> _Coeffs:
         gamma=gamma,
         dgamma=dnu * r2 / gamma,
     )
+
+
+def _reset_into_lam(co: _Coeffs, done: Tensor | None, b: int, dtype: torch.dtype) -> _Coeffs:
+    """The episode reset of `step` and `step_forward`: row b with done_b = 1 starts from
+    h_{t-1} = 0 and zero traces. Both enter a step only multiplied by lam (g, phi), so the
+    reset is lam -> (1 - done_b) * lam: (B, n) coefficients rather than a masked copy of the
+    state and of every trace (the same values). done None: no reset, (n,) coefficients."""
+    if done is None:
+        return co
+    keep = _keep_mask(done, b, dtype)[:, None]
+    return co._replace(g=keep * co.g, phi=keep * co.phi)
 
 
 def _recur_terms(
