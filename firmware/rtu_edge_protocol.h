@@ -681,10 +681,12 @@ static inline int rtu_edge_write_status(uint8_t *wire, size_t cap, uint16_t seq,
 /* Whether a payload of len bytes is valid for msg_id: RTU_EDGE_ERR_NONE,
    RTU_EDGE_ERR_UNKNOWN_ID (not in the table) or RTU_EDGE_ERR_BAD_LENGTH. Array messages need
    exactly the agreed number of values; 0 for obs_values / action_values means not agreed yet:
-   any whole number of values is accepted. */
+   any whole number of values is accepted. A message of variable length (PREDICTION) needs at
+   least one value. */
 static inline rtu_edge_err_t rtu_edge_check_payload(uint8_t msg_id, size_t len, uint16_t obs_values,
                                                     uint16_t action_values) {
     size_t fixed;
+    size_t least; /* the fewest payload bytes */
     uint16_t agreed;
     switch (msg_id) {
     case RTU_EDGE_MSG_HELLO_REQ:
@@ -697,16 +699,19 @@ static inline rtu_edge_err_t rtu_edge_check_payload(uint8_t msg_id, size_t len, 
         return len == RTU_EDGE_STATUS_REQ_PAYLOAD_BYTES ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
     case RTU_EDGE_MSG_ACTION:
         fixed = RTU_EDGE_ACTION_FIXED_PAYLOAD_BYTES;
+        least = fixed;
         agreed = action_values;
         break;
     case RTU_EDGE_MSG_PREDICTION:
         fixed = RTU_EDGE_PREDICTION_FIXED_PAYLOAD_BYTES;
+        least = fixed + 4u;
         agreed = 0u;
         break;
     case RTU_EDGE_MSG_HELLO:
         return len >= RTU_EDGE_HELLO_MIN_PAYLOAD_BYTES ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
     case RTU_EDGE_MSG_OBS:
         fixed = RTU_EDGE_OBS_FIXED_PAYLOAD_BYTES;
+        least = fixed;
         agreed = obs_values;
         break;
     case RTU_EDGE_MSG_STATUS:
@@ -717,7 +722,7 @@ static inline rtu_edge_err_t rtu_edge_check_payload(uint8_t msg_id, size_t len, 
         return RTU_EDGE_ERR_UNKNOWN_ID;
     }
     if (agreed != 0) return len == fixed + 4u * (size_t)agreed ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
-    return len >= fixed && (len - fixed) % 4u == 0 ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
+    return len >= least && (len - fixed) % 4u == 0 ? RTU_EDGE_ERR_NONE : RTU_EDGE_ERR_BAD_LENGTH;
 }
 
 /* The message's name ("OBS"), or NULL for an id not in the table. */

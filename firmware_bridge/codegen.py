@@ -301,12 +301,14 @@ def _check_payload() -> list[str]:
             "Whether a payload of len bytes is valid for msg_id: RTU_EDGE_ERR_NONE, "
             "RTU_EDGE_ERR_UNKNOWN_ID (not in the table) or RTU_EDGE_ERR_BAD_LENGTH. Array "
             "messages need exactly the agreed number of values; 0 for obs_values / "
-            "action_values means not agreed yet: any whole number of values is accepted."
+            "action_values means not agreed yet: any whole number of values is accepted. A "
+            "message of variable length (PREDICTION) needs at least one value."
         ),
         "static inline rtu_edge_err_t rtu_edge_check_payload(uint8_t msg_id, size_t len, "
         "uint16_t obs_values,",
         "                                                    uint16_t action_values) {",
         "    size_t fixed;",
+        "    size_t least; /* the fewest payload bytes */",
         "    uint16_t agreed;",
         "    switch (msg_id) {",
     ]
@@ -325,11 +327,11 @@ def _check_payload() -> list[str]:
             )
         else:
             # a length not agreed in the handshake: 0, any whole number of values
-            agreed = (
-                "0u" if arr.count in p._VAR_SIZE_NAMES else arr.count.replace("_size", "_values")
-            )
+            var = arr.count in p._VAR_SIZE_NAMES
+            agreed = "0u" if var else arr.count.replace("_size", "_values")
             out += [
                 f"        fixed = {_P}{m.name}_FIXED_PAYLOAD_BYTES;",
+                "        least = fixed + 4u;" if var else "        least = fixed;",
                 f"        agreed = {agreed};",
                 "        break;",
             ]
@@ -341,7 +343,7 @@ def _check_payload() -> list[str]:
         "    }",
         "    if (agreed != 0) return len == fixed + 4u * (size_t)agreed ? RTU_EDGE_ERR_NONE "
         ": RTU_EDGE_ERR_BAD_LENGTH;",
-        "    return len >= fixed && (len - fixed) % 4u == 0 ? RTU_EDGE_ERR_NONE "
+        "    return len >= least && (len - fixed) % 4u == 0 ? RTU_EDGE_ERR_NONE "
         ": RTU_EDGE_ERR_BAD_LENGTH;",
         "}",
         "",
