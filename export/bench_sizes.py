@@ -115,6 +115,9 @@ class TorchStepper:
             names, self.fn = learner.act_state_names(built.agent, state), learner.act_step
         readable = packing.with_views(state, packing_of(learner, built.agent, built.state))
         self.state_t = {k: readable[k].clone() for k in names}
+        if graph == "act" and learner.act_prepare is not None:  # once, as the robot does
+            with torch.inference_mode():
+                self.state_t.update(learner.act_prepare(self.cfg, self.agent, readable))
 
     def __call__(self, inputs: Mapping) -> None:
         torch = self._torch

@@ -1,7 +1,8 @@
 """`rtu-edge export`: turn a run directory into a robot bundle (docs/bundle.md).
 
 The learn graph is the run's learner's ``learn_step`` itself, traced by the dynamo exporter; the
-act graph is its ``act_step``. Which tensors go in and out, and what each per-step input and
+act graph is its ``act_step``, and act_prepare.onnx its ``act_prepare`` (the act step's
+constants, computed by the robot once per loaded state) when it declares one. Which tensors go in and out, and what each per-step input and
 output means, comes from what the learner declares (rtu_edge/learners/base.py); the manifest is
 written with the contract (firmware_bridge/contract.py) and checked against it before anything
 is written. Export always ends with a parity check:
@@ -72,7 +73,7 @@ class StepGraph(torch.nn.Module):
         super().__init__()
         self.fn, self.cfg, self.agent = fn, cfg, agent
         self.state_names, self.input_names = list(state_names), list(input_names)
-        self.carried, self.outputs = list(carried), list(outputs)
+        self.carried, self.outputs = list(carried), list(outputs)  # outputs: by name
 
     def forward(self, *tensors: torch.Tensor):
         n = len(self.state_names)
@@ -86,37 +87,64 @@ class StepGraph(torch.nn.Module):
 class GraphPlan:
     """Everything about one graph that the learner declares: names in graph order."""
 
-    state_names: list[str]  # inputs read from the state
+    state_names: list[str]  # inputs read from the state (prep.* ones from act_prepare)
     carried: list[str]  # of those, the ones written back as X.next
     step_inputs: tuple[C.StepInput, ...]
     step_outputs: tuple[C.StepOutput, ...]
+    prepared: list[str] = dataclasses.field(default_factory=list)  # a prepare graph's outputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return (
+            [C.next_name(k) for k in self.carried]
+            + [o.name for o in self.step_outputs]
+            + self.prepared
+        )
 
 
-def plan_graphs(learner: Learner, agent: AgentConfig, state: dict) -> dict[str, GraphPlan]:
+PREPARE = "act_prepare"  # the graph that computes the act graph's prep.* inputs
+
+
+def plan_graphs(learner: Learner, agent: AgentConfig, state: dict, cfg) -> dict[str, GraphPlan]:
     """The graphs a bundle of this agent holds: learn and act, or act only for a cell without
-    exact RTRL (it cannot learn on the robot)."""
+    exact RTRL (it cannot learn on the robot); and act_prepare when the learner declares one.
+    ``cfg`` is the learner's config."""
     act_names = learner.act_state_names(agent, state)
+    carry = [k for k in act_names if k.startswith("carry.")]
     plans = {}
     if agent.cell.online:
         plans["learn"] = GraphPlan(
             list(state), list(state), learner.step_inputs(agent), learner.learn_outputs(agent)
         )
+    prepared = []
+    if learner.act_prepare is not None:
+        prepared = list(prepare_values(learner, cfg, agent, state))
+        plans[PREPARE] = GraphPlan([k for k in act_names if k not in carry], [], (), (), prepared)
     return plans | {
         "act": GraphPlan(
-            act_names,
-            [k for k in act_names if k.startswith("carry.")],
-            learner.act_inputs(agent),
-            learner.act_outputs(agent),
+            act_names + prepared, carry, learner.act_inputs(agent), learner.act_outputs(agent)
         ),
     }
+
+
+def prepare_values(learner: Learner, cfg, agent: AgentConfig, state: dict) -> dict:
+    """The act step's prep.* constants of ``state`` in torch ({} without an act_prepare)."""
+    if learner.act_prepare is None:
+        return {}
+    packing = learner.packing(agent) if learner.packing else ()
+    with torch.inference_mode():
+        return learner.act_prepare(cfg, agent, P.with_views(state, packing))
 
 
 def export_graph(
     learner: Learner, graph: str, cfg, agent: AgentConfig, state: dict[str, torch.Tensor]
 ) -> onnx.ModelProto:
-    """The learner's `graph` ("learn" or "act") step as ONNX; dtype of `state`."""
-    plan = plan_graphs(learner, agent, state)[graph]
-    fn = learner.learn_step if graph == "learn" else learner.act_step
+    """The learner's `graph` ("learn", "act" or "act_prepare") step as ONNX; dtype of `state`.
+
+    State inputs that no node reads (e.g. what act_prepare consumed, for the act graph) are
+    dropped from the graph (`export_graphs` gives the plans with the names that remain)."""
+    plan = plan_graphs(learner, agent, state, cfg)[graph]
+    fn = learner.step_function(graph)
     dtype = next(iter(state.values())).dtype
     example = [
         (torch.ones if s.source == "first" else torch.zeros)(s.shape, dtype=dtype)
@@ -129,15 +157,16 @@ def export_graph(
         plan.state_names,
         [s.name for s in plan.step_inputs],
         plan.carried,
-        [o.name for o in plan.step_outputs],
+        [o.name for o in plan.step_outputs] + plan.prepared,
     )
     values = P.with_views(state, learner.packing(agent) if learner.packing else ())
+    values = values | prepare_values(learner, cfg, agent, state)
     try:
-        return _to_onnx(
+        model = _to_onnx(
             module,
             tuple(values[k] for k in plan.state_names) + tuple(example),
             plan.state_names + [s.name for s in plan.step_inputs],
-            [C.next_name(k) for k in plan.carried] + [o.name for o in plan.step_outputs],
+            plan.output_names,
         )
     except Exception as e:  # the exporter wraps what the step raised: report that
         root = e
@@ -146,6 +175,22 @@ def export_graph(
         if isinstance(root, ValueError):
             raise ValueError(f"cannot export the {graph} graph: {root}") from None
         raise
+    return _drop_unused_inputs(model, set(plan.state_names) - set(plan.carried))
+
+
+def export_graphs(
+    learner: Learner, cfg, agent: AgentConfig, state: dict[str, torch.Tensor], cfgs=None
+) -> tuple[dict[str, onnx.ModelProto], dict[str, GraphPlan]]:
+    """Every graph of the bundle (`plan_graphs`) as ONNX, and the plans with the state inputs
+    each exported graph kept. ``cfgs`` may give another config per graph (tests)."""
+    plans = plan_graphs(learner, agent, state, cfg)
+    models = {g: export_graph(learner, g, (cfgs or {}).get(g, cfg), agent, state) for g in plans}
+    for g, model in models.items():
+        inputs = {i.name for i in model.graph.input}
+        plans[g] = dataclasses.replace(
+            plans[g], state_names=[k for k in plans[g].state_names if k in inputs]
+        )
+    return models, plans
 
 
 # ---- export helpers ------------------------------------------------------------------------
@@ -192,6 +237,18 @@ def _quiet_exporter():
         finally:
             for lg, lvl in zip(loggers, levels):
                 lg.setLevel(lvl)
+
+
+def _drop_unused_inputs(model: onnx.ModelProto, droppable: set[str]) -> onnx.ModelProto:
+    """``model`` without the inputs in ``droppable`` that no node (in any branch) reads and no
+    output returns: a graph input the step never uses would still cost a binding per tick."""
+    read = {i for n in _all_nodes(model.graph) for i in n.input}
+    read |= {o.name for o in model.graph.output}
+    keep = [i for i in model.graph.input if i.name not in droppable or i.name in read]
+    if len(keep) < len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return model
 
 
 def _all_nodes(graph: onnx.GraphProto):
@@ -309,10 +366,9 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     torch.set_num_threads(1)
     packing = packing_of(learner, agent, state)
     state = P.pack(state, packing)
-    plans = plan_graphs(learner, agent, state)
 
     t0 = time.perf_counter()
-    models = {g: export_graph(learner, g, run.train.learner, agent, state) for g in plans}
+    models, plans = export_graphs(learner, run.train.learner, agent, state)
     for m in models.values():
         check_standard_ops(m)
     log(
@@ -342,7 +398,12 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
     protocol = _protocol()
     graphs = {}
     for g, model in models.items():
+        if g == PREPARE:
+            continue
         inputs, outputs = graph_io(model)
+        prepare = None
+        if g == "act" and PREPARE in models:
+            prepare = C.PrepareSpec(f"{PREPARE}.onnx", OPSET, *graph_io(models[PREPARE]))
         graphs[g] = C.GraphSpec(
             file=f"{g}.onnx",
             opset=OPSET,
@@ -350,6 +411,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             outputs=outputs,
             step_inputs=plans[g].step_inputs,
             step_outputs=plans[g].step_outputs,
+            prepare=prepare,
         )
     manifest = C.Manifest(
         format_version=C.FORMAT_VERSION,

@@ -107,14 +107,16 @@ def check_parity(
     rest_steps: int = 32,
     packing: tuple = (),
 ) -> ParityReport:
-    """Run both graphs (`blobs`, laid out as `plans`: export.bundle.plan_graphs) next to the
-    learner's torch steps on a real trajectory of the run's environment.
+    """Run every graph (`blobs`, laid out as `plans`: export.bundle.export_graphs) next to the
+    learner's torch steps on a real trajectory of the run's environment. The act graph is fed
+    the prep.* constants torch computes (act_prepare.onnx is compared on its own), so each
+    graph is judged by itself.
 
     ``state`` is packed by ``packing`` (contract.PackedBuffer) as the bundle is; a packed
     output is compared tensor by tensor, each against its own largest entry, as if unpacked.
     """
     learner, agent, cfg = run.learner, run.agent, run.train.learner
-    fns = {"learn": learner.learn_step, "act": learner.act_step}
+    fns = {g: learner.step_function(g) for g in plans}
     sessions = {g: _session(b) for g, b in blobs.items()}
     out_names = {g: [o.name for o in s.get_outputs()] for g, s in sessions.items()}
     info = envs_mod.env_info(run.train.env)
@@ -148,6 +150,8 @@ def check_parity(
         for g, plan in plans.items():
             inputs = {s.name: values[s.source] for s in plan.step_inputs}
             readable = P.with_views(state, packing)
+            if learner.act_prepare is not None and g == "act":
+                readable = readable | learner.act_prepare(cfg, agent, readable)
             feeds = {k: readable[k].numpy() for k in plan.state_names} | inputs
             got = dict(zip(out_names[g], sessions[g].run(None, feeds)))
             tin = {k: torch.from_numpy(v) for k, v in inputs.items()}

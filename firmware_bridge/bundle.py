@@ -16,7 +16,7 @@ Loading is running code, so nothing is parsed until it is known to be the export
    a non-finite value refuses the bundle.
 
 External data. A bundle holds exactly the files the manifest uses (``learn.onnx``,
-``act.onnx``, ``state.npz``); every tensor must live inside its .onnx file. Without the
+``act.onnx``, ``act_prepare.onnx``, ``state.npz``); every tensor must live inside its .onnx file. Without the
 ``onnx`` package, ``_scan_onnx`` walks the protobuf wire format of the model (graphs,
 subgraphs in node attributes, functions, training info) and rejects any TensorProto with
 ``data_location = EXTERNAL`` or an ``external_data`` entry, naming the tensor and its
@@ -46,6 +46,7 @@ from firmware_bridge.contract import (
     GRAPHS,
     MANIFEST,
     NEXT_SUFFIX,
+    PREP_PREFIX,
     ContractError,
     Manifest,
     TensorSpec,
@@ -84,12 +85,14 @@ class Bundle:
         fingerprint: str,
         sessions: dict[str, ort.InferenceSession],
         state: dict[str, np.ndarray],
+        prepare: dict[str, ort.InferenceSession] | None = None,
     ) -> None:
         self.path = path  # the bundle directory, resolved
         self.manifest = manifest  # manifest.json, typed and checked against the contract
         self.fingerprint = fingerprint  # SHA-256 of manifest.json: names this exact bundle
         self._sessions = sessions
         self._state = state
+        self._prepare = dict(prepare or {})  # step graph -> the session of its prepare graph
 
     @property
     def graph_names(self) -> tuple[str, ...]:
@@ -114,7 +117,35 @@ class Bundle:
         """Inputs of ``graph`` fed from the state: carried ones and read-only ones (params.*,
         possibly tensors inside a packed buffer, which a graph reads by their own names)."""
         held = set(self._state) | set(packed_tensors(self.manifest.packing))
+        held |= set(self._prepared_names(graph))
         return [i.name for i in self.session(graph).get_inputs() if i.name in held]
+
+    def _prepared_names(self, graph: str) -> list[str]:
+        session = self._prepare.get(graph)
+        return [] if session is None else [o.name for o in session.get_outputs()]
+
+    def prepared(self, graph: str, state: Mapping[str, np.ndarray] | None = None) -> dict:
+        """The ``prep.*`` inputs of ``graph`` computed from ``state`` (default: the initial
+        state) by its prepare graph, once (contract.PrepareSpec); ``{}`` when it has none."""
+        session = self._prepare.get(graph)
+        if session is None:
+            return {}
+        state = self._state if state is None else state
+        names = [i.name for i in session.get_inputs()]
+        inside = packed_tensors(self.manifest.packing)
+        missing = [n for n in names if n not in state and inside.get(n, ("",))[0] not in state]
+        if missing:
+            raise BundleError(f"state for graph {graph!r} lacks {sorted(missing)}")
+        feeds = graph_state(state, names, self.manifest.packing)
+        feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        try:
+            values = session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own error types
+            raise BundleError(
+                f"the prepare graph of {graph!r} failed on this state ({exc}); the state does "
+                f"not fit the bundle. {_FIX}"
+            ) from None
+        return {o.name: v for o, v in zip(session.get_outputs(), values)}
 
     def step_input_names(self, graph: str) -> list[str]:
         """Per-step inputs of ``graph`` (obs, reward, first, ...): those not held in the state."""
@@ -125,12 +156,13 @@ class Bundle:
         """What ``graph`` reads from ``state`` (default: the initial state), by its input
         names; a tensor inside a packed buffer comes out of the buffer (contract.graph_state)."""
         state = self._state if state is None else state
-        names = self.state_input_names(graph)
+        prep = self.prepared(graph, state)
+        names = [n for n in self.state_input_names(graph) if n not in prep]
         inside = packed_tensors(self.manifest.packing)
         missing = [n for n in names if n not in state and inside.get(n, ("",))[0] not in state]
         if missing:
             raise BundleError(f"state for graph {graph!r} lacks {sorted(missing)}")
-        return graph_state(state, names, self.manifest.packing)
+        return graph_state(state, names, self.manifest.packing) | prep
 
     def initial_state(self) -> dict[str, np.ndarray]:
         """Fresh copies of every tensor in state.npz, keyed by tensor name."""
@@ -171,6 +203,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         g: (spec.file, list(spec.inputs), list(spec.outputs), spec.opset)
         for g, spec in manifest.graphs.items()
     }
+    preps = {  # each checked as a graph of its own, "act.prepare", with no per-step I/O
+        f"{g}.prepare": (p.file, list(p.inputs), list(p.outputs), p.opset)
+        for g, spec in manifest.graphs.items()
+        if (p := spec.prepare) is not None
+    }
     state_file, state_names = manifest.state_file, list(manifest.state_names)
 
     # Containment and hashes of every file, before anything is parsed.
@@ -187,7 +224,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         data[name] = blob
 
     sessions = {}
-    for graph, (file, inputs, outputs, opset) in graphs.items():
+    for graph, (file, inputs, outputs, opset) in (graphs | preps).items():
         _scan_onnx(data[file], file, opset)
         try:
             session = make_session(data[file])
@@ -200,7 +237,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         sessions[graph] = session
 
     state = _load_state(data[state_file], state_file, state_names)
-    _check_state_against_graphs(state, state_file, graphs, manifest)
+    _check_state_against_graphs(state, state_file, graphs | preps, manifest)
     for buf in manifest.packing:
         if state[buf.name].shape != (buf.size,):
             raise BundleError(
@@ -208,7 +245,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                 f", but the tensors manifest.json places in it need [{buf.size}]. {_FIX}"
             )
     fingerprint = hashlib.sha256(manifest_bytes).hexdigest()
-    return Bundle(root, manifest, fingerprint, sessions, state)
+    prepare = {g.split(".")[0]: sessions.pop(g) for g in preps}
+    return Bundle(root, manifest, fingerprint, sessions, state, prepare)
 
 
 def count_nodes(blob: bytes) -> int:
@@ -385,7 +423,10 @@ def _check_state_against_graphs(
     problems = []
     inside = {n: v for n, v in packed_tensors(manifest.packing).items() if v[0] in state}
     for graph, (_file, inputs, outputs, _opset) in graphs.items():
-        step_inputs = [s.name for s in manifest.graphs[graph].step_inputs]
+        gspec = manifest.graphs.get(graph)  # None: a prepare graph ("act.prepare")
+        step_inputs = [] if gspec is None else [s.name for s in gspec.step_inputs]
+        if gspec is not None and gspec.prepare is not None:  # computed, not in the state
+            inputs = [i for i in inputs if not i.name.startswith(PREP_PREFIX)]
         out = {s.name: s for s in outputs}
         for spec in inputs:
             nxt = out.get(spec.name + NEXT_SUFFIX)

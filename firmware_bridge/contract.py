@@ -28,7 +28,10 @@ import numpy as np
 
 # 2: step I/O declared with sources and uses; cell-generic tensor names
 # 3: parameters and eligibility traces packed into flat buffers (`PackedBuffer`, state.packed)
-FORMAT_VERSION = 3
+# 4: a step graph may read constants (``prep.*``) that its prepare graph computes from the
+#    state once per loaded state (`PrepareSpec`; act_prepare.onnx). Format 3 is read too.
+FORMAT_VERSION = 4
+READABLE_FORMATS = (3, 4)  # a format-3 bundle is a format-4 one without prepare graphs
 OPSET = 18  # ai.onnx opset of every exported graph
 GRAPHS = ("learn", "act")  # the graphs a bundle may hold; the robot runs one of them
 # act.onnx is always there; learn.onnx only when the cell has exact RTRL (a cell trained by
@@ -36,6 +39,9 @@ GRAPHS = ("learn", "act")  # the graphs a bundle may hold; the robot runs one of
 REQUIRED_GRAPHS = ("act",)
 MANIFEST = "manifest.json"
 NEXT_SUFFIX = ".next"
+# Inputs of a step graph named ``prep.<...>`` are computed by its prepare graph (`PrepareSpec`)
+# from the state; they are neither carried nor stored in the state file or a checkpoint.
+PREP_PREFIX = "prep."
 STATE_FILE = "state.npz"
 
 # What each group of carried tensors holds (docs/bundle.md repeats this table).
@@ -284,6 +290,23 @@ class ActionSpec:
 
 
 @dataclass(frozen=True)
+class PrepareSpec:
+    """The graph that computes a step graph's ``prep.*`` inputs from the state (format 4).
+
+    Its inputs are state tensors (a tensor inside a packed buffer by its own name, as a step
+    graph reads it) and its outputs exactly the step graph's ``prep.*`` inputs. They depend on
+    the state alone, so the runtime computes them once for each state it loads, not on every
+    tick: an act graph's parameters do not change while it runs, and what it derives from them
+    (an RTU's lam and gamma, the observation std) need not be recomputed per tick.
+    """
+
+    file: str
+    opset: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
 class GraphSpec:
     file: str
     opset: int
@@ -291,6 +314,7 @@ class GraphSpec:
     outputs: tuple[TensorSpec, ...]
     step_inputs: tuple[StepInput, ...]  # the inputs that are not read from the state
     step_outputs: tuple[StepOutput, ...]  # the outputs that are not X.next of a carried X
+    prepare: PrepareSpec | None = None  # computes the ``prep.*`` inputs (None: there are none)
 
     def output_with_use(self, use: str) -> list[StepOutput]:
         return [o for o in self.step_outputs if o.use == use]
@@ -382,6 +406,18 @@ class Manifest:
                         {"name": s.name, "use": s.use, "meaning": s.meaning} for s in g.step_outputs
                     ],
                 }
+                | (
+                    {}
+                    if g.prepare is None
+                    else {
+                        "prepare": {
+                            "file": g.prepare.file,
+                            "opset": g.prepare.opset,
+                            "inputs": io(g.prepare.inputs),
+                            "outputs": io(g.prepare.outputs),
+                        }
+                    }
+                )
                 for name, g in self.graphs.items()
             },
             "state": {
@@ -408,7 +444,7 @@ class Manifest:
         r = _Reader(where)
         m = r.obj(obj, "the manifest")
         version = r.int_(m, "format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMATS:
             older = (
                 " (format 2 carries every parameter and eligibility trace as a tensor of its "
                 "own; format 3 packs them into flat buffers, state.packed)"
@@ -416,9 +452,10 @@ class Manifest:
                 else ""
             )
             raise ContractError(
-                f"{where} has format_version {version}; this rtu-edge reads format version "
-                f"{FORMAT_VERSION} only{older}. Export the bundle with the rtu-edge version "
-                "installed on the robot, or install the matching rtu-edge here."
+                f"{where} has format_version {version}; this rtu-edge reads format versions "
+                f"{', '.join(map(str, READABLE_FORMATS))} only{older}. Export the bundle with "
+                "the rtu-edge version installed on the robot, or install the matching rtu-edge "
+                "here."
             )
         obs = r.obj(r.get(m, "observation"), "observation")
         obs_size = r.int_(obs, "size", lo=1, ctx="observation")
@@ -471,7 +508,11 @@ class Manifest:
             raise r.bad("state.names lists a name twice")
         packing = _read_packing(r, state.get("packed", {}), names)
 
-        used = [g.file for g in graphs.values()] + [state_file]
+        if version < 4 and any(g.prepare is not None for g in graphs.values()):
+            raise r.bad("a prepare graph needs format_version 4 or later")
+        used = [g.file for g in graphs.values()]
+        used += [g.prepare.file for g in graphs.values() if g.prepare is not None]
+        used += [state_file]
         if len(set(used)) != len(used):
             raise r.bad(f"graphs and state must use distinct files, got {used}")
         unhashed = [f for f in used if f not in files]
@@ -534,6 +575,8 @@ class Manifest:
             carried = set(carried_names(list(in_specs), list(out_specs)))
             declared_in = {s.name for s in g.step_inputs}
             held = set(self.state_names) | set(packed_tensors(self.packing))
+            self._check_prepare(where, g, in_specs, held)
+            held |= {s.name for s in g.prepare.outputs} if g.prepare is not None else set()
             expected_in = {n for n in in_specs if n not in held}
             if declared_in != expected_in:
                 raise ContractError(
@@ -601,6 +644,31 @@ class Manifest:
                     f"{MANIFEST}: {where}: the action output has shape {list(a_shape)}, "
                     f"action.dims says (1, {self.action.dims}). {FIX}"
                 )
+
+    @staticmethod
+    def _check_prepare(where: str, g: GraphSpec, in_specs: dict, held: set) -> None:
+        """The ``prep.*`` inputs of a step graph are exactly its prepare graph's outputs (same
+        dtype and shape), and the prepare graph reads the state only."""
+        prep_in = {n: s for n, s in in_specs.items() if n.startswith(PREP_PREFIX)}
+        if g.prepare is None:
+            if prep_in:
+                raise ContractError(
+                    f"{MANIFEST}: {where} reads {sorted(prep_in)} but has no prepare graph to "
+                    f"compute them. {FIX}"
+                )
+            return
+        outs = {s.name: s for s in g.prepare.outputs}
+        if set(outs) != set(prep_in) or any(outs[n] != prep_in[n] for n in outs):
+            raise ContractError(
+                f"{MANIFEST}: {where}.prepare outputs {sorted(outs)} but the graph reads "
+                f"{sorted(prep_in)} (names, dtypes and shapes must match). {FIX}"
+            )
+        unheld = sorted(s.name for s in g.prepare.inputs if s.name not in held)
+        if unheld:
+            raise ContractError(
+                f"{MANIFEST}: {where}.prepare reads {unheld}, which the state does not hold "
+                f"(a prepare graph reads the state only). {FIX}"
+            )
 
 
 # ---- field readers ------------------------------------------------------------------------------
@@ -793,6 +861,16 @@ def _read_graph(r: _Reader, gname: str, entry) -> GraphSpec:
                 raise r.bad(f"{where}.{key}: {e}") from None
         return tuple(out)
 
+    prepare = None
+    if entry.get("prepare") is not None:
+        pw = f"{where}.prepare"
+        p = r.obj(entry["prepare"], pw)
+        prepare = PrepareSpec(
+            file=r.str_(p, "file", ctx=pw),
+            opset=r.int_(p, "opset", lo=1, ctx=pw),
+            inputs=_read_specs(r, r.get(p, "inputs", pw), f"{pw}.inputs"),
+            outputs=_read_specs(r, r.get(p, "outputs", pw), f"{pw}.outputs"),
+        )
     return GraphSpec(
         file=file,
         opset=opset,
@@ -800,4 +878,5 @@ def _read_graph(r: _Reader, gname: str, entry) -> GraphSpec:
         outputs=outputs,
         step_inputs=items("step_inputs", "source", StepInput),
         step_outputs=items("step_outputs", "use", StepOutput),
+        prepare=prepare,
     )

@@ -6,7 +6,11 @@ the autograd path and gives the agent, the learners and the exporter one API for
 
 - ``initial_state(B)``, ``forward(xs, state, dones=None)``: the autograd path over a sequence
   (T-BPTT differentiates through it).
-- ``step_forward(x, state, done=None, params=None)``: one step, no traces (the act graph).
+- ``step_forward(x, state, done=None, params=None, consts=None)``: one step, no traces (the
+  act graph). ``consts`` is what ``act_constants(params)`` returned: the quantities the step
+  derives from the parameters alone (an RTU's lam and gamma), computed once for an act graph
+  whose parameters do not change (the bundle's act_prepare.onnx); None computes them here.
+  A cell without such constants returns ``{}`` and ignores ``consts``.
 - RTRL cells (``online = True``) also: ``initial_traces(B)``,
   ``rtrl_step(x, state, traces, done=None, params=None)``,
   ``rtrl_grads(dL_dy, state, traces, params=None)`` and
@@ -65,6 +69,10 @@ class Cell(nn.Module):
 
     def recurrent_param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def act_constants(self, params: Params | None = None) -> Params:
+        """What `step_forward` derives from the parameters alone (none by default)."""
+        return {}
 
     # RTRL-only methods: a T-BPTT cell says so clearly.
     def initial_traces(self, batch_size: int):
@@ -179,8 +187,13 @@ class MathCell(Cell):
     def forward(self, xs: Tensor, state, dones: Tensor | None = None):
         return self.math.sequence(self.params(), xs, state, dones, **self.options)
 
-    def step_forward(self, x: Tensor, state, done: Tensor | None = None, params=None):
-        return self.math.step_forward(self.params(params), x, state, done, **self.options)
+    def act_constants(self, params: Params | None = None) -> Params:
+        fn = getattr(self.math, "act_constants", None)  # a math module may offer them
+        return {} if fn is None else fn(self.params(params))
+
+    def step_forward(self, x: Tensor, state, done: Tensor | None = None, params=None, consts=None):
+        extra = {"consts": consts} if consts else {}  # (a math module without constants: {})
+        return self.math.step_forward(self.params(params), x, state, done, **self.options, **extra)
 
     def rtrl_step(self, x: Tensor, state, traces, done=None, params=None):
         if not self.online:

@@ -161,12 +161,21 @@ class RTU(Cell):
         )
         return self._project(ys, None), state
 
+    def act_constants(self, params: Params | None = None) -> Params:
+        """g, phi and gamma (n,) each: what `step_forward` derives from the parameters."""
+        return rtu_math.act_constants(self.params(params))
+
     def step_forward(
-        self, x: Tensor, state: RTUState, done: Tensor | None = None, params: Params | None = None
+        self,
+        x: Tensor,
+        state: RTUState,
+        done: Tensor | None = None,
+        params: Params | None = None,
+        consts: Params | None = None,
     ) -> tuple[Tensor, RTUState]:
         """One step without traces: x (B, d) -> y (B, 2n), new state."""
         y, state = rtu_math.step_forward(
-            self.params(params), x, state, done, self.nonlinear, self._inner_activation
+            self.params(params), x, state, done, self.nonlinear, self._inner_activation, consts
         )
         return self._project(y, params), state
 

@@ -357,6 +357,16 @@ def step(
     return y, RTUState(c1_new, c2_new), new_traces
 
 
+ACT_CONSTANTS = ("g", "phi", "gamma")  # what `step_forward` derives from the parameters
+
+
+def act_constants(p: AnyRTUParams) -> dict[str, Tensor]:
+    """What `step_forward` computes from the parameters alone: g, phi (lam) and gamma, (n,)
+    each. Constant while the parameters are, so an act step can take them precomputed."""
+    co = _coeffs(p)
+    return {k: getattr(co, k) for k in ACT_CONSTANTS}
+
+
 def step_forward(
     p: AnyRTUParams,
     x: Tensor,
@@ -364,17 +374,24 @@ def step_forward(
     done: Tensor | None,
     nonlinear: bool,
     activation: str,
+    consts: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, RTUState]:
     """One step without traces (the act step): `step`'s y and new state, and nothing else.
 
-    x (B, d), done (B,) or None (the reset folded into lam, as in `step`). Returns y (B, 2n)
-    ordered [real parts, imaginary parts] and the new state.
+    x (B, d), done (B,) or None (the reset folded into lam, as in `step`). ``consts``:
+    `act_constants(p)` computed beforehand (the same values), or None to compute them here.
+    Returns y (B, 2n) ordered [real parts, imaginary parts] and the new state.
     """
     d, n = _check_params(p)
     b = _check_batch_input(x, d, p.w1.dtype, "x")
     _check_activation(activation)
     _check_state(state, b, n, p.w1.dtype)
-    co = _reset_into_lam(_coeffs(p), done, b, x.dtype)
+    c = act_constants(p) if consts is None else consts
+    if set(c) != set(ACT_CONSTANTS):
+        raise ValueError(f"consts must hold {ACT_CONSTANTS} (act_constants); got {sorted(c)}")
+    # (only g, phi and gamma enter below; the other coefficients are the learn step's)
+    co = _Coeffs(**{k: c.get(k) for k in _Coeffs._fields})
+    co = _reset_into_lam(co, done, b, x.dtype)
     lh1, lh2, u1, u2 = _recur_terms(p, co, x, state.c1, state.c2)
     a1 = lh1 + co.gamma * u1
     a2 = lh2 + co.gamma * u2

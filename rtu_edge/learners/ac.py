@@ -177,6 +177,10 @@ def _variance(count: Tensor, m2: Tensor) -> Tensor:
     return torch.where(count >= 2, m2 / (count - 1), torch.ones_like(m2))
 
 
+def _std(cfg: ACConfig, count: Tensor, m2: Tensor) -> Tensor:
+    return torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+
+
 def normalise_obs(cfg: ACConfig, s: State, obs: Tensor) -> tuple[Tensor, State]:
     """Clip, update the running mean/variance, return the normalised observation.
 
@@ -185,11 +189,11 @@ def normalise_obs(cfg: ACConfig, s: State, obs: Tensor) -> tuple[Tensor, State]:
     """
     obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
     count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    std = torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+    std = _std(cfg, count, m2)
     bounded = torch.clamp(obs, mean - cfg.stats_clip * std, mean + cfg.stats_clip * std)
     sample = torch.where(count >= cfg.stats_warmup, bounded, obs)
     count, mean, m2 = _welford(count, mean, m2, sample)
-    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+    x = (obs - mean) / _std(cfg, count, m2)
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
     return x, {"norm.obs_count": count, "norm.obs_mean": mean, "norm.obs_m2": m2}
 
@@ -198,7 +202,7 @@ def scale_reward(cfg: ACConfig, s: State, reward: Tensor, keep: Tensor) -> tuple
     """Divide the reward by the running std of the discounted return (Elsayed et al.)."""
     trace = s["norm.ret_trace"] * cfg.gamma * keep + reward
     count, mean, m2 = _welford(s["norm.ret_count"], s["norm.ret_mean"], s["norm.ret_m2"], trace)
-    scaled = reward / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+    scaled = reward / _std(cfg, count, m2)
     return scaled, {
         "norm.ret_trace": trace,
         "norm.ret_count": count,
@@ -378,24 +382,40 @@ def learn_step(
     return new, {"action": action, "value": value, "td_error": delta}
 
 
+OBS_STD, PREP_CELL = "prep.norm.obs_std", "prep.cell."
+
+
+def act_prepare(cfg: ACConfig, agent: A.AgentConfig, s: State) -> State:
+    """The act step's constants: what it derives from the state alone, which a robot running
+    the act graph (parameters fixed) computes once instead of on every tick. The observation
+    std, and the cell's `act_constants` (an RTU's lam and gamma) as ``prep.cell.<name>``."""
+    p = _params(agent, s)
+    out = {OBS_STD: _std(cfg, s["norm.obs_count"], s["norm.obs_m2"])}
+    consts = agent.cell.act_constants(A.cell_params(p))
+    out.update({PREP_CELL + k: v for k, v in consts.items()})
+    return out
+
+
 def act_step(
     cfg: ACConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
 ) -> tuple[State, dict[str, Tensor]]:
     """One control tick without learning: greedy action, value and the new cell state.
 
     Uses the normaliser statistics as they are (no update) and no RTRL traces. The parameters
-    may be packed (params.flat) or by tensor.
+    may be packed (params.flat) or by tensor. The constants of `act_prepare` are read from
+    ``s`` when it holds them (the exported act graph) and derived here when not.
     """
     p = _params(agent, s)
+    prep = s if OBS_STD in s else act_prepare(cfg, agent, s)
     obs = torch.clamp(inputs["obs"], -cfg.obs_clip, cfg.obs_clip)
-    count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+    x = (obs - s["norm.obs_mean"]) / prep[OBS_STD]
     x = torch.clamp(x, -cfg.norm_clip, cfg.norm_clip)
     ln = agent.net.layer_norm
     cell = agent.cell
     h0 = A.encode(p, x, ln).h
     state = state_from_dict(cell.State, "carry", s)
-    y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p))
+    consts = {k[len(PREP_CELL) :]: v for k, v in prep.items() if k.startswith(PREP_CELL)}
+    y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p), consts)
     value_out, _ = A.head(p, "critic", y, ln)
     pi_out, _ = A.head(p, "actor", y, ln)
     outputs = {"action": A.greedy_action(agent, pi_out), "value": value_out.reshape(1)}
@@ -437,7 +457,8 @@ def act_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
 
 
 def act_state_names(agent: A.AgentConfig, s: State) -> list[str]:
-    """The tensors the act graph reads: the parameters it uses, obs statistics, cell state.
+    """The tensors the act step reads from the state (act_prepare's inputs included): the
+    parameters, the obs statistics, the cell state. (Export drops those the graphs leave unused.)
 
     The parameters by their own names even when the state is packed: the act graph reads them
     out of params.flat (contract.graph_state) instead of splitting the buffer on every tick.
@@ -482,4 +503,5 @@ LEARNER = Learner(
     act_state_names=act_state_names,
     noise=noise,
     packing=packing,
+    act_prepare=act_prepare,
 )

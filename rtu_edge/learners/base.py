@@ -8,7 +8,8 @@ and uses the outputs by their `use` (firmware_bridge.contract). No caller names 
 Step functions are pure: ``(cfg, agent, state, inputs) -> (new_state, outputs)`` with
 ``state`` the carried tensors by bundle name (``params.*``, ``carry.*``, ...), ``inputs`` and
 ``outputs`` keyed by the declared names. ``learn_step`` returns every carried tensor;
-``act_step`` returns only the ``carry.*`` tensors it reads (the cell state).
+``act_step`` returns only the ``carry.*`` tensors it reads (the cell state); with an
+``act_prepare`` it also reads the ``prep.*`` constants that one computes from the state.
 """
 
 from __future__ import annotations
@@ -51,6 +52,24 @@ class Learner:
     # carries packed into flat buffers (ac: parameters and eligibility traces). Its step
     # functions then take the state packed or by tensor; export packs it (rtu_edge/packing.py).
     packing: Callable | None = None
+    # (cfg, agent, state) -> the act step's constants, ``prep.*`` tensors (contract.PREP_PREFIX):
+    # what it derives from the state alone (ac: the observation std, the cell's act_constants).
+    # Export writes them as act_prepare.onnx, which the robot runs once per loaded state;
+    # act_step reads them from its state when they are there and derives them when not.
+    act_prepare: Callable | None = None
+
+    def step_function(self, graph: str) -> Callable:
+        """The step of bundle graph ``graph`` as ``(cfg, agent, state, inputs) -> (new state,
+        outputs)``: ``learn``, ``act``, or ``act_prepare`` (no inputs and no new state; its
+        outputs are the ``prep.*`` constants)."""
+        if graph == "learn":
+            return self.learn_step
+        if graph == "act":
+            return self.act_step
+        if graph == "act_prepare" and self.act_prepare is not None:
+            prepare = self.act_prepare
+            return lambda cfg, agent, state, _inputs: ({}, prepare(cfg, agent, state))
+        raise ValueError(f"learner {self.name!r} has no {graph!r} graph")
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:

@@ -797,6 +797,7 @@ LEARNER = Learner(
     act_inputs=ac.act_inputs,
     act_outputs=ac.act_outputs,
     act_state_names=ac.act_state_names,
+    act_prepare=ac.act_prepare,
     noise=ac.noise,
     streaming=False,
     train=train_ppo,

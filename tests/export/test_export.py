@@ -15,9 +15,9 @@ from export.bundle import (
     ExportConfig,
     check_standard_ops,
     export_graph,
+    export_graphs,
     export_run,
     packing_of,
-    plan_graphs,
 )
 from export.parity import PARITY_TOL, ParityError, check_parity
 from firmware_bridge import contract as C
@@ -85,17 +85,60 @@ def test_parity_check_catches_a_graph_that_differs(runs):
     state = P.pack(state, packing)  # as export_run does
     ac = run.train.learner
     wrong = ACConfig(**{**ac.to_dict(), "gamma": 0.5})
-    blobs = {
-        "learn": export_graph(run.learner, "learn", wrong, run.agent, state).SerializeToString(),
-        "act": export_graph(run.learner, "act", ac, run.agent, state).SerializeToString(),
-    }
-    plans = plan_graphs(run.learner, run.agent, state)
+    models, plans = export_graphs(run.learner, ac, run.agent, state, cfgs={"learn": wrong})
+    blobs = {g: m.SerializeToString() for g, m in models.items()}
     report = check_parity(run, state, blobs, plans, steps=200, packing=packing)
     assert not report.ok
     assert report.worst_rel > 1e-3
     assert "params.flat" not in report.worst_name  # a packed output is judged tensor by tensor
     with pytest.raises(ParityError, match="NOT written"):
         raise ParityError(report)
+
+
+@pytest.mark.parametrize("name", ["cartpole", "pendulum"])
+def test_act_graph_reads_its_constants_from_act_prepare(runs, tmp_path, name):
+    """The RTU's lam and gamma and the observation std are computed once per loaded state by
+    act_prepare.onnx, not per tick by act.onnx, and act gives torch's act_step on any state
+    loaded later (a checkpoint's), not only on the bundle's own."""
+    from firmware_bridge.bundle import load_bundle
+
+    bundle = tmp_path / "bundle"
+    manifest = export_run(
+        ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
+    )
+    prep = manifest["graphs"]["act"]["prepare"]
+    assert prep["file"] == "act_prepare.onnx"
+    assert {o["name"] for o in prep["outputs"]} == {
+        "prep.norm.obs_std",
+        "prep.cell.g",
+        "prep.cell.phi",
+        "prep.cell.gamma",
+    }
+    act_ops = {n.op_type for n in onnx.load(str(bundle / "act.onnx")).graph.node}
+    assert not act_ops & {"Exp", "Sin", "Cos", "Sqrt"}, act_ops  # nothing derived per tick
+    prep_ops = {n.op_type for n in onnx.load(str(bundle / "act_prepare.onnx")).graph.node}
+    assert {"Exp", "Sin", "Cos", "Sqrt"} <= prep_ops
+    act_inputs = {i["name"] for i in manifest["graphs"]["act"]["inputs"]}
+    assert not act_inputs & {"norm.obs_count", "norm.obs_m2", "params.cell.nu_log"}
+
+    b = load_bundle(bundle)
+    run, trained = load_run(runs[name])
+    packing = packing_of(run.learner, run.agent, trained)
+    # another state: every parameter and statistic moved, as after learning on the robot
+    other = {k: v * 1.1 + 0.01 for k, v in P.pack(trained, packing).items()}
+    state_np = {k: v.numpy() for k, v in other.items()}
+    runner = b.runner("act", state_np)
+    carry = {k: v for k, v in other.items() if k.startswith("carry.")}
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for t in range(20):
+            obs = rng.normal(size=(1, run.agent.obs_size)).astype(np.float32)
+            first = np.array([float(t == 0)], np.float32)
+            got = runner.step(obs=obs, first=first)
+            inputs = {"obs": torch.from_numpy(obs), "first": torch.from_numpy(first)}
+            carry, want = run.learner.act_step(run.train.learner, run.agent, other | carry, inputs)
+            for k, v in want.items():
+                np.testing.assert_allclose(got[k], v.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_export_refuses_existing_bundle_and_missing_run(runs, tmp_path):

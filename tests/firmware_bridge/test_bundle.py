@@ -117,6 +117,23 @@ def act_model():
     return _model(_recurrent_nodes(), inputs, outputs, "act")
 
 
+def prepared_act_model():
+    """act_model reading prep.w (what prepare_model computes from params.enc.w) instead."""
+    model = act_model()
+    for node in model.graph.node:
+        node.input[:] = ["prep.w" if i == "params.enc.w" else i for i in node.input]
+    for vi in model.graph.input:
+        if vi.name == "params.enc.w":
+            vi.name = "prep.w"
+    return model
+
+
+def prepare_model():
+    nodes = [helper.make_node("Mul", ["params.enc.w", "half"], ["prep.w"])]
+    enc = STATE["params.enc.w"]
+    return _model(nodes, [_vi("params.enc.w", enc)], [_vi("prep.w", enc)], "act_prepare")
+
+
 def _model(nodes, inputs, outputs, name):
     graph = helper.make_graph(nodes, name, inputs, outputs, _consts())
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
@@ -165,8 +182,13 @@ USES = {
 }
 
 
-def tiny_manifest(learn, act, state_names, blobs) -> C.Manifest:
+def tiny_manifest(learn, act, state_names, blobs, prepare=None) -> C.Manifest:
     """The manifest `rtu-edge export` would write for these graphs, built with the contract."""
+    prep = None
+    if prepare is not None:
+        prep = C.PrepareSpec(
+            "act_prepare.onnx", 18, _io(prepare.graph.input), _io(prepare.graph.output)
+        )
     graphs = {}
     for g, m in (("learn", learn), ("act", act)):
         inputs, outputs = _io(m.graph.input), _io(m.graph.output)
@@ -185,6 +207,7 @@ def tiny_manifest(learn, act, state_names, blobs) -> C.Manifest:
                 for o in outputs
                 if o.name in USES[g]
             ),
+            prepare=prep if g == "act" else None,
         )
     return C.Manifest(
         format_version=C.FORMAT_VERSION,
@@ -206,19 +229,22 @@ def tiny_manifest(learn, act, state_names, blobs) -> C.Manifest:
     )
 
 
-def write_bundle(directory: Path, learn=None, act=None, state=None) -> Path:
-    """A complete bundle built like `rtu-edge export` writes it (manifest via the contract)."""
+def write_bundle(directory: Path, learn=None, act=None, state=None, prepare=None) -> Path:
+    """A complete bundle built like `rtu-edge export` writes it (manifest via the contract);
+    with ``prepare`` (a model) the act graph's prep.* inputs come from act_prepare.onnx."""
     directory.mkdir(parents=True, exist_ok=True)
     learn = learn or learn_model()
-    act = act or act_model()
+    act = act or (act_model() if prepare is None else prepared_act_model())
     state = initial_state() if state is None else state
     blobs = {"learn.onnx": learn.SerializeToString(), "act.onnx": act.SerializeToString()}
+    if prepare is not None:
+        blobs["act_prepare.onnx"] = prepare.SerializeToString()
     buf = io.BytesIO()
     np.savez(buf, **state)
     blobs["state.npz"] = buf.getvalue()
     for name, data in blobs.items():
         (directory / name).write_bytes(data)
-    manifest = tiny_manifest(learn, act, list(state), blobs).to_json()
+    manifest = tiny_manifest(learn, act, list(state), blobs, prepare).to_json()
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return directory
 
@@ -276,6 +302,72 @@ def test_valid_bundle_loads_and_runs(bundle_dir):
         assert a["action"].shape == (1, 1) and a["value"].shape == (1,)
     with pytest.raises(BundleError, match="no graph 'bogus'"):
         b.session("bogus")
+
+
+# -- prepare graphs (format 4) -------------------------------------------------------------
+
+
+def test_prepare_graph_computes_the_act_constants_of_whichever_state_is_loaded(tmp_path):
+    b = load_bundle(write_bundle(tmp_path / "b", prepare=prepare_model()))
+    assert b.state_input_names("act") == ["prep.w", "norm.obs_mean", "carry.c1", "carry.c2"]
+    assert b.step_input_names("act") == ["obs", "first"]
+    w = b.initial_state()["params.enc.w"]
+    np.testing.assert_array_equal(b.graph_state("act")["prep.w"], w * np.float32(0.5))
+    assert "params.enc.w" not in b.graph_state("act")  # act reads prep.w only
+    # another state (a checkpoint): its own constants, not the bundle's
+    other = b.initial_state() | {"params.enc.w": np.full_like(w, 3.0)}
+    np.testing.assert_array_equal(b.graph_state("act", other)["prep.w"], np.full_like(w, 1.5))
+    # the act step with them is the plain act graph's step with params.enc.w = prep.w
+    plain = load_bundle(write_bundle(tmp_path / "plain"))
+    halved = other | {"params.enc.w": np.full_like(w, 1.5)}
+    runners = [b.runner("act", other), plain.runner("act", halved)]
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        feed = {
+            "obs": rng.normal(size=(1, OBS)).astype(np.float32),
+            "first": np.zeros(1, np.float32),
+        }
+        got, want = (r.step(**feed) for r in runners)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert "prep.w" not in b.initial_state()  # computed, never stored
+
+
+def test_prepare_outputs_must_be_the_act_graphs_prep_inputs(tmp_path, no_parsing):
+    d = write_bundle(tmp_path / "b", prepare=prepare_model())
+    _edit_manifest(
+        d, lambda m: m["graphs"]["act"]["prepare"]["outputs"][0].update(name="prep.other")
+    )
+    with pytest.raises(BundleError, match=r"graphs.act.prepare outputs \['prep.other'\] but"):
+        load_bundle(d)
+
+
+def test_prepare_graph_reads_the_state_only(tmp_path, no_parsing):
+    d = write_bundle(tmp_path / "b", prepare=prepare_model())
+    _edit_manifest(d, lambda m: m["graphs"]["act"]["prepare"]["inputs"][0].update(name="obs"))
+    with pytest.raises(BundleError, match=r"prepare reads \['obs'\], which the state does not"):
+        load_bundle(d)
+
+
+def test_prep_inputs_without_a_prepare_graph_are_refused(tmp_path, no_parsing):
+    d = write_bundle(tmp_path / "b", prepare=prepare_model())
+
+    def drop(m):
+        del m["graphs"]["act"]["prepare"]
+        del m["files"]["act_prepare.onnx"]
+
+    _edit_manifest(d, drop)
+    with pytest.raises(BundleError, match=r"reads \['prep.w'\] but has no prepare graph"):
+        load_bundle(d)
+
+
+def test_format_3_is_read_without_prepare_graphs_only(bundle_dir, tmp_path):
+    _edit_manifest(bundle_dir, lambda m: m.update(format_version=3))
+    assert load_bundle(bundle_dir).manifest.format_version == 3
+    d = write_bundle(tmp_path / "b", prepare=prepare_model())
+    _edit_manifest(d, lambda m: m.update(format_version=3))
+    with pytest.raises(BundleError, match="a prepare graph needs format_version 4"):
+        load_bundle(d)
 
 
 def test_symlink_inside_bundle_is_fine(bundle_dir):
@@ -573,7 +665,7 @@ def test_valid_max_delta_loads(bundle_dir, max_delta):
     assert got == (None if max_delta is None else tuple(float(v) for v in max_delta))
 
 
-@pytest.mark.parametrize("version", [1, 2, 4, 0])
+@pytest.mark.parametrize("version", [1, 2, 5, 0])
 def test_unknown_format_version(bundle_dir, no_parsing, version):
     _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match=rf"format_version {version!r}; this rtu-edge reads"):
