@@ -52,6 +52,15 @@ def step_shapes(bundle, graph: str) -> dict[str, tuple]:
     return {i.name: tuple(i.shape) for i in bundle.session(graph).get_inputs() if i.name in step}
 
 
+def _largest_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b| over the entries that differ (inf where one is non-finite and the other not)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    d = np.where(same, 0.0, np.where(np.isnan(d), np.inf, d))
+    return float(d.max())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("old")
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = {n: (shape, np.float32) for n, shape in shapes[0].items()}
     rng, rest = np.random.default_rng(0), {}
     compared = differ = skipped = 0
+    largest: dict[str, float] = {}  # per output: the largest |old - new| where they differ
     for t in range(args.ticks):
         feed = tick_inputs(specs, t, rng, rest)
         old, new = (r.step(**feed) for r in runners)
@@ -83,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             if not np.array_equal(old[k], new[k], equal_nan=True):
                 differ += 1
                 print(f"tick {t}: output {k} differs")
+                largest[k] = max(largest.get(k, 0.0), _largest_diff(old[k], new[k]))
         skipped += "td_error" in old and bool(np.isnan(old["td_error"]).any())
     # the state each graph writes (what it only reads, parameters and prep.* constants, may
     # be laid out differently by a change that keeps the values)
@@ -95,13 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         compared += 1
         if not np.array_equal(old_state[k], new_state[k], equal_nan=True):
             differ += 1
-            print(
-                f"state {k} differs (max |diff| {np.nanmax(np.abs(old_state[k] - new_state[k]))})"
-            )
+            print(f"state {k} differs (max |diff| {_largest_diff(old_state[k], new_state[k]):.3g})")
     print(
         f"{args.ticks} ticks ({skipped} skipped updates): {compared} arrays compared, "
         f"{differ} differ"
     )
+    if largest:
+        print("largest |diff| per output: " + ", ".join(f"{k} {v:.3g}" for k, v in largest.items()))
     return 1 if differ else 0
 
 

@@ -52,7 +52,20 @@ def test_a_changed_value_is_found(same_values, bundles, tmp_path, capsys):
     ).hexdigest()
     (changed / "manifest.json").write_text(json.dumps(manifest))
     assert same_values.main([str(bundles[0]), str(changed), "--ticks", "50"]) == 1
-    assert "differs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "differs" in out
+    # how far apart: a nudge of 0.1% moves the value by more than float32 rounding would
+    largest = out.strip().splitlines()[-1]
+    assert largest.startswith("largest |diff| per output: "), out
+    diffs = dict(part.rsplit(" ", 1) for part in largest.split(": ", 1)[1].split(", "))
+    assert 1e-6 < float(diffs["value"]) < 1, largest
+
+
+def test_largest_diff_counts_only_entries_that_differ(same_values):
+    a = np.array([1.0, np.nan, np.inf, 2.0], np.float32)
+    assert same_values._largest_diff(a, a.copy()) == 0.0  # NaN == NaN, inf == inf
+    assert same_values._largest_diff(a, np.array([1.5, np.nan, np.inf, 2.0], np.float32)) == 0.5
+    assert same_values._largest_diff(a, np.array([1.0, 0.0, np.inf, 2.0], np.float32)) == np.inf
 
 
 def test_bad_arguments_are_one_line_refusals(same_values, bundles, tmp_path):

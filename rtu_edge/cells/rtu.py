@@ -162,7 +162,8 @@ class RTU(Cell):
         return self._project(ys, None), state
 
     def act_constants(self, params: Params | None = None) -> Params:
-        """g, phi and gamma (n,) each: what `step_forward` derives from the parameters."""
+        """lam_diag, lam_cross (2n,) and w_in (d, 2n): what `step_forward` derives from the
+        parameters (rtu_math.act_constants)."""
         return rtu_math.act_constants(self.params(params))
 
     def step_forward(

@@ -357,14 +357,23 @@ def step(
     return y, RTUState(c1_new, c2_new), new_traces
 
 
-ACT_CONSTANTS = ("g", "phi", "gamma")  # what `step_forward` derives from the parameters
+# The act step in stacked form: with h = [c1, c2] (B, 2n), the recurrence
+#   lam * h_{t-1} = (g c1 - phi c2, g c2 + phi c1) = [g, g] * [c1, c2] + [-phi, phi] * [c2, c1]
+# and the input drive gamma * (x W) = x @ [gamma * w1, gamma * w2] are one elementwise
+# line and one matmul over 2n columns, instead of a pair of each per half.
+ACT_CONSTANTS = ("lam_diag", "lam_cross", "w_in")  # what `step_forward` derives from p
 
 
 def act_constants(p: AnyRTUParams) -> dict[str, Tensor]:
-    """What `step_forward` computes from the parameters alone: g, phi (lam) and gamma, (n,)
-    each. Constant while the parameters are, so an act step can take them precomputed."""
+    """What `step_forward` computes from the parameters alone, in its stacked form:
+    lam_diag = [g, g] and lam_cross = [-phi, phi] (2n,), w_in = [gamma * w1, gamma * w2]
+    (d, 2n). Constant while the parameters are, so an act step can take them precomputed."""
     co = _coeffs(p)
-    return {k: getattr(co, k) for k in ACT_CONSTANTS}
+    return {
+        "lam_diag": torch.cat([co.g, co.g]),
+        "lam_cross": torch.cat([-co.phi, co.phi]),
+        "w_in": torch.cat([co.gamma * p.w1, co.gamma * p.w2], dim=1),
+    }
 
 
 def step_forward(
@@ -378,9 +387,11 @@ def step_forward(
 ) -> tuple[Tensor, RTUState]:
     """One step without traces (the act step): `step`'s y and new state, and nothing else.
 
-    x (B, d), done (B,) or None (the reset folded into lam, as in `step`). ``consts``:
-    `act_constants(p)` computed beforehand (the same values), or None to compute them here.
-    Returns y (B, 2n) ordered [real parts, imaginary parts] and the new state.
+    x (B, d), done (B,) or None (a row with done = 1 starts from h_{t-1} = 0, as in `step`).
+    ``consts``: `act_constants(p)` computed beforehand (the same values), or None to compute
+    them here. Returns y (B, 2n) ordered [real parts, imaginary parts] and the new state.
+    The same as `step` up to rounding: gamma is folded into the input weights
+    (x @ (gamma * w) rather than gamma * (x @ w)); nothing else differs.
     """
     d, n = _check_params(p)
     b = _check_batch_input(x, d, p.w1.dtype, "x")
@@ -389,16 +400,14 @@ def step_forward(
     c = act_constants(p) if consts is None else consts
     if set(c) != set(ACT_CONSTANTS):
         raise ValueError(f"consts must hold {ACT_CONSTANTS} (act_constants); got {sorted(c)}")
-    # (only g, phi and gamma enter below; the other coefficients are the learn step's)
-    co = _Coeffs(**{k: c.get(k) for k in _Coeffs._fields})
-    co = _reset_into_lam(co, done, b, x.dtype)
-    lh1, lh2, u1, u2 = _recur_terms(p, co, x, state.c1, state.c2)
-    a1 = lh1 + co.gamma * u1
-    a2 = lh2 + co.gamma * u2
-    if nonlinear:
-        c1, c2 = _act(activation, a1), _act(activation, a2)
-        return torch.cat([c1, c2], dim=-1), RTUState(c1, c2)
-    return _act(activation, torch.cat([a1, a2], dim=-1)), RTUState(a1, a2)
+    h = torch.cat([state.c1, state.c2], dim=-1)
+    lh = c["lam_diag"] * h + c["lam_cross"] * torch.cat([state.c2, state.c1], dim=-1)
+    if done is not None:  # the reset: lam * h_{t-1} -> 0 in the rows that start an episode
+        lh = _keep_mask(done, b, x.dtype)[:, None] * lh
+    a = lh + x @ c["w_in"]
+    y = _act(activation, a)
+    c1, c2 = torch.split(y if nonlinear else a, n, dim=-1)
+    return y, RTUState(c1, c2)
 
 
 # --------------------------------------------------------------------------------------

@@ -388,7 +388,8 @@ OBS_STD, PREP_CELL = "prep.norm.obs_std", "prep.cell."
 def act_prepare(cfg: ACConfig, agent: A.AgentConfig, s: State) -> State:
     """The act step's constants: what it derives from the state alone, which a robot running
     the act graph (parameters fixed) computes once instead of on every tick. The observation
-    std, and the cell's `act_constants` (an RTU's lam and gamma) as ``prep.cell.<name>``."""
+    std, and the cell's `act_constants` (an RTU's lam and its gamma-scaled input weights, in
+    the stacked form of `rtu_math.step_forward`) as ``prep.cell.<name>``."""
     p = _params(agent, s)
     out = {OBS_STD: _std(cfg, s["norm.obs_count"], s["norm.obs_m2"])}
     consts = agent.cell.act_constants(A.cell_params(p))

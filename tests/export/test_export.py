@@ -97,9 +97,10 @@ def test_parity_check_catches_a_graph_that_differs(runs):
 
 @pytest.mark.parametrize("name", ["cartpole", "pendulum"])
 def test_act_graph_reads_its_constants_from_act_prepare(runs, tmp_path, name):
-    """The RTU's lam and gamma and the observation std are computed once per loaded state by
-    act_prepare.onnx, not per tick by act.onnx, and act gives torch's act_step on any state
-    loaded later (a checkpoint's), not only on the bundle's own."""
+    """The RTU's lam and its gamma-scaled input weights (rtu_math.act_constants) and the
+    observation std are computed once per loaded state by act_prepare.onnx, not per tick by
+    act.onnx, and act gives torch's act_step on any state loaded later (a checkpoint's), not
+    only on the bundle's own."""
     from firmware_bridge.bundle import load_bundle
 
     bundle = tmp_path / "bundle"
@@ -110,9 +111,9 @@ def test_act_graph_reads_its_constants_from_act_prepare(runs, tmp_path, name):
     assert prep["file"] == "act_prepare.onnx"
     assert {o["name"] for o in prep["outputs"]} == {
         "prep.norm.obs_std",
-        "prep.cell.g",
-        "prep.cell.phi",
-        "prep.cell.gamma",
+        "prep.cell.lam_diag",
+        "prep.cell.lam_cross",
+        "prep.cell.w_in",
     }
     act_ops = {n.op_type for n in onnx.load(str(bundle / "act.onnx")).graph.node}
     assert not act_ops & {"Exp", "Sin", "Cos", "Sqrt"}, act_ops  # nothing derived per tick
@@ -120,6 +121,7 @@ def test_act_graph_reads_its_constants_from_act_prepare(runs, tmp_path, name):
     assert {"Exp", "Sin", "Cos", "Sqrt"} <= prep_ops
     act_inputs = {i["name"] for i in manifest["graphs"]["act"]["inputs"]}
     assert not act_inputs & {"norm.obs_count", "norm.obs_m2", "params.cell.nu_log"}
+    assert not act_inputs & {"params.cell.w1", "params.cell.w2"}  # read as prep.cell.w_in
 
     b = load_bundle(bundle)
     run, trained = load_run(runs[name])
