@@ -10,7 +10,8 @@ a held observation (ticks 300-449: the at-rest case), rewards of 3e38 (ticks 100
 normaliser's finite check) and of inf (ticks 250, 251, 460: the update is skipped, the If's
 other branch). The final state compared is what the graph carries (its X.next outputs), so an
 act graph that reads constants computed once (act_prepare.onnx) compares with one that
-derives them per tick. Arrays are compared exactly (NaN equal to NaN, -0.0 equal to 0.0). Exits 1 if
+derives them per tick; it is compared tensor by tensor (each packed buffer unpacked through
+its own bundle's manifest), so a change of the packed layout compares too. Arrays are compared exactly (NaN equal to NaN, -0.0 equal to 0.0). Exits 1 if
 any differ. onnxruntime only (the robot install).
 """
 
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 
 from firmware_bridge.bundle import BundleError, load_bundle
+from firmware_bridge.contract import unpack_state
 from firmware_bridge.runtime import StepRunnerError
 
 
@@ -98,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     # the state each graph writes (what it only reads, parameters and prep.* constants, may
     # be laid out differently by a change that keeps the values)
     old_state, new_state = (
-        {k: v for k, v in r.state().items() if k in r.carried_names} for r in runners
+        unpack_state(
+            {k: v for k, v in r.state().items() if k in r.carried_names},
+            [p for p in b.manifest.packing if p.name in r.carried_names],
+        )
+        for b, r in zip(bundles, runners, strict=True)
     )
     if set(old_state) != set(new_state):
         sys.exit(f"the bundles carry different state: {sorted(set(old_state) ^ set(new_state))}")

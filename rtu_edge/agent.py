@@ -312,9 +312,10 @@ def trunk_backward(
 
 def trunk_backward_flat(
     cfg: AgentConfig, p: Params, g_ys: list[Tensor], x: Tensor, h0: Hidden, state, traces
-) -> list[Tensor]:
-    """`trunk_backward` of each cotangent in `g_ys`, flat: every trunk gradient flattened and
-    concatenated in `trunk_param_names` order (the order of the learner's packed buffers).
+) -> Tensor:
+    """`trunk_backward` of each cotangent in `g_ys`, flat: (K, trunk size), row i every trunk
+    gradient of cotangent i flattened and concatenated in `trunk_param_names` order (the
+    order of the learner's packed buffers).
 
     A cell that offers `rtrl_backward_rows` takes all cotangents in one pass (one set of
     graph nodes for the critic's, the actor's and the entropy's gradients); the others take
@@ -328,7 +329,7 @@ def trunk_backward_flat(
         for g_y in g_ys:
             g = trunk_backward(cfg, p, g_y, x, h0, state, traces)
             out.append(torch.cat([g[k].reshape(-1) for k in names]))
-        return out
+        return torch.stack(out)
     cell_g, g_h0 = both
     k = len(g_ys)
     g_pre = tanh_layer_backward(h0, g_h0)  # (K, E): row i is cotangent i's
@@ -336,5 +337,4 @@ def trunk_backward_flat(
     # enc.w: x^T @ g_pre of each row (an outer product: one multiply per entry, as the matmul)
     grads["enc.w"] = x.transpose(0, 1)[None] * g_pre[:, None, :]
     grads["enc.b"] = g_pre
-    flat = torch.cat([grads[n].reshape(k, -1) for n in names], dim=1)  # (K, trunk size)
-    return list(flat.unbind(0))
+    return torch.cat([grads[n].reshape(k, -1) for n in names], dim=1)  # (K, trunk size)

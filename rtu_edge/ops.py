@@ -28,10 +28,14 @@ def plus_eps(x: Tensor, eps: float) -> Tensor:
     return x + torch.full((1,) * x.dim(), eps, dtype=x.dtype)
 
 
-def l1_norm(x: Tensor) -> Tensor:
-    """``sum(|x|)`` as a 0-d tensor, exported as one ``ReduceL1`` node (one pass over x)
-    rather than ``Abs`` then ``ReduceSum`` (two passes, the first writing a copy of x)."""
-    return torch.linalg.vector_norm(x, ord=1)
+def l1_norm(x: Tensor, dim: int | None = None) -> Tensor:
+    """``sum(|x|)`` as a 0-d tensor (over ``dim`` only, when given), exported as one
+    ``ReduceL1`` node (one pass over x) rather than ``Abs`` then ``ReduceSum`` (two passes, the
+    first writing a copy of x). Over all of x, the axes are named: with ``dim=None`` the
+    exporter would reshape x to 1-D first, one more node."""
+    if dim is None and x.dim() > 0:
+        dim = tuple(range(x.dim()))
+    return torch.linalg.vector_norm(x, ord=1, dim=dim)
 
 
 def finite(x: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ changed in the move (params.rtu.* -> params.cell.*, RTRL traces carry.* -> trace
 else may.
 
 Since the learn step works on packed buffers (issue 8: parameters and eligibility traces in
-flat ``params.flat`` / ``elig_v.flat`` / ``elig_pi.flat``), float32 rounding differs from the
+flat buffers: ``params.flat`` and the traces' ``elig_v.flat`` / ``elig_trunk.flat`` /
+``elig_pi.flat``), float32 rounding differs from the
 recording in two places, and the test allows for exactly that:
 
 * the ObGD norm ||z||_1 is one sum over a flat trace instead of one sum per tensor added up,

@@ -47,6 +47,7 @@ def test_exported_ops_agree_with_torch(session):
     ops = [n.op_type for n in model.graph.node]
     assert "IsNaN" not in ops and "IsInf" not in ops  # the cheap form survived export
     assert "ReduceL1" in ops
+    assert "Reshape" not in ops  # l1_norm names the axes: no reshape to 1-D before the sum
     v = np.zeros(3, np.float32)  # plus_eps must not be folded away: sqrt(0 + eps) > 0
     for value in VALUES:
         x = np.array([value], np.float32)
@@ -55,6 +56,13 @@ def test_exported_ops_agree_with_torch(session):
     assert np.all(got_eps == np.float32(1e-8))
     w = np.array([1.0, -2.0, 0.5], np.float32)
     assert sess.run(None, {"x": x, "v": w})[2] == pytest.approx(3.5)
+
+
+def test_l1_norm_over_everything_or_one_axis():
+    m = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
+    assert l1_norm(m).shape == () and float(l1_norm(m)) == 10.0
+    assert torch.equal(l1_norm(m, dim=1), torch.tensor([3.0, 7.0]))
+    assert float(l1_norm(torch.tensor(-2.5))) == 2.5  # 0-d
 
 
 def _update(w, z, c):

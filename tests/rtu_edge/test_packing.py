@@ -50,17 +50,27 @@ def test_layout_offsets_and_round_trips():
 def test_ac_packing_names_every_tensor_and_lines_the_traces_up(kind):
     agent = _agent(kind)
     state = ac.initial_state(agent, ac.ACConfig(), seed=0)
-    params, elig_v, elig_pi = ac.packing(agent)
-    inside = [t.name for b in (params, elig_v, elig_pi) for t in b.tensors]
+    params, elig_v, elig_trunk, elig_pi = ac.packing(agent)
+    assert [b.name for b in ac.packing(agent)] == [ac.PARAMS, ac.ELIG_V, ac.ELIG_TRUNK, ac.ELIG_PI]
+    inside = [t.name for b in (params, elig_v, elig_trunk, elig_pi) for t in b.tensors]
     left = {"params.actor.log_std", "elig_pi.actor.log_std"} if kind == "continuous" else set()
     assert sorted(inside) == sorted(
         k for k in state if k.startswith(("params.", "elig_")) and k not in left
     )
-    names = [t.name.split(".", 1)[1] for t in params.tensors]
-    v_names = [t.name.split(".", 1)[1] for t in elig_v.tensors]
-    pi_names = [t.name.split(".", 1)[1] for t in elig_pi.tensors]
-    # z_v covers the start of params.flat and z_pi its end, element for element
-    assert names[: len(v_names)] == v_names and names[-len(pi_names) :] == pi_names
+
+    def names(buf):
+        return [t.name.split(".", 1)[1] for t in buf.tensors]
+
+    # params.flat is [critic head | trunk | actor head]: elig_v.flat lines up with its start,
+    # elig_pi.flat with its end, and each half of elig_trunk.flat (z_v's, then z_pi's) with
+    # the trunk between them, element for element
+    v, pi, trunk = names(elig_v), names(elig_pi), names(elig_trunk)
+    half = len(trunk) // 2
+    assert [t.name.split(".")[0] for t in elig_trunk.tensors] == ["elig_v"] * half + [
+        "elig_pi"
+    ] * half
+    assert trunk[:half] == trunk[half:] and names(params) == v + trunk[:half] + pi
+    assert elig_trunk.size == 2 * (params.size - elig_v.size - elig_pi.size)
     for t in params.tensors:
         assert t.shape == tuple(state[t.name].shape)
 
