@@ -342,11 +342,11 @@ def ac_step(
 
     def dw(z_v, z_trunk, z_pi, c_rows, c_v, c_pi, g_h_trunk=None, g_h=None, c_h=None):
         """The update's three parts, concatenated as params.flat (entropy terms: discrete)."""
-        trunk = (c_rows @ z_trunk).reshape(-1)
+        middle = (c_rows @ z_trunk).reshape(-1)  # the trunk's part
         actor = c_pi * z_pi
         if g_h is not None:
-            trunk, actor = trunk + c_h * g_h_trunk, actor + c_h * g_h
-        return torch.cat([c_v * z_v, trunk, actor])
+            middle, actor = middle + c_h * g_h_trunk, actor + c_h * g_h
+        return torch.cat([c_v * z_v, middle, actor])
 
     # applied only when ok (exported: inside an ONNX If, so no select pass over params.flat)
     if continuous:  # exploration noise stays within bounds (a robot moves with it)
