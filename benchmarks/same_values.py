@@ -28,20 +28,22 @@ from firmware_bridge.runtime import StepRunnerError
 
 
 def tick_inputs(specs: dict, t: int, rng: np.random.Generator, rest: dict) -> dict:
+    """Tick t's step inputs; specs: name -> (shape, dtype, source), the source as the manifest
+    declares it (td's cumulant is a "reward")."""
     feed = {}
-    for name, (shape, dtype) in specs.items():
-        if name == "obs":
+    for name, (shape, dtype, source) in specs.items():
+        if source == "obs":
             if 300 <= t < 450:
                 rest.setdefault("obs", rng.normal(size=shape).astype(dtype))
                 feed[name] = rest["obs"]
             else:
                 feed[name] = rng.normal(size=shape).astype(dtype)
-        elif name == "reward":
+        elif source == "reward":
             value = 3e38 if t in (100, 101, 102) else np.inf if t in (250, 251, 460) else None
             feed[name] = np.full(shape, rng.normal() if value is None else value, dtype)
-        elif name == "first":
+        elif source == "first":
             feed[name] = np.full(shape, float(t % 97 == 0), dtype)
-        elif name == "terminal":
+        elif source == "terminal":
             feed[name] = np.full(shape, float(t % 97 == 96), dtype)
         else:  # noise and anything else: standard normal
             feed[name] = rng.normal(size=shape).astype(dtype)
@@ -49,9 +51,14 @@ def tick_inputs(specs: dict, t: int, rng: np.random.Generator, rest: dict) -> di
 
 
 def step_shapes(bundle, graph: str) -> dict[str, tuple]:
-    """The per-step inputs of ``graph`` and their shapes (obs, reward, first, ...)."""
+    """The per-step inputs of ``graph``: name -> (shape, declared source)."""
     step = set(bundle.step_input_names(graph))
-    return {i.name: tuple(i.shape) for i in bundle.session(graph).get_inputs() if i.name in step}
+    sources = {s.name: s.source for s in bundle.manifest.graphs[graph].step_inputs}
+    return {
+        i.name: (tuple(i.shape), sources.get(i.name, "noise"))
+        for i in bundle.session(graph).get_inputs()
+        if i.name in step
+    }
 
 
 def _largest_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             f"same_values.py: the bundles' {args.graph} steps take different inputs "
             f"({shapes[0]} vs {shapes[1]}); compare two exports of one agent"
         )
-    specs = {n: (shape, np.float32) for n, shape in shapes[0].items()}
+    specs = {n: (shape, np.float32, source) for n, (shape, source) in shapes[0].items()}
     rng, rest = np.random.default_rng(0), {}
     compared = differ = skipped = 0
     largest: dict[str, float] = {}  # per output: the largest |old - new| where they differ

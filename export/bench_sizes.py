@@ -1,7 +1,7 @@
 """The agent sizes `rtu-edge bench` measures, built as bundles, and their torch eager steps.
 
-A size is a NetConfig and the environment's sizes, with the ``ac`` learner's initial state
-(no training: step time does not depend on the values, except for subnormal ones, which the
+A size is a NetConfig, the environment's sizes and a learner (``ac`` unless it names
+another), with that learner's initial state (no training: step time does not depend on the values, except for subnormal ones, which the
 bench's cases produce). `build_size` writes a run directory holding that state and exports it
 with `export_run` (what `rtu-edge export` does, without the parity check: the sizes have no
 environment to replay; export's own tests check parity), so the bundle is exactly what a robot
@@ -28,6 +28,7 @@ class Size:
     action_dims: int
     num_actions: int
     net: dict = field(default_factory=dict)  # NetConfig fields
+    algo: str = "ac"  # the learner (rtu_edge.learners registry name)
 
 
 SIZES: dict[str, Size] = {
@@ -58,9 +59,20 @@ SIZES: dict[str, Size] = {
         num_actions=0,
         net=dict(encoder_size=64, hidden_size=192, head_size=64),
     ),
+    # the demo agent's trunk and critic under the `td` learner (prediction, no actions): so a
+    # td graph change can be timed (`rtu-edge bench --sizes td-demo`) and checked for its
+    # values (benchmarks/same_values.py, bench_ab.sh with SIZES=td-demo) like ac's
+    "td-demo": Size(
+        "td: obs 2, enc 32, n 32, head 32",
+        obs_size=2,
+        action_kind="discrete",
+        action_dims=1,
+        num_actions=2,
+        net=dict(encoder_size=32, hidden_size=32, head_size=32),
+        algo="td",
+    ),
 }
 DEFAULT_SIZES = ("demo", "paper")
-ALGO = "ac"
 
 
 def _env_info(size: Size) -> dict:
@@ -104,7 +116,7 @@ class TorchStepper:
         from rtu_edge import packing
         from rtu_edge.learners import get_learner
 
-        learner = get_learner(ALGO)
+        learner = get_learner(built.size.algo)
         self._torch = torch
         self.cfg, self.agent = built.cfg, built.agent
         # the state packed as in the bundle: torch steps the same flat buffers as onnxruntime
@@ -144,7 +156,7 @@ def build_size(name: str, directory: str | Path, seed: int = 0) -> BuiltSize:
         raise ValueError(f"unknown size {name!r}; choose from {', '.join(SIZES)}")
     size = SIZES[name]
     torch.set_num_threads(1)
-    learner = get_learner(ALGO)
+    learner = get_learner(size.algo)
     net = NetConfig(**size.net)
     info = _env_info(size)
     agent = rd.agent_config(net, info)
@@ -154,7 +166,7 @@ def build_size(name: str, directory: str | Path, seed: int = 0) -> BuiltSize:
     root = Path(directory)
     run = root / f"{name}-run"
     run.mkdir(parents=True, exist_ok=True)
-    train = TrainConfig(out=str(run), env=f"bench/{name}", algo=ALGO, seed=seed, net=net)
+    train = TrainConfig(out=str(run), env=f"bench/{name}", algo=size.algo, seed=seed, net=net)
     train.learner = cfg
     rd.write_config(run, train, info)
     rd.save_checkpoint(run, state)

@@ -79,3 +79,13 @@ def test_bad_arguments_are_one_line_refusals(same_values, bundles, tmp_path):
     with pytest.raises(SystemExit) as e:
         same_values.main([str(bundles[0]), str(bundles[1]), "--ticks", "0"])
     assert e.value.code == 2  # argparse's usage error
+
+
+def test_td_bundles_are_filled_by_declared_source(same_values, tmp_path, capsys):
+    """td's cumulant is declared with source "reward": it gets the reward's 3e38 and inf ticks,
+    so td's skipped updates are exercised too (by name alone it would get plain noise)."""
+    a = build_size("td-demo", tmp_path / "a").bundle
+    b = build_size("td-demo", tmp_path / "b").bundle
+    assert same_values.main([str(a), str(b), "--ticks", "480"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().endswith("0 differ") and "(6 skipped updates)" in out, out
