@@ -116,9 +116,8 @@ def plan_graphs(learner: Learner, agent: AgentConfig, state: dict, cfg) -> dict[
         plans["learn"] = GraphPlan(
             list(state), list(state), learner.step_inputs(agent), learner.learn_outputs(agent)
         )
-    prepared = []
-    if learner.act_prepare is not None:
-        prepared = list(prepare_values(learner, cfg, agent, state))
+    prepared = list(prepare_values(learner, cfg, agent, state))
+    if prepared:  # (a learner's act_prepare may have nothing to compute for this agent)
         plans[PREPARE] = GraphPlan([k for k in act_names if k not in carry], [], (), (), prepared)
     return plans | {
         "act": GraphPlan(

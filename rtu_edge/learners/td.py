@@ -52,7 +52,7 @@ from torch.func import functional_call
 from firmware_bridge.contract import StepInput, StepOutput
 from rtu_edge import agent as A
 from rtu_edge.cells import state_from_dict, state_to_dict
-from rtu_edge.learners.ac import _variance, normalise_obs, params_of
+from rtu_edge.learners.ac import OBS_STD, PREP_CELL, _variance, normalise_obs, params_of
 from rtu_edge.learners.base import Learner
 from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
 from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
@@ -143,17 +143,24 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
     return {k: v.contiguous() for k, v in s.items()}
 
 
-def _features(cfg: TDConfig, s: State, obs: Tensor, learn: bool) -> tuple[Tensor, State]:
+def _features(
+    cfg: TDConfig, s: State, obs: Tensor, learn: bool, std: Tensor | None = None
+) -> tuple[Tensor, State]:
     """The encoder's input: clipped, and normalised when asked (statistics updated when learning,
-    read as they are when acting)."""
+    read as they are when acting; ``std``: the observation std computed beforehand)."""
     if not cfg.normalise_obs:
         return torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip), {}
     if learn:
         return normalise_obs(cfg, s, obs)
     obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
-    count, mean, m2 = s["norm.obs_count"], s["norm.obs_mean"], s["norm.obs_m2"]
-    x = (obs - mean) / torch.sqrt(plus_eps(_variance(count, m2), cfg.eps))
+    if std is None:
+        std = _obs_std(cfg, s)
+    x = (obs - s["norm.obs_mean"]) / std
     return torch.clamp(x, -cfg.norm_clip, cfg.norm_clip), {}
+
+
+def _obs_std(cfg: TDConfig, s: State) -> Tensor:
+    return torch.sqrt(plus_eps(_variance(s["norm.obs_count"], s["norm.obs_m2"]), cfg.eps))
 
 
 def _update(cfg, s: State, p, names, delta: Tensor, z: dict, do: Tensor, dtype, new: State):
@@ -530,18 +537,34 @@ def learn_step(
     return new, {"prediction": value, "td_error": delta}
 
 
+def act_prepare(cfg: TDConfig, agent: A.AgentConfig, s: State) -> State:
+    """The act step's constants, as ac's (`ac.act_prepare`): the cell's `act_constants` as
+    ``prep.cell.<name>`` and, with normalise_obs, the observation std. Computed once per
+    loaded state by the bundle's act_prepare.onnx (none when there are none: a GRU without
+    normalisation)."""
+    p = params_of(s)
+    out = {PREP_CELL + k: v for k, v in agent.cell.act_constants(A.cell_params(p)).items()}
+    if cfg.normalise_obs:
+        out[OBS_STD] = _obs_std(cfg, s)
+    return out
+
+
 def act_step(
     cfg: TDConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
 ) -> tuple[State, dict[str, Tensor]]:
     """One tick without learning: v(S_t) and the new cell state (no RTRL traces, statistics
-    read as they are)."""
+    read as they are). The constants of `act_prepare` are read from ``s`` when it holds them
+    (the exported act graph) and derived here when not."""
     p = params_of(s)
-    x, _ = _features(cfg, s, inputs["obs"], learn=False)
+    held = any(k.startswith(PREP_CELL) or k == OBS_STD for k in s)
+    prep = s if held else act_prepare(cfg, agent, s)
+    x, _ = _features(cfg, s, inputs["obs"], learn=False, std=prep.get(OBS_STD))
     ln = agent.net.layer_norm
     cell = agent.cell
     h0 = A.encode(p, x, ln).h
     state = state_from_dict(cell.State, "carry", s)
-    y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p))
+    consts = {k[len(PREP_CELL) :]: v for k, v in prep.items() if k.startswith(PREP_CELL)}
+    y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p), consts)
     value = A.head(p, "critic", y, ln)[0].reshape(1)
     outputs = {"prediction": value}
     return state_to_dict("carry", state), outputs
@@ -597,6 +620,7 @@ LEARNER = Learner(
     initial_state=initial_state,
     learn_step=learn_step,
     act_step=act_step,
+    act_prepare=act_prepare,
     step_inputs=step_inputs,
     learn_outputs=learn_outputs,
     act_inputs=act_inputs,

@@ -40,6 +40,11 @@ def test_every_online_cell_exports_with_parity(tmp_path, algo, cell):
     # a learner that trains off the robot (ppo) exports the streaming learner it converts to
     exported_as = algo if LEARNERS[algo].streaming else "ac"
     assert manifest["cell"] == cell and manifest["learner"] == exported_as
+    # act_prepare.onnx exactly when the act step has constants to prepare: ac's observation
+    # std always, a cell's act_constants (the RTU's) for td too (td normalises nothing here)
+    has_consts = bool(make_cell(cell, 2, 4).act_constants())
+    prepared = (tmp_path / "bundle" / "act_prepare.onnx").exists()
+    assert prepared == (exported_as == "ac" or has_consts), (algo, cell)
     b = load_bundle(tmp_path / "bundle")
     for graph in ("learn", "act"):
         spec = b.manifest.graphs[graph]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -240,7 +241,10 @@ def test_export_and_parity_and_bundle_load(tmp_path, cell):
     obs = np.ones((1, b.manifest.observation_size), np.float32)
     one = np.ones(1, np.float32)
     act = b.session("act")
-    feeds = {i.name: state[i.name] for i in act.get_inputs() if i.name in state}
+    feeds = b.graph_state("act")  # the state it reads, with act_prepare.onnx's prep.* constants
+    assert {"prep.cell.lam_diag", "prep.cell.lam_cross", "prep.cell.w_in"} <= set(feeds)
+    act_ops = {n.op_type for n in onnx.load(str(bundle / "act.onnx")).graph.node}
+    assert not act_ops & {"Exp", "Sin", "Cos", "Sqrt"}, act_ops  # computed once, not per tick
     res = dict(
         zip([o.name for o in act.get_outputs()], act.run(None, feeds | {"obs": obs, "first": one}))
     )
