@@ -644,10 +644,11 @@ def _coeffs(p: AnyRTUParams) -> _Coeffs:
 
 
 def _reset_into_lam(co: _Coeffs, done: Tensor | None, b: int, dtype: torch.dtype) -> _Coeffs:
-    """The episode reset of `step` and `step_forward`: row b with done_b = 1 starts from
-    h_{t-1} = 0 and zero traces. Both enter a step only multiplied by lam (g, phi), so the
-    reset is lam -> (1 - done_b) * lam: (B, n) coefficients rather than a masked copy of the
-    state and of every trace (the same values). done None: no reset, (n,) coefficients."""
+    """The episode reset of `step`: row b with done_b = 1 starts from h_{t-1} = 0 and zero
+    traces. Both enter a step only multiplied by lam (g, phi), so the reset is
+    lam -> (1 - done_b) * lam: (B, n) coefficients rather than a masked copy of the state and
+    of every trace (the same values). done None: no reset, (n,) coefficients. (`step_forward`,
+    with no traces, multiplies its stacked lam * h_{t-1} by (1 - done_b) instead: one product.)"""
     if done is None:
         return co
     keep = _keep_mask(done, b, dtype)[:, None]
