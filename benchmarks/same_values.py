@@ -11,8 +11,8 @@ normaliser's finite check) and of inf (ticks 250, 251, 460: the update is skippe
 other branch). The final state compared is what the graph carries (its X.next outputs), so an
 act graph that reads constants computed once (act_prepare.onnx) compares with one that
 derives them per tick; it is compared tensor by tensor (each packed buffer unpacked through
-its own bundle's manifest), so a change of the packed layout compares too. Arrays are compared exactly (NaN equal to NaN, -0.0 equal to 0.0). Exits 1 if
-any differ. onnxruntime only (the robot install).
+its own bundle's manifest), so a change of the packed layout compares too. Arrays are
+compared exactly (NaN equal to NaN, -0.0 equal to 0.0). Exits 1 if any differ. onnxruntime only (the robot install).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The agent sizes `rtu-edge bench` measures, built as bundles, and their torch eager steps.
 
 A size is a NetConfig, the environment's sizes and a learner (``ac`` unless it names
-another), with that learner's initial state (no training: step time does not depend on the values, except for subnormal ones, which the
-bench's cases produce). `build_size` writes a run directory holding that state and exports it
-with `export_run` (what `rtu-edge export` does, without the parity check: the sizes have no
+another), with that learner's initial state (no training: step time does not depend on the
+values, except for subnormal ones, which the bench's cases produce). `build_size` writes a
+run directory holding that state and exports it with `export_run` (what `rtu-edge export` does, without the parity check: the sizes have no
 environment to replay; export's own tests check parity), so the bundle is exactly what a robot
 would load. `torch_stepper` is the same learner's step in eager mode from the same state, one
 thread, under ``torch.inference_mode`` (what `rtu-edge train` runs per tick).
@@ -14,7 +14,7 @@ thread, under ``torch.inference_mode`` (what `rtu-edge train` runs per tick).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rtu_edge.config import NetConfig
@@ -59,19 +59,11 @@ SIZES: dict[str, Size] = {
         num_actions=0,
         net=dict(encoder_size=64, hidden_size=192, head_size=64),
     ),
-    # the demo agent's trunk and critic under the `td` learner (prediction, no actions): so a
-    # td graph change can be timed (`rtu-edge bench --sizes td-demo`) and checked for its
-    # values (benchmarks/same_values.py, bench_ab.sh with SIZES=td-demo) like ac's
-    "td-demo": Size(
-        "td: obs 2, enc 32, n 32, head 32",
-        obs_size=2,
-        action_kind="discrete",
-        action_dims=1,
-        num_actions=2,
-        net=dict(encoder_size=32, hidden_size=32, head_size=32),
-        algo="td",
-    ),
 }
+# the demo agent's trunk and critic under the `td` learner (prediction, no actions): so a td
+# graph change can be timed (`rtu-edge bench --sizes td-demo`) and checked for its values
+# (benchmarks/same_values.py, bench_ab.sh with SIZES=td-demo) like ac's
+SIZES["td-demo"] = replace(SIZES["demo"], description="td: obs 2, enc 32, n 32, head 32", algo="td")
 DEFAULT_SIZES = ("demo", "paper")
 
 

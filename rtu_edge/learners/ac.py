@@ -417,6 +417,11 @@ def act_prepare(cfg: ACConfig, agent: A.AgentConfig, s: State) -> State:
     return out
 
 
+def cell_consts(prep: State) -> State:
+    """The cell's act_constants out of the ``prep.cell.<name>`` entries of ``prep``, by name."""
+    return {k[len(PREP_CELL) :]: v for k, v in prep.items() if k.startswith(PREP_CELL)}
+
+
 def act_step(
     cfg: ACConfig, agent: A.AgentConfig, s: State, inputs: dict[str, Tensor]
 ) -> tuple[State, dict[str, Tensor]]:
@@ -435,7 +440,7 @@ def act_step(
     cell = agent.cell
     h0 = A.encode(p, x, ln).h
     state = state_from_dict(cell.State, "carry", s)
-    consts = {k[len(PREP_CELL) :]: v for k, v in prep.items() if k.startswith(PREP_CELL)}
+    consts = cell_consts(prep)
     y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p), consts)
     value_out, _ = A.head(p, "critic", y, ln)
     pi_out, _ = A.head(p, "actor", y, ln)

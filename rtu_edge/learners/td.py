@@ -52,7 +52,14 @@ from torch.func import functional_call
 from firmware_bridge.contract import StepInput, StepOutput
 from rtu_edge import agent as A
 from rtu_edge.cells import state_from_dict, state_to_dict
-from rtu_edge.learners.ac import OBS_STD, PREP_CELL, _variance, normalise_obs, params_of
+from rtu_edge.learners.ac import (
+    OBS_STD,
+    PREP_CELL,
+    _std,
+    cell_consts,
+    normalise_obs,
+    params_of,
+)
 from rtu_edge.learners.base import Learner
 from rtu_edge.learners.base import uses_rtrl as base_uses_rtrl
 from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
@@ -154,13 +161,9 @@ def _features(
         return normalise_obs(cfg, s, obs)
     obs = torch.clamp(obs, -cfg.obs_clip, cfg.obs_clip)
     if std is None:
-        std = _obs_std(cfg, s)
+        std = _std(cfg, s["norm.obs_count"], s["norm.obs_m2"])
     x = (obs - s["norm.obs_mean"]) / std
     return torch.clamp(x, -cfg.norm_clip, cfg.norm_clip), {}
-
-
-def _obs_std(cfg: TDConfig, s: State) -> Tensor:
-    return torch.sqrt(plus_eps(_variance(s["norm.obs_count"], s["norm.obs_m2"]), cfg.eps))
 
 
 def _update(cfg, s: State, p, names, delta: Tensor, z: dict, do: Tensor, dtype, new: State):
@@ -545,7 +548,7 @@ def act_prepare(cfg: TDConfig, agent: A.AgentConfig, s: State) -> State:
     p = params_of(s)
     out = {PREP_CELL + k: v for k, v in agent.cell.act_constants(A.cell_params(p)).items()}
     if cfg.normalise_obs:
-        out[OBS_STD] = _obs_std(cfg, s)
+        out[OBS_STD] = _std(cfg, s["norm.obs_count"], s["norm.obs_m2"])
     return out
 
 
@@ -563,7 +566,7 @@ def act_step(
     cell = agent.cell
     h0 = A.encode(p, x, ln).h
     state = state_from_dict(cell.State, "carry", s)
-    consts = {k[len(PREP_CELL) :]: v for k, v in prep.items() if k.startswith(PREP_CELL)}
+    consts = cell_consts(prep)
     y, state = cell.step_forward(h0, state, inputs["first"], A.cell_params(p), consts)
     value = A.head(p, "critic", y, ln)[0].reshape(1)
     outputs = {"prediction": value}
