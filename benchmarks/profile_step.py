@@ -26,7 +26,7 @@ import onnxruntime as ort  # noqa: E402
 
 from firmware_bridge.bench import case_inputs  # noqa: E402
 from firmware_bridge.bundle import load_bundle  # noqa: E402
-from firmware_bridge.runtime import StepRunner, session_options  # noqa: E402
+from firmware_bridge.runtime import session_options  # noqa: E402
 
 
 def profile(bundle_dir: str, graph: str, steps: int, warmup: int) -> list[dict]:
@@ -38,7 +38,7 @@ def profile(bundle_dir: str, graph: str, steps: int, warmup: int) -> list[dict]:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "prof")
         session = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
-        runner = StepRunner(session, bundle.graph_state(graph))
+        runner = bundle.runner(graph, session=session)
         inputs = case_inputs(bundle, graph, "moving", warmup + steps, warmup)
         for x in inputs:
             runner.step(**x)

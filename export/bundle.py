@@ -113,8 +113,16 @@ def plan_graphs(learner: Learner, agent: AgentConfig, state: dict, cfg) -> dict[
     carry = [k for k in act_names if k.startswith("carry.")]
     plans = {}
     if agent.cell.online:
+        # the learn step may read the tensors inside its packed buffers by their own names:
+        # views, which the runtime binds to the buffer it carries (contract.view_inputs), so the
+        # graph does not split the buffer on every tick. Those it leaves unread are dropped.
+        packing = learner.packing(agent) if learner.packing else ()
+        views = [t.name for b in packing if b.name in state for t in b.tensors]
         plans["learn"] = GraphPlan(
-            list(state), list(state), learner.step_inputs(agent), learner.learn_outputs(agent)
+            list(state) + views,
+            list(state),
+            learner.step_inputs(agent),
+            learner.learn_outputs(agent),
         )
     prepared = list(prepare_values(learner, cfg, agent, state))
     if prepared:  # (a learner's act_prepare may have nothing to compute for this agent)

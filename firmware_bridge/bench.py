@@ -47,9 +47,9 @@ import numpy as np
 import onnxruntime as ort
 
 from firmware_bridge.bundle import Bundle, count_nodes
-from firmware_bridge.contract import GRAPHS, sample_noise
+from firmware_bridge.contract import GRAPHS, sample_noise, view_inputs
 from firmware_bridge.fpenv import flush_denormals, subnormal_count
-from firmware_bridge.runtime import StepRunner, session_options
+from firmware_bridge.runtime import session_options
 
 __all__ = [
     "CASES",
@@ -148,7 +148,7 @@ class _OrtStepper:
     """`StepRunner.step` as `rtu-edge run` calls it (firmware_bridge/robot_loop.py)."""
 
     def __init__(self, bundle: Bundle, graph: str):
-        self.runner = StepRunner(bundle.session(graph), bundle.graph_state(graph))
+        self.runner = bundle.runner(graph)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> object:
         return self.runner.step(**inputs)
@@ -158,7 +158,11 @@ class _OrtStepper:
 
 
 def _state_of(bundle: Bundle, graph: str) -> dict[str, np.ndarray]:
-    return {k: np.ascontiguousarray(v) for k, v in bundle.graph_state(graph).items()}
+    """The graph's state, each tensor once: its views (the learn graph's parameters by name,
+    inside the params.flat it carries: contract.view_inputs) are not counted twice."""
+    views = view_inputs(bundle.state_input_names(graph), bundle.manifest.packing)
+    state = bundle.graph_state(graph)
+    return {k: np.ascontiguousarray(v) for k, v in state.items() if k not in views}
 
 
 def last_level_cache_bytes() -> int | None:

@@ -52,6 +52,7 @@ from firmware_bridge.contract import (
     TensorSpec,
     graph_state,
     packed_tensors,
+    view_inputs,
 )
 from firmware_bridge.runtime import StepRunner, make_session, numpy_dtype
 
@@ -168,13 +169,27 @@ class Bundle:
         """Fresh copies of every tensor in state.npz, keyed by tensor name."""
         return {name: value.copy() for name, value in self._state.items()}
 
-    def runner(self, graph: str, state: Mapping[str, np.ndarray] | None = None) -> StepRunner:
+    def runner(
+        self,
+        graph: str,
+        state: Mapping[str, np.ndarray] | None = None,
+        session: ort.InferenceSession | None = None,
+    ) -> StepRunner:
         """A `StepRunner` for ``graph`` fed from ``state`` (default: the initial state).
 
         Only the tensors ``graph`` reads are taken from ``state``, so the full learner state
-        can be passed to the act graph.
+        can be passed to the act graph. The graph's views (contract.view_inputs: the learn
+        graph's parameters by name, inside the params.flat it carries) are bound to the
+        runner's own buffers, not fed from ``state``. ``session``: another session of the same
+        graph (benchmarks/profile_step.py's, with profiling on) instead of the bundle's.
         """
-        return StepRunner(self.session(graph), self.graph_state(graph, state))
+        views = view_inputs(self.state_input_names(graph), self.manifest.packing)
+        feeds = {k: v for k, v in self.graph_state(graph, state).items() if k not in views}
+        return StepRunner(
+            session or self.session(graph),
+            feeds,
+            views={n: (buf, t.offset, t.shape) for n, (buf, t) in views.items()},
+        )
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:

@@ -30,8 +30,13 @@ import numpy as np
 # 3: parameters and eligibility traces packed into flat buffers (`PackedBuffer`, state.packed)
 # 4: a step graph may read constants (``prep.*``) that its prepare graph computes from the
 #    state once per loaded state (`PrepareSpec`; act_prepare.onnx). Format 3 is read too.
-FORMAT_VERSION = 4
-READABLE_FORMATS = (3, 4)  # a format-3 bundle is a format-4 one without prepare graphs
+# 5: a graph that carries a packed buffer may also read tensors inside it by their own names:
+#    *views*, which the runtime binds to the buffer's current value (`view_inputs`). A format-4
+#    runtime would feed them a copy made once, gone stale after the first update.
+FORMAT_VERSION = 5
+# a format-3 bundle is a format-4 one without prepare graphs, a format-4 one a format-5 one
+# without views
+READABLE_FORMATS = (3, 4, 5)
 OPSET = 18  # ai.onnx opset of every exported graph
 GRAPHS = ("learn", "act")  # the graphs a bundle may hold; the robot runs one of them
 # act.onnx is always there; learn.onnx only when the cell has exact RTRL (a cell trained by
@@ -173,12 +178,29 @@ def packed_tensors(packing: Sequence[PackedBuffer]) -> dict[str, tuple[str, Pack
     return {t.name: (b.name, t) for b in packing for t in b.tensors}
 
 
+def view_inputs(
+    names: Sequence[str], packing: Sequence[PackedBuffer]
+) -> dict[str, tuple[str, PackedTensor]]:
+    """The *views* among a graph's state-fed inputs `names`: tensors inside a packed buffer that
+    the same graph also reads (format 5), name -> (buffer name, its place). A view is not
+    state: the runtime binds it to the part of the buffer's current value that holds it, so
+    it changes when the buffer does (the learn step reads ``params.enc.w`` and writes
+    ``params.flat.next``; next tick ``params.enc.w`` is the updated part). A tensor inside a
+    buffer that the graph does not read (act.onnx reads ``params.enc.w`` without
+    ``params.flat``) is a constant input, fed a copy (`graph_state`)."""
+    read = set(names)
+    return {
+        n: (buf, t) for n, (buf, t) in packed_tensors(packing).items() if n in read and buf in read
+    }
+
+
 def graph_state(
     state: Mapping[str, np.ndarray], names: Sequence[str], packing: Sequence[PackedBuffer]
 ) -> dict[str, np.ndarray]:
     """The state-fed inputs `names` of a graph: each from ``state``, or, for a tensor inside a
     packed buffer (a graph may read one by its own name, e.g. act.onnx reads params.enc.w
-    without the rest of params.flat), a copy of its part of the buffer."""
+    without the rest of params.flat), a copy of its part of the buffer. (What one plain
+    ``session.run`` is fed; a `StepRunner` binds the `view_inputs` among them instead.)"""
     inside = packed_tensors(packing)
     out = {}
     for n in names:
@@ -510,6 +532,13 @@ class Manifest:
 
         if version < 4 and any(g.prepare is not None for g in graphs.values()):
             raise r.bad("a prepare graph needs format_version 4 or later")
+        for gname, g in graphs.items():
+            views = view_inputs([s.name for s in g.inputs], packing)
+            if version < 5 and views:
+                raise r.bad(
+                    f"graphs.{gname} reads {sorted(views)[:3]} inside packed buffers it also "
+                    "reads (views of the buffer), which need format_version 5 or later"
+                )
         used = [g.file for g in graphs.values()]
         used += [g.prepare.file for g in graphs.values() if g.prepare is not None]
         used += [state_file]
@@ -576,6 +605,7 @@ class Manifest:
             declared_in = {s.name for s in g.step_inputs}
             held = set(self.state_names) | set(packed_tensors(self.packing))
             self._check_prepare(where, g, in_specs, held)
+            self._check_views(where, in_specs, self.packing)
             held |= {s.name for s in g.prepare.outputs} if g.prepare is not None else set()
             expected_in = {n for n in in_specs if n not in held}
             if declared_in != expected_in:
@@ -643,6 +673,19 @@ class Manifest:
                 raise ContractError(
                     f"{MANIFEST}: {where}: the action output has shape {list(a_shape)}, "
                     f"action.dims says (1, {self.action.dims}). {FIX}"
+                )
+
+    @staticmethod
+    def _check_views(where: str, in_specs: dict, packing: Sequence[PackedBuffer]) -> None:
+        """A view input has the shape of its part of the buffer and the buffer's dtype."""
+        sizes = {b.name: b.size for b in packing}
+        for name, (buf, t) in view_inputs(list(in_specs), packing).items():
+            spec, whole = in_specs[name], in_specs[buf]
+            if spec.shape != t.shape or spec.dtype != whole.dtype or whole.shape != (sizes[buf],):
+                raise ContractError(
+                    f"{MANIFEST}: {where} reads {name!r} as {spec.dtype}{list(spec.shape)}, a "
+                    f"view of {buf!r} ({whole.dtype}{list(whole.shape)}) where state.packed "
+                    f"puts a {list(t.shape)} part. {FIX}"
                 )
 
     @staticmethod

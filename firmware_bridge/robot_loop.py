@@ -239,8 +239,7 @@ def run(cfg: RunConfig, log=print) -> dict:
             raise RunError(f"{e}; or run with --no-learn, which saves nothing") from None
     full_state, counters = _resume(cfg, bundle, store, log)
 
-    session = bundle.session(graph)
-    runner = StepRunner(session, bundle.graph_state(graph, full_state))
+    runner = bundle.runner(graph, full_state)
     rng = np.random.default_rng(cfg.seed + int(counters.get("ticks", 0)))
 
     act = m.action

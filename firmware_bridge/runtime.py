@@ -94,12 +94,16 @@ def _fmt(names) -> str:
 class StepRunner:
     """Runs one graph step after step, feeding every ``X.next`` back as ``X``.
 
-    Inputs of the graph fall in three kinds, decided once here:
+    Inputs of the graph fall in four kinds, decided once here:
 
     - carried: ``X`` with an output ``X.next``; must be in ``state``; ping-pongs between the
       buffer sets A and B.
     - constant: any other input present in ``state`` (e.g. ``params.*`` for the act graph,
       which reads them but does not write them); bound once, updated by `load_state`.
+    - view: an input named in ``views`` as ``(state name, offset, shape)``: bound to that part
+      of a carried or constant state tensor (flattened in C order), so it always holds the
+      tensor's current value and costs no copy (a learn graph reads ``params.enc.w`` inside
+      the ``params.flat`` it carries: contract.view_inputs). Not state of its own.
     - per-step: every other input (``obs``, ``reward``, ...); preallocated arrays that
       `step` overwrites in place. ``step_inputs`` gives their initial values (and their shapes
       when the graph leaves a dimension symbolic).
@@ -113,9 +117,11 @@ class StepRunner:
         session: ort.InferenceSession,
         state: Mapping[str, np.ndarray],
         step_inputs: Mapping[str, np.ndarray] | None = None,
+        views: Mapping[str, tuple[str, int, tuple[int, ...]]] | None = None,
     ) -> None:
         self._session = session
         step_inputs = dict(step_inputs or {})
+        views = dict(views or {})
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = {o.name: o for o in session.get_outputs()}
         carried = carried_names(session)
@@ -125,7 +131,16 @@ class StepRunner:
         extra = [n for n in state if n not in inputs]
         clash = [n for n in step_inputs if n in state]
         unknown_step = [n for n in step_inputs if n not in inputs]
+        view_clash = [n for n in views if n in state or n in step_inputs or n not in inputs]
+        view_of = [v[0] for v in views.values() if v[0] not in state]
         problems = []
+        if view_clash:
+            problems.append(
+                f"views {_fmt(view_clash)} must be graph inputs given neither in state nor in "
+                "step_inputs"
+            )
+        if view_of:
+            problems.append(f"views of tensors not in state: {_fmt(view_of)}")
         if missing:
             problems.append(f"state lacks carried tensors {_fmt(missing)}")
         if extra:
@@ -143,7 +158,10 @@ class StepRunner:
         self.constant_names: tuple[str, ...] = tuple(
             n for n in inputs if n in state and n not in carried_set
         )
-        self.step_input_names: tuple[str, ...] = tuple(n for n in inputs if n not in state)
+        self.view_names: tuple[str, ...] = tuple(n for n in inputs if n in views)
+        self.step_input_names: tuple[str, ...] = tuple(
+            n for n in inputs if n not in state and n not in views
+        )
         self.output_names: tuple[str, ...] = tuple(
             n
             for n in outputs
@@ -182,6 +200,29 @@ class StepRunner:
             for n in self.constant_names
         }
 
+        # A view per buffer set of its carried tensor (one for a constant's), checked for fit.
+        self._views: list[dict[str, np.ndarray]] = [{}, {}]
+        for name in self.view_names:
+            of, offset, shape = views[name]
+            dtype, want = self._input_spec(inputs[name])
+            size = int(np.prod(shape, dtype=np.int64))
+            whole = self._sets[0].get(of, self._const.get(of))
+            if (
+                whole.dtype != dtype
+                or (want is not None and tuple(shape) != want)
+                or offset < 0
+                or offset + size > whole.size
+            ):
+                raise StepRunnerError(
+                    f"StepRunner: view {name!r} as {list(shape)} at [{offset}:{offset + size}] of "
+                    f"{of!r} ({whole.dtype.name}{list(whole.shape)}) does not fit the graph's "
+                    f"input {dtype.name}{list(want) if want is not None else '(symbolic)'}. "
+                    "Re-export the graph."
+                )
+            for i in (0, 1):
+                buf = self._sets[i].get(of, self._const.get(of))
+                self._views[i][name] = buf.reshape(-1)[offset : offset + size].reshape(shape)
+
         self._inputs: dict[str, np.ndarray] = {}
         for name in self.step_input_names:
             dtype, shape = self._input_spec(inputs[name])
@@ -218,13 +259,15 @@ class StepRunner:
         self._values = {
             "A": {n: wrap(a) for n, a in self._sets[0].items()},
             "B": {n: wrap(a) for n, a in self._sets[1].items()},
+            "A views": {n: wrap(a) for n, a in self._views[0].items()},
+            "B views": {n: wrap(a) for n, a in self._views[1].items()},
             "const": {n: wrap(a) for n, a in self._const.items()},
             "in": {n: wrap(a) for n, a in self._inputs.items()},
             "out": {n: wrap(a) for n, a in self._outputs.items()},
         }
         self._bindings = [
-            self._make_binding(self._values["A"], self._values["B"]),
-            self._make_binding(self._values["B"], self._values["A"]),
+            self._make_binding(self._values["A"], self._values["B"], self._values["A views"]),
+            self._make_binding(self._values["B"], self._values["A"], self._values["B views"]),
         ]
         self._cur = 0  # index of the buffer set that holds the current carried values
         self._out_items = tuple(self._outputs.items())
@@ -242,11 +285,13 @@ class StepRunner:
             )
         return np.dtype(name), _static_shape(arg.shape)
 
-    def _make_binding(self, src: dict, dst: dict) -> ort.IOBinding:
+    def _make_binding(self, src: dict, dst: dict, views: dict) -> ort.IOBinding:
         binding = self._session.io_binding()
         for name, value in src.items():
             binding.bind_ortvalue_input(name, value)
             binding.bind_ortvalue_output(name + NEXT_SUFFIX, dst[name])
+        for name, value in views.items():
+            binding.bind_ortvalue_input(name, value)
         for name, value in self._values["const"].items():
             binding.bind_ortvalue_input(name, value)
         for name, value in self._values["in"].items():
@@ -391,15 +436,22 @@ def reference_step(
     session: ort.InferenceSession,
     state: Mapping[str, np.ndarray],
     inputs: Mapping[str, np.ndarray],
+    views: Mapping[str, tuple[str, int, tuple[int, ...]]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One step with plain ``session.run``: the slow, obvious path that tests compare against.
 
     Returns ``(outputs, new_state)``: the outputs that are not ``X.next`` of a carried ``X``,
-    and ``state`` with every carried ``X`` replaced by the graph's ``X.next``.
+    and ``state`` with every carried ``X`` replaced by the graph's ``X.next``. ``views`` as
+    for `StepRunner`: each is fed a copy of its part of the state tensor it views.
     """
+    views = views or {}
     feeds = {}
     for arg in session.get_inputs():
-        if arg.name in state:
+        if arg.name in views:
+            of, offset, shape = views[arg.name]
+            part = np.asarray(state[of]).reshape(-1)[offset : offset + int(np.prod(shape))]
+            feeds[arg.name] = part.reshape(shape).copy()
+        elif arg.name in state:
             feeds[arg.name] = state[arg.name]
         elif arg.name in inputs:
             feeds[arg.name] = inputs[arg.name]

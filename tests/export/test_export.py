@@ -168,7 +168,8 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
 
     run, state = load_run(runs["cartpole"])
     agent, ac = run.agent, run.train.learner
-    state = P.pack(state, packing_of(run.learner, agent, state))
+    layout = packing_of(run.learner, agent, state)
+    state = P.pack(state, layout)
     state = {k: v.double() for k, v in state.items()}
     carried = list(state)
     step_names = ["obs", "reward", "first", "terminal", "noise"]
@@ -186,7 +187,10 @@ def test_float64_learn_graph_teacher_forced_is_tight(runs):
                 "terminal": np.zeros(1),
                 "noise": rng.gumbel(size=(1, agent.noise_size)),
             }
-            res = dict(zip(outs, sess.run(None, {k: v.numpy() for k, v in state.items()} | x)))
+            feeds = P.with_views(state, layout)  # the parameters by name too (views)
+            names = {i.name for i in sess.get_inputs()}
+            feeds = {k: v.numpy() for k, v in feeds.items() if k in names}
+            res = dict(zip(outs, sess.run(None, feeds | x)))
             tx = {k: torch.from_numpy(v) for k, v in x.items()}
             new, *_ = ac_step(ac, agent, state, *(tx[k] for k in step_names))
             for k in carried:
@@ -250,3 +254,78 @@ def test_check_standard_ops_looks_inside_if_branches():
     check_standard_ops(model(""))  # a standard If with standard branches passes
     with pytest.raises(RuntimeError, match="com.example::Relu"):
         check_standard_ops(model("com.example"))
+
+
+@pytest.mark.parametrize("name", ["cartpole", "pendulum"])
+def test_learn_graph_reads_the_parameters_as_views_of_params_flat(runs, tmp_path, name):
+    """Bundle format 5: learn.onnx reads each parameter by its own name (a view of the
+    params.flat it carries, bound by the runtime to the buffer's current value) instead of
+    splitting params.flat on every tick. Over many learning steps the runner follows torch's
+    learn_step; the same graph fed the parameters as copies made once (what a format-4
+    runtime would bind) drifts away, so the views are what keeps it right."""
+    from firmware_bridge.bundle import load_bundle
+    from firmware_bridge.runtime import StepRunner
+
+    bundle = tmp_path / "bundle"
+    export_run(
+        ExportConfig(run_dir=str(runs[name]), out=str(bundle), parity_steps=200), log=lambda m: None
+    )
+    b = load_bundle(bundle)
+    learn = onnx.load(str(bundle / "learn.onnx"))
+    flat = next(buf for buf in b.manifest.packing if buf.name == "params.flat")
+    packed = {t.name for t in flat.tensors}
+    inputs = {i.name for i in learn.graph.input}
+    assert "params.flat" in inputs
+    assert packed <= inputs  # every parameter read by name
+    splits = [n for n in learn.graph.node if n.op_type == "Split" and "params.flat" in n.input]
+    assert not splits  # params.flat is read by the update only
+    runner = b.runner("learn")
+    assert set(runner.view_names) == packed and not set(runner.view_names) & set(runner.state())
+
+    run, trained = load_run(runs[name])
+    state = P.pack(trained, packing_of(run.learner, run.agent, trained))
+    stale = StepRunner(b.session("learn"), b.graph_state("learn"))  # views as constants
+    spec = b.manifest.graphs["learn"]
+    rng = np.random.default_rng(0)
+    with torch.inference_mode():
+        for t in range(60):
+            values = {
+                "obs": rng.normal(size=(1, run.agent.obs_size)).astype(np.float32),
+                "reward": np.array([rng.normal()], np.float32),
+                "first": np.array([float(t == 0)], np.float32),
+                "terminal": np.zeros(1, np.float32),
+                "noise": C.sample_noise(b.manifest.noise, rng),
+            }
+            feed = {s.name: values[s.source] for s in spec.step_inputs}
+            got, old = runner.step(**feed), stale.step(**feed)
+            tin = {k: torch.from_numpy(v) for k, v in feed.items()}
+            state, want = run.learner.learn_step(run.train.learner, run.agent, state, tin)
+            np.testing.assert_allclose(got["value"], want["value"].numpy(), rtol=1e-4, atol=1e-5)
+    params = runner.state()["params.flat"]
+    np.testing.assert_allclose(params, state["params.flat"].numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(params, b.initial_state()["params.flat"], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(old["value"], got["value"], rtol=1e-4, atol=1e-5)
+
+    # the manifest says format 5, and says each view's shape right; else the bundle is refused
+    import shutil
+
+    from firmware_bridge.bundle import BundleError
+
+    def edited(fn):
+        copy = tmp_path / f"edited-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(bundle, copy)
+        m = json.loads((copy / "manifest.json").read_text())
+        fn(m)
+        (copy / "manifest.json").write_text(json.dumps(m))
+        return copy
+
+    old_format = edited(lambda m: m.update(format_version=4))
+    with pytest.raises(BundleError, match=r"graphs.learn reads .* \(views of the buffer\), which"):
+        load_bundle(old_format)
+
+    def misshape(m):
+        view = next(i for i in m["graphs"]["learn"]["inputs"] if i["name"] == "params.enc.w")
+        view["shape"] = [1, *view["shape"]]
+
+    with pytest.raises(BundleError, match=r"reads 'params.enc.w' as float32\[1, .* a view of"):
+        load_bundle(edited(misshape))

@@ -665,7 +665,7 @@ def test_valid_max_delta_loads(bundle_dir, max_delta):
     assert got == (None if max_delta is None else tuple(float(v) for v in max_delta))
 
 
-@pytest.mark.parametrize("version", [1, 2, 5, 0])
+@pytest.mark.parametrize("version", [1, 2, 6, 0])
 def test_unknown_format_version(bundle_dir, no_parsing, version):
     _edit_manifest(bundle_dir, lambda m: m.update(format_version=version))
     with pytest.raises(BundleError, match=rf"format_version {version!r}; this rtu-edge reads"):

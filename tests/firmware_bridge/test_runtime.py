@@ -260,3 +260,86 @@ def test_float64_graph_matches_reference():
         ref_out, ref_state = reference_step(session, ref_state, inputs)
         _assert_same(out, ref_out)
     _assert_same(runner.state(), ref_state)
+
+
+# ---- views: inputs bound to part of a carried buffer (contract.view_inputs) -------------------
+
+VIEWS = {"w": ("flat", 0, (D, N)), "b": ("flat", D * N, (N,))}
+
+
+def _packed_model():
+    """Carried flat (D*N + N,) holding w (D, N) then b (N,), which the graph also reads by name
+    (views); per-step x (1, D). y = x @ w + b; flat.next = 0.5 * flat + [x^T y | y] flattened,
+    so the parameters move every step and a stale copy of w or b shows in y at once."""
+    vi = helper.make_tensor_value_info
+    size = D * N + N
+    inputs = [
+        vi("flat", F32, [size]),
+        vi("w", F32, [D, N]),
+        vi("b", F32, [N]),
+        vi("x", F32, [1, D]),
+    ]
+    outputs = [vi("flat.next", F32, [size]), vi("y", F32, [1, N])]
+    consts = [
+        helper.make_tensor("half", F32, [], [0.5]),
+        helper.make_tensor("minus1", TensorProto.INT64, [1], [-1]),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["y"]),
+        helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+        helper.make_node("Mul", ["xt", "y"], ["outer"]),
+        helper.make_node("Reshape", ["outer", "minus1"], ["g_w"]),
+        helper.make_node("Reshape", ["y", "minus1"], ["g_b"]),
+        helper.make_node("Concat", ["g_w", "g_b"], ["g"], axis=0),
+        helper.make_node("Mul", ["flat", "half"], ["decayed"]),
+        helper.make_node("Add", ["decayed", "g"], ["flat.next"]),
+    ]
+    graph = helper.make_graph(nodes, "packed", inputs, outputs, consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return make_session(model.SerializeToString())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 8])
+def test_views_follow_the_carried_buffer(steps):
+    session = _packed_model()
+    rng = np.random.default_rng(20 + steps)
+    state = {"flat": rng.normal(size=D * N + N).astype(np.float32)}
+    runner = StepRunner(session, state, views=VIEWS)
+    assert runner.view_names == ("w", "b")
+    assert runner.step_input_names == ("x",)
+    assert runner.state_names == ("flat",)  # a view is not state
+    ref = dict(state)
+    w0, b0 = state["flat"][: D * N].reshape(D, N), state["flat"][D * N :]
+    for inputs in _inputs(rng, steps):
+        inputs = {"x": inputs["x"]}
+        out = runner.step(**inputs)
+        ref_out, ref = reference_step(session, ref, inputs, views=VIEWS)
+        _assert_same(out, ref_out)
+        _assert_same(runner.state(), ref)
+    # w and b copied once (what a format-4 runtime would bind) would give another y by now
+    stale = inputs["x"] @ w0 + b0
+    assert (steps == 1) == np.allclose(out["y"], stale, rtol=1e-6, atol=1e-6)
+    # load_state moves the views along with the buffer
+    fresh = {"flat": rng.normal(size=D * N + N).astype(np.float32)}
+    runner.load_state(fresh)
+    x = _inputs(rng, 1)[0]["x"]
+    out = runner.step(x=x)
+    want, _ = reference_step(session, fresh, {"x": x}, views=VIEWS)
+    _assert_same(out, want)
+
+
+def test_views_that_do_not_fit_are_refused():
+    session = _packed_model()
+    flat = np.zeros(D * N + N, np.float32)
+    with pytest.raises(
+        StepRunnerError, match=r"view 'b' as \[4\] at \[13:17\] of 'flat' \(float32\[16\]\)"
+    ):
+        StepRunner(session, {"flat": flat}, views={**VIEWS, "b": ("flat", D * N + 1, (N,))})
+    with pytest.raises(StepRunnerError, match=r"views 'w' must be graph inputs"):
+        StepRunner(session, {"flat": flat, "w": np.zeros((D, N), np.float32)}, views=VIEWS)
+    with pytest.raises(StepRunnerError, match=r"views of tensors not in state: 'other'"):
+        StepRunner(session, {"flat": flat}, views={**VIEWS, "b": ("other", 0, (N,))})
+    with pytest.raises(StepRunnerError, match=r"input float32\[3, 4\]"):
+        StepRunner(session, {"flat": flat}, views={**VIEWS, "w": ("flat", 0, (N, D))})
