@@ -29,13 +29,17 @@ def plus_eps(x: Tensor, eps: float) -> Tensor:
 
 
 def l1_norm(x: Tensor, dim: int | None = None) -> Tensor:
-    """``sum(|x|)`` as a 0-d tensor (over ``dim`` only, when given), exported as one
-    ``ReduceL1`` node (one pass over x) rather than ``Abs`` then ``ReduceSum`` (two passes, the
-    first writing a copy of x). Over all of x, the axes are named: with ``dim=None`` the
-    exporter would reshape x to 1-D first, one more node."""
-    if dim is None and x.dim() > 0:
-        dim = tuple(range(x.dim()))
-    return torch.linalg.vector_norm(x, ord=1, dim=dim)
+    """``sum(|x|)``: as a 0-d tensor over all of x, or over ``dim`` only when given.
+
+    Over all of x it exports as one ``ReduceL1`` node (one pass over x) rather than ``Abs``
+    then ``ReduceSum`` (two passes, the first writing a copy of x), with the axes named (with
+    ``dim=None`` the exporter would reshape x to 1-D first, one more node). Over one axis it
+    is ``Abs`` then ``ReduceSum``: onnxruntime's ReduceL1 over one axis of a matrix takes its
+    slow general path, 2.8x the time of the two nodes on a (2, 26112) one, where over all of
+    a vector it is the faster one (benchmarks/reduce_l1.py)."""
+    if dim is not None:
+        return x.abs().sum(dim)
+    return torch.linalg.vector_norm(x, ord=1, dim=tuple(range(x.dim())) or None)
 
 
 def finite(x: Tensor) -> Tensor:
@@ -64,10 +68,13 @@ def taken_if(
     In torch (eager, vmap, compile) this is ``torch.where(ok, new, old)`` per tensor: the
     update is computed either way and selected. Exported (``torch.compiler.is_exporting()``),
     it is one ONNX ``If`` (``torch.cond``) whose branches compute the update or pass the old
-    values on, so the graph neither computes a skipped update nor passes over the buffers a
-    second time to select one. The values are the same either way. (Measured with
-    benchmarks/bench_ab.sh, README "Measured": the paper-size learn step 5% faster; the demo
-    one, whose buffer is 12x smaller, unchanged within the A/B's noise.)
+    values on, so the graph does not pass over the buffers a second time to select one. The
+    values are the same either way. (Measured with benchmarks/bench_ab.sh, README "Measured":
+    the paper-size learn step 5% faster; the demo one, whose buffer is 12x smaller, unchanged
+    within the A/B's noise.) Keep ``update`` to the final adds and compute the step it adds
+    before the call: onnxruntime runs nodes inside an If's branch slower than the same nodes
+    in the main graph (ac's update with its Mul, MatMul and Concat inside the branch: 8% of
+    the paper-size step).
     The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
     0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
     attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
