@@ -78,6 +78,8 @@ def taken_if(
     The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
     0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
     attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
+    (td's Adam computed before the If, which then passes the new values on, was slower: 369
+    graph nodes instead of 351 at the td-demo size, 1.03-1.05x the time; it stays inside.)
     """
     if ok.numel() != 1:
         raise ValueError(f"taken_if() takes a one-element condition, got shape {tuple(ok.shape)}")
@@ -93,6 +95,15 @@ def taken_if(
         )
     new = update(*old, *args)
     return tuple(torch.where(ok, a, b) for a, b in zip(new, old, strict=True))
+
+
+def added(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """``(w1, ..., wk, d1, ..., dk) -> (w1 + d1, ..., wk + dk)``: an update for `taken_if`
+    whose steps were computed before it."""
+    k, odd = divmod(len(tensors), 2)
+    if odd:
+        raise ValueError(f"added() takes k values then k steps, got {len(tensors)} tensors")
+    return tuple(w + d for w, d in zip(tensors[:k], tensors[k:], strict=True))
 
 
 def scalars(*xs: Tensor) -> tuple[Tensor, ...]:

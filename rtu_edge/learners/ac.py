@@ -45,7 +45,7 @@ from rtu_edge import agent as A
 from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.base import Learner
-from rtu_edge.ops import finite, l1_norm, plus_eps, taken_if
+from rtu_edge.ops import added, finite, l1_norm, plus_eps, taken_if
 
 State = dict[str, Tensor]
 
@@ -244,12 +244,6 @@ def _keep_if_finite(old: State, upd: State) -> State:
 # ---- ObGD ---------------------------------------------------------------------------------
 
 
-def _added(*tensors: Tensor) -> tuple[Tensor, ...]:
-    """(w1, ..., wk, d1, ..., dk) -> (w1 + d1, ..., wk + dk): an update, for `taken_if`."""
-    k = len(tensors) // 2
-    return tuple(w + d for w, d in zip(tensors[:k], tensors[k:], strict=True))
-
-
 def obgd_step_size(lr: float, kappa: float, delta: Tensor, z_l1: Tensor) -> Tensor:
     """ObGD: shrink the step so that it cannot overshoot the TD target (Elsayed et al., Alg. 3)."""
     delta_bar = torch.clamp(delta.abs(), min=1.0)
@@ -366,10 +360,10 @@ def ac_step(
     if continuous:  # exploration noise stays within bounds (a robot moves with it)
         d_log_std = c_pi * s[ELIG_LOG_STD] + c_h * sample.dent_dlogstd
         old = (s[PARAMS], s[LOG_STD])
-        new[PARAMS], log_std = taken_if(ok, _added, old, (dw, d_log_std))
+        new[PARAMS], log_std = taken_if(ok, added, old, (dw, d_log_std))
         new[LOG_STD] = torch.clamp(log_std, cfg.log_std_min, cfg.log_std_max)
     else:
-        (new[PARAMS],) = taken_if(ok, _added, (s[PARAMS],), (dw,))
+        (new[PARAMS],) = taken_if(ok, added, (s[PARAMS],), (dw,))
 
     # 5. eligibility traces: z = gamma * lambda * z + grad at S_t, zeroed on the first tick
     decay = (cfg.gamma * cfg.lam) * keep

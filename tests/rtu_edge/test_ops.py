@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from firmware_bridge.runtime import make_session
-from rtu_edge.ops import finite, l1_norm, plus_eps, scalars, taken_if
+from rtu_edge.ops import added, finite, l1_norm, plus_eps, taken_if
 
 VALUES = [0.0, -0.0, 1.5, -3e38, 1e-45, math.inf, -math.inf, math.nan]
 
@@ -70,8 +70,17 @@ def _update(w, z, c):
 
 
 class _Taken(torch.nn.Module):
-    def forward(self, w, z, c):
-        return taken_if(finite(c * z.sum()), _update, (w,), (z, *scalars(c)))[0]
+    def forward(self, w, z, c):  # the step computed before the If, which only adds it
+        step = c * z
+        return taken_if(finite(step.sum()), added, (w,), (step,))[0]
+
+
+def test_added_pairs_values_with_their_steps():
+    w1, w2, d1, d2 = torch.ones(2), torch.zeros(3), torch.full((2,), 2.0), torch.arange(3.0)
+    a, b = added(w1, w2, d1, d2)
+    assert torch.equal(a, w1 + d1) and torch.equal(b, w2 + d2)
+    with pytest.raises(ValueError, match="k values then k steps, got 3"):
+        added(w1, w2, d1)
 
 
 def test_taken_if_selects_the_update_only_when_ok():
