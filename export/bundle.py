@@ -325,9 +325,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def packing_of(learner: Learner, agent: AgentConfig, state: dict) -> tuple[C.PackedBuffer, ...]:
     """The learner's packed buffers whose tensors are all in ``state`` (an act-only state
     has parameters but no eligibility traces)."""
-    if learner.packing is None:
-        return ()
-    return tuple(b for b in learner.packing(agent) if all(t.name in state for t in b.tensors))
+    return P.held(learner.packing(agent), state) if learner.packing is not None else ()
 
 
 def streaming_run(run: rd.Run, state: dict) -> tuple[rd.Run, dict]:

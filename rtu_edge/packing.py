@@ -24,7 +24,9 @@ __all__ = [
     "PackedTensor",
     "cat_flat",
     "flatten",
+    "held",
     "pack",
+    "read",
     "unpack",
     "views",
     "with_views",
@@ -38,6 +40,22 @@ def views(buf: PackedBuffer, flat: Tensor) -> dict[str, Tensor]:
         t.name: part if len(t.shape) == 1 else part.reshape(t.shape)
         for t, part in zip(buf.tensors, parts, strict=True)
     }
+
+
+def held(packing: Sequence[PackedBuffer], state: Mapping) -> tuple[PackedBuffer, ...]:
+    """The buffers of ``packing`` whose tensors ``state`` holds, all of them (a learner's
+    layout may name buffers a state lacks: td's Adam moments under SGD, an act-only state's
+    traces)."""
+    return tuple(b for b in packing if all(t.name in state for t in b.tensors))
+
+
+def read(buf: PackedBuffer, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors inside ``buf`` by name: the state's own when it holds them all (an exported
+    learn step is fed them as views of the buffer: contract.view_inputs), else `views` of
+    ``state[buf.name]`` (a Split in a graph)."""
+    if all(t.name in state for t in buf.tensors):
+        return {t.name: state[t.name] for t in buf.tensors}
+    return views(buf, state[buf.name])
 
 
 def cat_flat(tensors: Iterable[Tensor]) -> Tensor:

@@ -597,7 +597,7 @@ def _train_runs(cfgs: list[TrainConfig], learner: Learner, progress: bool) -> li
     batched = len(runs) > 1
     # the loop carries the learner's packed form (ac: flat parameter and trace buffers), so a
     # step does not pack and unpack them; checkpoints hold the tensors by name, as always
-    layout = learner.packing(plan.agent) if learner.packing is not None else ()
+    layout = P.held(learner.packing(plan.agent), runs[0].state) if learner.packing else ()
     packed = [P.pack(r.state, layout) for r in runs]
     state = _stack(packed) if batched else packed[0]
 

@@ -162,12 +162,7 @@ def _params(agent: A.AgentConfig, s: State) -> A.Params:
     the runtime: contract.view_inputs); then those are read, and params.flat is not split."""
     if PARAMS not in s:
         return params_of(s)
-    layout = packing(agent)[0]
-    if all(t.name in s for t in layout.tensors):
-        views = {t.name: s[t.name] for t in layout.tensors}
-    else:
-        views = P.views(layout, s[PARAMS])
-    p = {k[len("params.") :]: v for k, v in views.items()}
+    p = {k[len("params.") :]: v for k, v in P.read(packing(agent)[0], s).items()}
     if LOG_STD in s:
         p["actor.log_std"] = s[LOG_STD]
     return p

@@ -51,6 +51,7 @@ from torch.func import functional_call
 
 from firmware_bridge.contract import StepInput, StepOutput
 from rtu_edge import agent as A
+from rtu_edge import packing as P
 from rtu_edge.cells import state_from_dict, state_to_dict
 from rtu_edge.learners.ac import (
     OBS_STD,
@@ -150,6 +151,38 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
     return {k: v.contiguous() for k, v in s.items()}
 
 
+# ---- packed layout (the bundle's form of the state; the training loop steps it too) ------------
+
+PARAMS, ELIG, OPT_M, OPT_V = "params.flat", "elig.flat", "opt.m.flat", "opt.v.flat"
+
+
+def packing(agent: A.AgentConfig) -> tuple[P.PackedBuffer, ...]:
+    """The flat buffers of the learn step: the parameters, their eligibility trace and Adam's
+    two moments, each over every parameter in the same order (`A.critic_param_names`), so
+    that the trace decay, the norm and the update are each a few operations on whole buffers
+    instead of a few per tensor. The values are the same element for element (the norm only
+    decides whether the update is finite). (SGD has no moments: export and the training loop
+    pack only the buffers whose tensors the state holds.)"""
+    cached = agent.__dict__.get("_td_packing")
+    if cached is not None:
+        return cached
+    shapes = A.param_shapes(agent, heads=("critic",))
+    names = A.critic_param_names(agent)
+    layout = tuple(
+        P.PackedBuffer.of(buf, [(f"{group}.{k}", shapes[k]) for k in names])
+        for buf, group in ((PARAMS, "params"), (ELIG, "elig"), (OPT_M, "opt.m"), (OPT_V, "opt.v"))
+    )
+    agent.__dict__["_td_packing"] = layout
+    return layout
+
+
+def _params(agent: A.AgentConfig, s: State) -> A.Params:
+    """The parameters by name (without ``params.``) from a packed or a by-tensor state."""
+    if PARAMS not in s:
+        return params_of(s)
+    return {k[len("params.") :]: v for k, v in P.read(packing(agent)[0], s).items()}
+
+
 def _features(
     cfg: TDConfig, s: State, obs: Tensor, learn: bool, std: Tensor | None = None
 ) -> tuple[Tensor, State]:
@@ -229,10 +262,17 @@ def td_step(
 ) -> tuple[State, Tensor, Tensor]:
     """One TD(lambda) tick. Returns (new state, v(S_t), td_error).
 
-    Shapes: obs (1, obs_size); cumulant, first, terminal (1,).
+    Shapes: obs (1, obs_size); cumulant, first, terminal (1,). The state may be packed (the
+    bundle's form, `packing`) or by tensor (`initial_state`'s form); the new state comes back
+    in the same form. The step itself works on the packed one.
     """
+    layout = packing(agent)
+    if PARAMS not in s:
+        held = P.held(layout, s)  # (SGD: no moments)
+        new, value, delta = td_step(cfg, agent, P.pack(s, held), obs, cumulant, first, terminal)
+        return P.unpack(new, held), value, delta
     keep = 1.0 - first  # (1,): 0 on the first tick of an episode
-    p = params_of(s)
+    p = _params(agent, s)
     names = A.critic_param_names(agent)
 
     # 1-2. forward: features, cell with RTRL traces (reset by the `first` mask inside), head
@@ -249,20 +289,19 @@ def td_step(
     # 3. TD error of the previous transition (masked out on the first tick)
     delta = (cumulant + cfg.gamma * value * (1.0 - terminal) - s["carry.v_prev"]) * keep
 
-    # 4. update with the trace up to S_{t-1}; skipped on a first tick and when non-finite
-    z = {k: s[f"elig.{k}"] for k in names}
-    z_l1 = sum(l1_norm(t) for t in z.values())
-    ok = finite(delta * z_l1 * value)
+    # 4. update with the trace up to S_{t-1}; skipped on a first tick and when non-finite. On
+    # the flat buffers: params.flat, opt.m.flat and opt.v.flat move as one tensor "flat"
+    z = s[ELIG]
+    ok = finite(delta * l1_norm(z) * value)
     do = torch.logical_and(ok, keep > 0)  # (1,) bool
-    _update(cfg, s, p, names, delta, z, do, value.dtype, new)
+    _update(cfg, s, {"flat": s[PARAMS]}, ["flat"], delta, {"flat": z}, do, value.dtype, new)
 
     # 5. eligibility trace: z = gamma * lambda * z + grad v(S_t), zeroed on the first tick
     g_head, g_y = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))
     g_v = A.trunk_backward(agent, p, g_y, x, h0, state, traces)
     g_v.update(g_head)
     decay = (cfg.gamma * cfg.lam) * keep
-    for k in names:
-        new[f"elig.{k}"] = decay * z[k] + g_v[k]
+    new[ELIG] = decay * z + P.cat_flat(g_v[k] for k in names)  # as elig.flat
 
     new.update(state_to_dict("carry", state))
     new.update(state_to_dict("trace", traces))
@@ -545,7 +584,7 @@ def act_prepare(cfg: TDConfig, agent: A.AgentConfig, s: State) -> State:
     ``prep.cell.<name>`` and, with normalise_obs, the observation std. Computed once per
     loaded state by the bundle's act_prepare.onnx (none when there are none: a GRU without
     normalisation)."""
-    p = params_of(s)
+    p = _params(agent, s)
     out = {PREP_CELL + k: v for k, v in agent.cell.act_constants(A.cell_params(p)).items()}
     if cfg.normalise_obs:
         out[OBS_STD] = _std(cfg, s["norm.obs_count"], s["norm.obs_m2"])
@@ -558,7 +597,7 @@ def act_step(
     """One tick without learning: v(S_t) and the new cell state (no RTRL traces, statistics
     read as they are). The constants of `act_prepare` are read from ``s`` when it holds them
     (the exported act graph) and derived here when not."""
-    p = params_of(s)
+    p = _params(agent, s)
     held = any(k.startswith(PREP_CELL) or k == OBS_STD for k in s)
     prep = s if held else act_prepare(cfg, agent, s)
     x, _ = _features(cfg, s, inputs["obs"], learn=False, std=prep.get(OBS_STD))
@@ -605,8 +644,13 @@ def act_outputs(agent: A.AgentConfig) -> tuple[StepOutput, ...]:
 
 
 def act_state_names(agent: A.AgentConfig, s: State) -> list[str]:
-    """The tensors the act graph reads: parameters, obs statistics (if any), cell state."""
-    names = [k for k in s if k.startswith(("params.", "norm."))]
+    """The tensors the act graph reads: parameters, obs statistics (if any), cell state. The
+    parameters by their own names even when the state is packed (as ac's act graph)."""
+    if PARAMS in s:
+        names = [t.name for t in packing(agent)[0].tensors]
+    else:
+        names = [k for k in s if k.startswith("params.")]
+    names += [k for k in s if k.startswith("norm.")]
     names += [f"carry.{k}" for k in agent.cell.State._fields]
     return names
 
@@ -630,6 +674,7 @@ LEARNER = Learner(
     act_outputs=act_outputs,
     act_state_names=act_state_names,
     noise=noise,
+    packing=packing,
     behaviour="random",
     train=train_td,  # T-BPTT only; returns None for RTRL, and the per-tick loop runs
 )

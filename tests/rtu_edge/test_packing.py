@@ -188,3 +188,46 @@ def test_trunk_backward_of_several_cotangents_at_once_is_each_one_alone(cell, op
     rows = cell_mod.rtrl_backward_rows(torch.cat(g_ys), state, traces, A.cell_params(p))
     supported = cell.startswith("rtu") and not options.get("projection")
     assert (rows is not None) == supported
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_td_step_packed_and_by_tensor_agree_exactly(optimizer):
+    """td packs its parameters, trace and Adam moments into flat buffers over the same
+    parameters in the same order; under SGD there are no moments, and only the buffers the
+    state holds are packed."""
+    from rtu_edge.learners import td
+
+    agent = _agent("discrete")
+    cfg = td.TDConfig(optimizer=optimizer, lr=0.01)
+    s = td.initial_state(agent, cfg, seed=1)
+    layout = P.held(td.packing(agent), s)
+    want = [td.PARAMS, td.ELIG] + ([td.OPT_M, td.OPT_V] if optimizer == "adam" else [])
+    assert [b.name for b in layout] == want
+    for b in layout:  # every buffer over the parameters in one order
+        assert [t.name.split(".")[-2:] for t in b.tensors] == [
+            t.name.split(".")[-2:] for t in layout[0].tensors
+        ]
+    packed = P.pack(s, layout)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for t in range(20):
+            inputs = {
+                "obs": torch.randn(1, 3, generator=gen),
+                "cumulant": torch.randn(1, generator=gen),
+                "first": torch.tensor([1.0 if t == 0 else 0.0]),
+                "terminal": torch.zeros(1),
+            }
+            new, out = td.learn_step(cfg, agent, s, inputs)
+            new_p, out_p = td.learn_step(cfg, agent, packed, inputs)
+            assert set(new) == set(s) and set(new_p) == set(packed)
+            for k, v in P.unpack(new_p, layout).items():
+                assert torch.equal(v, new[k]), k
+            for k in out:
+                assert torch.equal(out[k], out_p[k]), k
+            s.update(new)
+            packed.update(new_p)
+        _, act_out = td.act_step(cfg, agent, s, inputs)
+        _, act_out_p = td.act_step(cfg, agent, packed, inputs)
+        assert torch.equal(act_out["prediction"], act_out_p["prediction"])
+    start = td.initial_state(agent, cfg, seed=1)
+    assert not torch.equal(s["params.enc.w"], start["params.enc.w"])  # it learned

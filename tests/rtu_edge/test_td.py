@@ -250,7 +250,10 @@ def test_export_and_parity_and_bundle_load(tmp_path, cell):
     )
     assert "action" not in res
     learn = b.session("learn")
-    feeds = {n: state[n] for n in learn_in if n in state}
+    # packed: parameters, trace and moments in flat buffers, the parameters read as views
+    assert {"params.flat", "elig.flat", "opt.m.flat", "opt.v.flat"} <= set(state)
+    assert "params.enc.w" in learn_in and "params.enc.w" not in state
+    feeds = dict(b.graph_state("learn"))  # (the views as copies: one plain session.run)
     feeds |= {"obs": obs, "cumulant": 0 * one, "first": one, "terminal": 0 * one}
     lres = dict(zip([o.name for o in learn.get_outputs()], learn.run(None, feeds)))
     np.testing.assert_allclose(lres["prediction"], res["prediction"], rtol=1e-5, atol=1e-6)
