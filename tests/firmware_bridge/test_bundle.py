@@ -362,6 +362,8 @@ def test_prep_inputs_without_a_prepare_graph_are_refused(tmp_path, no_parsing):
 
 
 def test_format_3_is_read_without_prepare_graphs_only(bundle_dir, tmp_path):
+    _edit_manifest(bundle_dir, lambda m: m.update(format_version=4))  # no views: format 4 too
+    assert load_bundle(bundle_dir).manifest.format_version == 4
     _edit_manifest(bundle_dir, lambda m: m.update(format_version=3))
     assert load_bundle(bundle_dir).manifest.format_version == 3
     d = write_bundle(tmp_path / "b", prepare=prepare_model())
