@@ -3,7 +3,7 @@
     python benchmarks/reduce_l1.py [--calls 2000] [--rounds 7]
 
 Prints the median time per call (one thread, IOBinding, the session options `rtu-edge run`
-uses) of three one-op graphs for the shapes of ac's eligibility-trace norms at the demo and
+uses) of the two forms, each a graph of its own, for the shapes of ac's eligibility-trace norms at the demo and
 paper sizes: the trunk's (2, T) over axis 1 and a head's (N,) over all of it. It is why
 `rtu_edge.ops.l1_norm` exports ReduceL1 over all of a tensor and Abs + ReduceSum over one axis
 (onnxruntime 1.32 on the 2-core Xeon with 4 MiB L2: (2, 26112) over axis 1, ReduceL1 29 us, Abs + ReduceSum

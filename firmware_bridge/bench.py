@@ -47,7 +47,7 @@ import numpy as np
 import onnxruntime as ort
 
 from firmware_bridge.bundle import Bundle, count_nodes
-from firmware_bridge.contract import GRAPHS, sample_noise, view_inputs
+from firmware_bridge.contract import GRAPHS, sample_noise
 from firmware_bridge.fpenv import flush_denormals, subnormal_count
 from firmware_bridge.runtime import session_options
 
@@ -160,7 +160,7 @@ class _OrtStepper:
 def _state_of(bundle: Bundle, graph: str) -> dict[str, np.ndarray]:
     """The graph's state, each tensor once: its views (the learn graph's parameters by name,
     inside the params.flat it carries: contract.view_inputs) are not counted twice."""
-    views = view_inputs(bundle.state_input_names(graph), bundle.manifest.packing)
+    views = bundle.view_inputs(graph)
     state = bundle.graph_state(graph)
     return {k: np.ascontiguousarray(v) for k, v in state.items() if k not in views}
 

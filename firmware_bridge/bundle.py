@@ -116,7 +116,8 @@ class Bundle:
 
     def state_input_names(self, graph: str) -> list[str]:
         """Inputs of ``graph`` fed from the state: carried ones and read-only ones (params.*,
-        possibly tensors inside a packed buffer, which a graph reads by their own names)."""
+        possibly tensors inside a packed buffer, which a graph reads by their own names: a
+        constant copy, or a view of a buffer the graph carries, `view_inputs`)."""
         held = set(self._state) | set(packed_tensors(self.manifest.packing))
         held |= set(self._prepared_names(graph))
         return [i.name for i in self.session(graph).get_inputs() if i.name in held]
@@ -153,9 +154,18 @@ class Bundle:
         held = set(self.state_input_names(graph))
         return [i.name for i in self.session(graph).get_inputs() if i.name not in held]
 
+    def view_inputs(self, graph: str) -> dict:
+        """The views among ``graph``'s inputs (contract.view_inputs), name -> (buffer, place):
+        the learn graph's parameters by name, inside the params.flat it carries."""
+        return view_inputs(self.state_input_names(graph), self.manifest.packing)
+
     def graph_state(self, graph: str, state: Mapping[str, np.ndarray] | None = None) -> dict:
         """What ``graph`` reads from ``state`` (default: the initial state), by its input
-        names; a tensor inside a packed buffer comes out of the buffer (contract.graph_state)."""
+        names; a tensor inside a packed buffer comes out of the buffer (contract.graph_state).
+
+        That is the feed of one plain ``session.run``. For stepping, use `runner`: a
+        `StepRunner` built from this dict would hold the graph's views (`view_inputs`) as
+        copies, which go stale after the first update."""
         state = self._state if state is None else state
         prep = self.prepared(graph, state)
         names = [n for n in self.state_input_names(graph) if n not in prep]
@@ -183,10 +193,10 @@ class Bundle:
         runner's own buffers, not fed from ``state``. ``session``: another session of the same
         graph (benchmarks/profile_step.py's, with profiling on) instead of the bundle's.
         """
-        views = view_inputs(self.state_input_names(graph), self.manifest.packing)
+        views = self.view_inputs(graph)
         feeds = {k: v for k, v in self.graph_state(graph, state).items() if k not in views}
         return StepRunner(
-            session or self.session(graph),
+            session if session is not None else self.session(graph),
             feeds,
             views={n: (buf, t.offset, t.shape) for n, (buf, t) in views.items()},
         )

@@ -140,7 +140,10 @@ class StepRunner:
                 "step_inputs"
             )
         if view_of:
-            problems.append(f"views of tensors not in state: {_fmt(view_of)}")
+            problems.append(
+                f"views of tensors not in state: {_fmt(view_of)} (a view names a part of a "
+                "state tensor: give that tensor in state)"
+            )
         if missing:
             problems.append(f"state lacks carried tensors {_fmt(missing)}")
         if extra:
@@ -303,6 +306,13 @@ class StepRunner:
     def _check_state(self, state: Mapping[str, np.ndarray], require_all: bool) -> None:
         problems = []
         unknown = [n for n in state if n not in self._spec]
+        views = [n for n in unknown if n in self.view_names]
+        if views:
+            problems.append(
+                f"{_fmt(views)} are views of a buffer the graph carries, not state of their "
+                "own: load the buffer they are part of"
+            )
+        unknown = [n for n in unknown if n not in views]
         if unknown:
             problems.append(f"unknown names {_fmt(unknown)} (not state-fed inputs of this graph)")
         if require_all:

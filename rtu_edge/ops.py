@@ -78,8 +78,9 @@ def taken_if(
     The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
     0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
     attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
-    (td's Adam computed before the If, which then passes the new values on, was slower: 369
-    graph nodes instead of 351 at the td-demo size, 1.03-1.05x the time; it stays inside.)
+    (td's per-tensor Adam computed before the If, which then passes the new values on, was
+    slower: 369 graph nodes instead of 351 at the td-demo size, 1.03-1.05x the time; it stays
+    inside. Measured before td was packed, not since.)
     """
     if ok.numel() != 1:
         raise ValueError(f"taken_if() takes a one-element condition, got shape {tuple(ok.shape)}")

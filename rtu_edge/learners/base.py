@@ -49,8 +49,11 @@ class Learner:
     # state); export/bundle.py then exports that learner's graphs (ppo -> ac).
     to_streaming: Callable | None = None
     # (agent) -> tuple of firmware_bridge.contract.PackedBuffer: state tensors that the bundle
-    # carries packed into flat buffers (ac: parameters and eligibility traces). Its step
-    # functions then take the state packed or by tensor; export packs it (rtu_edge/packing.py).
+    # carries packed into flat buffers (ac: parameters and eligibility traces; td: those and
+    # Adam's moments). Its step functions then take the state packed or by tensor; export and
+    # the training loop pack the buffers a state holds (`packing.held`: td under SGD has no
+    # moments). The exported learn step is also fed the tensors inside its buffers by name, as
+    # views (bundle format 5): read the parameters with `packing.read`, which uses them.
     packing: Callable | None = None
     # (cfg, agent, state) -> the act step's constants, ``prep.*`` tensors (contract.PREP_PREFIX):
     # what it derives from the state alone (ac: the observation std, the cell's act_constants).

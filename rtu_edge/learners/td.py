@@ -153,7 +153,8 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
 
 # ---- packed layout (the bundle's form of the state; the training loop steps it too) ------------
 
-PARAMS, ELIG, OPT_M, OPT_V = "params.flat", "elig.flat", "opt.m.flat", "opt.v.flat"
+FLAT = "flat"
+PARAMS, ELIG, OPT_M, OPT_V = (f"{g}.{FLAT}" for g in ("params", "elig", "opt.m", "opt.v"))
 
 
 def packing(agent: A.AgentConfig) -> tuple[P.PackedBuffer, ...]:
@@ -291,10 +292,12 @@ def td_step(
 
     # 4. update with the trace up to S_{t-1}; skipped on a first tick and when non-finite. On
     # the flat buffers: params.flat, opt.m.flat and opt.v.flat move as one tensor "flat"
+    # (`_update` names them params.{k}, opt.m.{k}, opt.v.{k}: the buffers' own names)
+    assert (f"params.{FLAT}", f"opt.m.{FLAT}", f"opt.v.{FLAT}") == (PARAMS, OPT_M, OPT_V)
     z = s[ELIG]
     ok = finite(delta * l1_norm(z) * value)
     do = torch.logical_and(ok, keep > 0)  # (1,) bool
-    _update(cfg, s, {"flat": s[PARAMS]}, ["flat"], delta, {"flat": z}, do, value.dtype, new)
+    _update(cfg, s, {FLAT: s[PARAMS]}, [FLAT], delta, {FLAT: z}, do, value.dtype, new)
 
     # 5. eligibility trace: z = gamma * lambda * z + grad v(S_t), zeroed on the first tick
     g_head, g_y = A.head_backward(p, "critic", y, v_hid, torch.ones_like(value_out))

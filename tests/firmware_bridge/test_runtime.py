@@ -343,3 +343,30 @@ def test_views_that_do_not_fit_are_refused():
         StepRunner(session, {"flat": flat}, views={**VIEWS, "b": ("other", 0, (N,))})
     with pytest.raises(StepRunnerError, match=r"input float32\[3, 4\]"):
         StepRunner(session, {"flat": flat}, views={**VIEWS, "w": ("flat", 0, (N, D))})
+
+
+def test_a_view_is_not_state_and_load_state_says_so():
+    session = _packed_model()
+    runner = StepRunner(session, {"flat": np.ones(D * N + N, np.float32)}, views=VIEWS)
+    with pytest.raises(StepRunnerError, match=r"'w' are views of a buffer .* load the buffer"):
+        runner.load_state({"w": np.zeros((D, N), np.float32)}, partial=True)
+
+
+def test_a_view_of_a_constant_follows_load_state():
+    """A graph that reads a buffer without writing it back: its views point into the constant,
+    so loading a new buffer moves them too."""
+    vi = helper.make_tensor_value_info
+    inputs = [vi("flat", F32, [D * N + N]), vi("w", F32, [D, N]), vi("x", F32, [1, D])]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "const_view", inputs, [vi("y", F32, [1, N])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    session = make_session(model.SerializeToString())
+    views = {"w": VIEWS["w"]}
+    runner = StepRunner(session, {"flat": np.zeros(D * N + N, np.float32)}, views=views)
+    assert runner.constant_names == ("flat",) and runner.view_names == ("w",)
+    x = np.ones((1, D), np.float32)
+    assert not runner.step(x=x)["y"].any()
+    new = np.arange(D * N + N, dtype=np.float32)
+    runner.load_state({"flat": new}, partial=True)
+    np.testing.assert_array_equal(runner.step(x=x)["y"], x @ new[: D * N].reshape(D, N))

@@ -194,7 +194,9 @@ def test_trunk_backward_of_several_cotangents_at_once_is_each_one_alone(cell, op
 def test_td_step_packed_and_by_tensor_agree_exactly(optimizer):
     """td packs its parameters, trace and Adam moments into flat buffers over the same
     parameters in the same order; under SGD there are no moments, and only the buffers the
-    state holds are packed."""
+    state holds are packed. (A by-tensor state is stepped packed too, so this checks the
+    round trip; that the packed step equals the per-tensor one it replaced was checked on
+    the exported graphs: benchmarks/same_values.py, README "Measured".)"""
     from rtu_edge.learners import td
 
     agent = _agent("discrete")
