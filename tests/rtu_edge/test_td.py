@@ -211,6 +211,40 @@ def test_cli_trains_td_on_a_control_env_with_random_behaviour(tmp_path):
     assert summary["episodes"] < 25
 
 
+def test_sgd_bundle_packs_no_moments_and_learns_on_its_runner(tmp_path):
+    """With SGD there are no Adam moments: the bundle packs only the parameters and the trace
+    (packing.held), passes its parity check, and its learn runner (views of params.flat)
+    moves the parameters; the act runner has no views (it carries no buffer)."""
+    from export.bundle import ExportConfig, export_run
+    from firmware_bridge.bundle import load_bundle
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), algo="td", steps=400, net=NetConfig(hidden_size=8))
+    cfg.learner = L.TDConfig(optimizer="sgd", lr=0.01)
+    train(cfg, progress=False)
+    manifest = export_run(
+        ExportConfig(run_dir=str(run), out=str(tmp_path / "b"), parity_steps=200),
+        log=lambda m: None,
+    )
+    assert manifest["parity"]["ok"]
+    assert sorted(manifest["state"]["packed"]) == ["elig.flat", "params.flat"]
+    assert not any(n.startswith("opt.") for n in manifest["state"]["names"])
+    b = load_bundle(tmp_path / "b")
+    learn, act = b.runner("learn"), b.runner("act")
+    assert "params.enc.w" in learn.view_names and act.view_names == ()
+    before = learn.state()["params.flat"]
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        out = learn.step(
+            obs=rng.standard_normal((1, b.manifest.observation_size)).astype(np.float32),
+            cumulant=np.array([1.0], np.float32),
+            first=np.array([float(t == 0)], np.float32),
+            terminal=np.zeros(1, np.float32),
+        )
+        assert np.isfinite(out["td_error"]).all()
+    assert not np.array_equal(learn.state()["params.flat"], before)
+
+
 @pytest.mark.parametrize("cell", ["rtu", "rtu-nonlinear"])
 def test_export_and_parity_and_bundle_load(tmp_path, cell):
     from export.bundle import ExportConfig, export_run
