@@ -73,14 +73,13 @@ def taken_if(
     the paper-size learn step 5% faster; the demo one, whose buffer is 12x smaller, unchanged
     within the A/B's noise.) Keep ``update`` to the final adds and compute the step it adds
     before the call: onnxruntime runs nodes inside an If's branch slower than the same nodes
-    in the main graph (ac's update with its Mul, MatMul and Concat inside the branch: 8% of
-    the paper-size step).
+    in the main graph (ac's update, README "Measured", the views row).
     The tensors go to ``torch.cond`` as operands, not in closures, and one-element ones as
     0-d (`scalars`): the exporter traces the branches with symbolic sizes, and its first
     attempt (non-strict) fails to broadcast a closed-over or a (1,) tensor against a buffer.
     (td's per-tensor Adam computed before the If, which then passes the new values on, was
-    slower: 369 graph nodes instead of 351 at the td-demo size, 1.03-1.05x the time; it stays
-    inside. Measured before td was packed, not since.)
+    tried before td was packed and was slower: the branch copies every new moment. It stays
+    inside.)
     """
     if ok.numel() != 1:
         raise ValueError(f"taken_if() takes a one-element condition, got shape {tuple(ok.shape)}")

@@ -153,7 +153,7 @@ def initial_state(agent: A.AgentConfig, cfg: TDConfig | None = None, seed: int =
 
 # ---- packed layout (the bundle's form of the state; the training loop steps it too) ------------
 
-FLAT = "flat"
+FLAT = "flat"  # the one "parameter" `_update` moves on packed state: the buffers are <group>.flat
 PARAMS, ELIG, OPT_M, OPT_V = (f"{g}.{FLAT}" for g in ("params", "elig", "opt.m", "opt.v"))
 
 
@@ -292,8 +292,7 @@ def td_step(
 
     # 4. update with the trace up to S_{t-1}; skipped on a first tick and when non-finite. On
     # the flat buffers: params.flat, opt.m.flat and opt.v.flat move as one tensor "flat"
-    # (`_update` names them params.{k}, opt.m.{k}, opt.v.{k}: the buffers' own names)
-    assert (f"params.{FLAT}", f"opt.m.{FLAT}", f"opt.v.{FLAT}") == (PARAMS, OPT_M, OPT_V)
+    # (`_update` names them params.{k}, opt.m.{k}, opt.v.{k}: with k = FLAT, the buffers' names)
     z = s[ELIG]
     ok = finite(delta * l1_norm(z) * value)
     do = torch.logical_and(ok, keep > 0)  # (1,) bool

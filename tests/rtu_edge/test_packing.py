@@ -75,26 +75,17 @@ def test_ac_packing_names_every_tensor_and_lines_the_traces_up(kind):
         assert t.shape == tuple(state[t.name].shape)
 
 
-@pytest.mark.parametrize("kind", ["discrete", "continuous"])
-def test_ac_step_packed_and_by_tensor_agree_exactly(kind):
-    """The learn step on the bundle's packed state is the training step, bit for bit."""
-    agent = _agent(kind)
-    cfg = ac.ACConfig()
-    s = ac.initial_state(agent, cfg, seed=1)
-    layout = ac.packing(agent)
+def _step_packed_and_by_tensor(learner, cfg, agent, s, layout, inputs, ticks: int = 20):
+    """Step ``learner`` (a learner module) from ``s`` by tensor and packed with ``layout`` on
+    the same ``inputs(t, gen)``, asserting equal states and outputs bit for bit every tick,
+    then the act step on both; returns both final states (by tensor, packed)."""
     packed = P.pack(s, layout)
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
-        for t in range(20):
-            inputs = {
-                "obs": torch.randn(1, 3, generator=gen),
-                "reward": torch.randn(1, generator=gen),
-                "first": torch.tensor([1.0 if t == 0 else 0.0]),
-                "terminal": torch.zeros(1),
-                "noise": torch.randn(1, agent.noise_size, generator=gen),
-            }
-            new, out = ac.learn_step(cfg, agent, s, inputs)
-            new_p, out_p = ac.learn_step(cfg, agent, packed, inputs)
+        for t in range(ticks):
+            x = inputs(t, gen)
+            new, out = learner.learn_step(cfg, agent, s, x)
+            new_p, out_p = learner.learn_step(cfg, agent, packed, x)
             assert set(new) == set(s) and set(new_p) == set(packed)
             for k, v in P.unpack(new_p, layout).items():
                 assert torch.equal(v, new[k]), k
@@ -102,10 +93,31 @@ def test_ac_step_packed_and_by_tensor_agree_exactly(kind):
                 assert torch.equal(out[k], out_p[k]), k
             s.update(new)
             packed.update(new_p)
-        act_new, act_out = ac.act_step(cfg, agent, s, inputs)
-        act_new_p, act_out_p = ac.act_step(cfg, agent, packed, inputs)
+        _, act_out = learner.act_step(cfg, agent, s, x)
+        _, act_out_p = learner.act_step(cfg, agent, packed, x)
         for k in act_out:
-            assert torch.equal(act_out[k], act_out_p[k])
+            assert torch.equal(act_out[k], act_out_p[k]), k
+    return s, packed
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_ac_step_packed_and_by_tensor_agree_exactly(kind):
+    """The learn step on the bundle's packed state is the training step, bit for bit."""
+    agent = _agent(kind)
+    cfg = ac.ACConfig()
+    s = ac.initial_state(agent, cfg, seed=1)
+    layout = ac.packing(agent)
+
+    def inputs(t: int, gen: torch.Generator) -> dict:
+        return {
+            "obs": torch.randn(1, 3, generator=gen),
+            "reward": torch.randn(1, generator=gen),
+            "first": torch.tensor([1.0 if t == 0 else 0.0]),
+            "terminal": torch.zeros(1),
+            "noise": torch.randn(1, agent.noise_size, generator=gen),
+        }
+
+    s, packed = _step_packed_and_by_tensor(ac, cfg, agent, s, layout, inputs)
     assert float(P.unpack(packed, layout)["params.enc.w"].abs().sum()) > 0
 
 
@@ -209,27 +221,15 @@ def test_td_step_packed_and_by_tensor_agree_exactly(optimizer):
         assert [t.name.split(".")[-2:] for t in b.tensors] == [
             t.name.split(".")[-2:] for t in layout[0].tensors
         ]
-    packed = P.pack(s, layout)
-    gen = torch.Generator().manual_seed(0)
-    with torch.inference_mode():
-        for t in range(20):
-            inputs = {
-                "obs": torch.randn(1, 3, generator=gen),
-                "cumulant": torch.randn(1, generator=gen),
-                "first": torch.tensor([1.0 if t == 0 else 0.0]),
-                "terminal": torch.zeros(1),
-            }
-            new, out = td.learn_step(cfg, agent, s, inputs)
-            new_p, out_p = td.learn_step(cfg, agent, packed, inputs)
-            assert set(new) == set(s) and set(new_p) == set(packed)
-            for k, v in P.unpack(new_p, layout).items():
-                assert torch.equal(v, new[k]), k
-            for k in out:
-                assert torch.equal(out[k], out_p[k]), k
-            s.update(new)
-            packed.update(new_p)
-        _, act_out = td.act_step(cfg, agent, s, inputs)
-        _, act_out_p = td.act_step(cfg, agent, packed, inputs)
-        assert torch.equal(act_out["prediction"], act_out_p["prediction"])
+
+    def inputs(t: int, gen: torch.Generator) -> dict:
+        return {
+            "obs": torch.randn(1, 3, generator=gen),
+            "cumulant": torch.randn(1, generator=gen),
+            "first": torch.tensor([1.0 if t == 0 else 0.0]),
+            "terminal": torch.zeros(1),
+        }
+
+    s, _ = _step_packed_and_by_tensor(td, cfg, agent, s, layout, inputs)
     start = td.initial_state(agent, cfg, seed=1)
     assert not torch.equal(s["params.enc.w"], start["params.enc.w"])  # it learned
