@@ -136,6 +136,14 @@ class TorchStepper:
 
 def build_size(name: str, directory: str | Path, seed: int = 0) -> BuiltSize:
     """Write size `name` as a run directory and its bundle under `directory`."""
+    if name not in SIZES:
+        raise ValueError(f"unknown size {name!r}; choose from {', '.join(SIZES)}")
+    return build(name, SIZES[name], directory, seed)
+
+
+def build(name: str, size: Size, directory: str | Path, seed: int = 0) -> BuiltSize:
+    """Write `size` as ``NAME-run`` (its initial state) and ``NAME-bundle`` under `directory`
+    (any Size: benchmarks/bench_learn_step.py varies the cell and its hidden size)."""
     import torch
 
     from export.bundle import ExportConfig, export_run
@@ -144,9 +152,6 @@ def build_size(name: str, directory: str | Path, seed: int = 0) -> BuiltSize:
     from rtu_edge.config import TrainConfig
     from rtu_edge.learners import get_learner
 
-    if name not in SIZES:
-        raise ValueError(f"unknown size {name!r}; choose from {', '.join(SIZES)}")
-    size = SIZES[name]
     torch.set_num_threads(1)
     learner = get_learner(size.algo)
     net = NetConfig(**size.net)

@@ -419,7 +419,7 @@ def export_run(cfg: ExportConfig, log=print) -> dict:
             prepare=prepare,
         )
     manifest = C.Manifest(
-        format_version=C.FORMAT_VERSION,
+        format_version=C.format_needed(graphs, packing),
         created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         rtu_edge_version=rtu_edge.__version__,
         env_id=run.train.env,

@@ -194,6 +194,17 @@ def view_inputs(
     }
 
 
+def format_needed(graphs: Mapping[str, GraphSpec], packing: Sequence[PackedBuffer]) -> int:
+    """The lowest format version that describes a bundle of these graphs and packing (what
+    export writes, so a runtime that predates a feature can still load a bundle without it):
+    5 when a graph reads views (`view_inputs`), 4 when a graph has a prepare graph, else 3."""
+    if any(view_inputs([s.name for s in g.inputs], packing) for g in graphs.values()):
+        return 5
+    if any(g.prepare is not None for g in graphs.values()):
+        return 4
+    return 3
+
+
 def graph_state(
     state: Mapping[str, np.ndarray], names: Sequence[str], packing: Sequence[PackedBuffer]
 ) -> dict[str, np.ndarray]:

@@ -372,6 +372,16 @@ def test_format_3_is_read_without_prepare_graphs_only(bundle_dir, tmp_path):
         load_bundle(d)
 
 
+def test_format_needed_is_the_lowest_that_describes_the_graphs(tmp_path):
+    """Export writes `format_needed`: a bundle without views or prepare graphs is format 3,
+    one with a prepare graph 4 (a runtime that predates views can load both); views need 5
+    (tests/export/test_export.py, whose learn graphs read them)."""
+    plain = load_bundle(write_bundle(tmp_path / "a")).manifest
+    assert C.format_needed(plain.graphs, plain.packing) == 3
+    prepared = load_bundle(write_bundle(tmp_path / "b", prepare=prepare_model())).manifest
+    assert C.format_needed(prepared.graphs, prepared.packing) == 4
+
+
 def test_symlink_inside_bundle_is_fine(bundle_dir):
     (bundle_dir / "graphs").mkdir()
     os.replace(bundle_dir / "act.onnx", bundle_dir / "graphs" / "act.onnx")

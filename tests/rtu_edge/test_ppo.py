@@ -275,6 +275,8 @@ def test_a_tbptt_run_exports_an_act_only_bundle_that_runs_frozen(tmp_path, cell)
         log=lambda m: None,
     )
     assert sorted(manifest["graphs"]) == ["act"] and manifest["parity"]["ok"]
+    # no views (no learn graph): the lowest format that describes it, so older runtimes load it
+    assert manifest["format_version"] == (4 if manifest["graphs"]["act"].get("prepare") else 3)
     assert manifest["noise"] is None and "rtu" in manifest["rtrl_cells"]
     b = load_bundle(tmp_path / "b")
     assert not b.manifest.learns and b.manifest.cell == cell
