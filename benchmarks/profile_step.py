@@ -25,13 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import onnxruntime as ort  # noqa: E402
 
 from firmware_bridge.bench import case_inputs  # noqa: E402
-from firmware_bridge.bundle import load_bundle  # noqa: E402
+from firmware_bridge.bundle import BundleError, load_bundle  # noqa: E402
 from firmware_bridge.runtime import session_options  # noqa: E402
 
 
 def profile(bundle_dir: str, graph: str, steps: int, warmup: int) -> list[dict]:
     """The profiler's node events of `steps` steps after `warmup` untimed ones."""
     bundle = load_bundle(bundle_dir)
+    if graph not in bundle.manifest.graphs:
+        raise BundleError(
+            f"{bundle_dir} has no {graph} graph (it holds {', '.join(bundle.manifest.graphs)}); "
+            "pass --graph act"
+        )
     blob = (bundle.path / bundle.manifest.graphs[graph].file).read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         so = session_options()
@@ -84,17 +89,21 @@ def report(events: list[dict], steps: int, top: int) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle")
     ap.add_argument("--graph", default="learn", choices=("learn", "act"))
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("--top", type=int, default=25)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.steps < 1 or a.warmup < 0:
         sys.exit("error: --steps must be at least 1 and --warmup at least 0")
-    print(report(profile(a.bundle, a.graph, a.steps, a.warmup), a.steps, a.top))
+    try:
+        events = profile(a.bundle, a.graph, a.steps, a.warmup)
+    except BundleError as e:  # not a bundle, or not one that holds this graph
+        sys.exit(f"error: {e}")
+    print(report(events, a.steps, a.top))
 
 
 if __name__ == "__main__":
