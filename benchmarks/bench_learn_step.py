@@ -14,8 +14,9 @@ machines are noisy, so compare ratios, not absolutes):
             buffers every step: Bundle.graph_state)
   ort-bind  Bundle.runner: StepRunner's IOBinding ping-pong (what `rtu-edge run` uses)
 One thread everywhere. Reports p50/p99 in microseconds and the speed-up over torch at p50.
-With --budget, the paper size gives every cell the hidden size that meets the linear RTU's
-recurrent-parameter count (rtu_edge/cells/budget.py), and the FLOPs of one learn step.
+With --budget, each size gives every cell the hidden size that meets the linear RTU's
+recurrent-parameter count at that size (rtu_edge/cells/budget.py). Every row reports the FLOPs
+of one learn step.
 `rtu-edge bench` times the demo and paper agents' act and learn steps against their copy floor.
 """
 
